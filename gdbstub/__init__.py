@@ -1,0 +1,1 @@
+"""gdb remote serial protocol server for xenwb machines."""

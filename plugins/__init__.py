@@ -1,0 +1,1 @@
+"""xenwb plugins: hypercall tracer, multicall decoder, event masks, pagetable walker."""

@@ -1,0 +1,5 @@
+import sys
+
+from xenwb.cli import main
+
+sys.exit(main())

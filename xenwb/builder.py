@@ -1,0 +1,207 @@
+"""The domain builder: lay out and start a PV domU the way Xen's toolstack does.
+
+Source: tools/libs/guest/xg_dom_core.c, xg_dom_x86.c (layout, bootstrap tables,
+start_info, vcpu_x86_32), xg_dom_boot.c (pin, shared_info), and
+xen/arch/x86/domain.c (arch_set_info_guest) for the initial vcpu state.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from xenwb.abi import constants as C
+from xenwb.errors import XenwbError
+from xenwb.hypervisor.domain import Domain
+from xenwb.hypervisor.memory import MachineMemory
+from xenwb.hypervisor.mm import MMError, Sharing
+from xenwb.hypervisor.vcpu import Vcpu, VcpuState
+from xenwb.hypervisor.xenarea import MAX_VCPUS, NONPAE_GEOMETRY, PAE_GEOMETRY
+from xenwb.layout import BootLayout, compute_layout
+from xenwb.loader import EM_X86_64, GuestImage
+
+# Bootstrap table protections (xg_dom_x86.c)
+L1_PROT = C._PAGE_PRESENT | C._PAGE_RW | C._PAGE_ACCESSED
+L2_PROT = C._PAGE_PRESENT | C._PAGE_RW | C._PAGE_ACCESSED | C._PAGE_DIRTY | C._PAGE_USER
+L3_PROT_PAE = C._PAGE_PRESENT
+STORE_EVTCHN = 1       # the toolstack allocates these ports before boot
+CONSOLE_EVTCHN = 2
+
+
+@dataclass
+class BuildConfig:
+    memory_mib: int = 64
+    cmdline: str = ""
+    module: bytes | None = None
+    vcpus: int = 1
+
+
+def build_domain(image: GuestImage, cfg: BuildConfig) -> tuple[Domain, BootLayout]:
+    if image.machine == EM_X86_64:
+        raise XenwbError(f"{image.path}: 64-bit PV guests are not supported yet (only 32-bit PV)")
+    if image.hv_start_low is not None and image.hv_start_low > 0xF5800000:
+        raise XenwbError(f"{image.path}: HV_START_LOW {image.hv_start_low:#x} is above 0xf5800000 (-ERANGE)")
+    # Features Xen can honour for a PV domU: pagetable writes through the ptwr assist,
+    # PAE top tables above 4 GiB (extended-cr3). Anything else required is refused.
+    if image.features_required & ~((1 << C.XenFeat.writable_page_tables) | (1 << C.XenFeat.pae_pgdir_above_4gb)):
+        names = image.feature_names(image.features_required)
+        raise XenwbError(f"{image.path}: the guest requires features this Xen does not offer: {', '.join(names)}")
+    if not 1 <= cfg.vcpus <= MAX_VCPUS:
+        raise XenwbError(f"--vcpus must be between 1 and {MAX_VCPUS}")
+    if cfg.memory_mib < 4 or cfg.memory_mib > 1536:
+        raise XenwbError("--memory must be between 4 and 1536 MiB")
+    if len(cfg.cmdline.encode()) >= 1024:
+        raise XenwbError("--cmdline is longer than 1023 bytes (start_info.cmd_line)")
+    nr_pages = cfg.memory_mib * 256
+    layout = compute_layout(image, nr_pages, len(cfg.module or b""))
+    if layout.mapped_pages > nr_pages:
+        raise XenwbError(f"{cfg.memory_mib} MiB is too small: the boot mapping alone needs "
+                         f"{layout.mapped_pages * 4 // 1024 + 1} MiB")
+    geo = PAE_GEOMETRY if image.is_pae else NONPAE_GEOMETRY
+    if layout.virt_end > geo.hv_start:
+        raise XenwbError(f"{image.path}: the boot mapping reaches into the hypervisor range")
+    mem = MachineMemory(nr_pages)
+    dom = Domain(image, mem, geo, nr_pages)
+    dom.cmdline = cfg.cmdline
+    if image.pae_mode in ("extended-cr3", "bimodal"):
+        dom.vm_assist |= 1 << C.Vmasst.pae_extended_cr3
+    pm = dom.physmap
+    for pfn in range(nr_pages):
+        mfn = pm.mfn(pfn)
+        dom.mm.give(mfn)
+        pm.set_m2p(mfn, pfn)
+    dom.mm.share(dom.shared_info_mfn, Sharing.shared_rw)
+    for mfn in dom.xen.m2p_frames:
+        dom.mm.share(mfn, Sharing.shared_ro)
+
+    def write_va(va: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            cur = va + pos
+            pfn = layout.pfn(cur)
+            chunk = min(len(data) - pos, 4096 - (cur & 0xFFF))
+            mem.write((pm.mfn(pfn) << 12) | (cur & 0xFFF), data[pos: pos + chunk])
+            pos += chunk
+
+    # kernel image, placed by p_paddr (libelf elf_load_binary); BSS is already zero
+    for seg in image.segments:
+        write_va(seg.paddr + image.virt_offset, seg.data)
+    if cfg.module:
+        write_va(layout.module.va, cfg.module)
+    # p2m list
+    write_va(layout.p2m.va, struct.pack(f"<{nr_pages}I", *pm.p2m))
+    _build_pagetables(dom, layout, write_va)
+    _fill_start_info(dom, layout, cfg, write_va)
+    if image.hypercall_page is not None:
+        dom.write_hypercall_page(pm.mfn(layout.pfn(image.hypercall_page)))
+    top_mfn = pm.mfn(layout.pfn(layout.pagetables.va))
+    try:
+        dom.mm.pin(top_mfn, dom.mm.top_type())
+    except MMError as e:
+        raise XenwbError(f"bootstrap pagetables rejected: {e.why}") from None
+    # shared_info: zeroed, every vcpu_info starts with events masked
+    for i in range(32):
+        mem.write((dom.shared_info_mfn << 12) + 64 * i + 1, b"\x01")
+    from xenwb.hypervisor.hypercalls.event_channel import setup_domain_ports
+    setup_domain_ports(dom)
+    for vid in range(cfg.vcpus):
+        dom.vcpus.append(Vcpu(dom, vid))
+    v0 = dom.vcpus[0]
+    start_vcpu0(dom, v0, layout, top_mfn)
+    dom.layout = layout  # type: ignore[attr-defined]
+    return dom, layout
+
+
+def _build_pagetables(dom: Domain, layout: BootLayout, write_va) -> None:
+    mode = dom.mode
+    pm = dom.physmap
+    span = layout.tables
+    tables_pfn = layout.pfn(layout.pagetables.va)
+    pt_pfns = set(range(tables_pfn, tables_pfn + span.total))
+    vbase, vend = layout.virt_base, layout.virt_end
+    pfn_iter = iter(range(tables_pfn, tables_pfn + span.total))
+
+    def pte_bytes(v: int) -> bytes:
+        return struct.pack("<Q" if mode.pte_size == 8 else "<I", v)
+
+    if mode.levels == 3:
+        l3_pfn = next(pfn_iter)
+        first_gib = vbase >> 30
+        l2_pfn = {g: next(pfn_iter) for g in range(first_gib, 4)}
+        for g, p in l2_pfn.items():
+            write_va(vbase + l3_pfn * 4096 + g * 8, pte_bytes((pm.mfn(p) << 12) | L3_PROT_PAE))
+    else:
+        l2_only = next(pfn_iter)
+        l2_pfn = {0: l2_only}
+    span_l1 = mode.level_span(2)
+    va = vbase & ~(span_l1 - 1)
+    while va < vend:
+        l1 = next(pfn_iter)
+        if mode.levels == 3:
+            l2 = l2_pfn[va >> 30]
+            idx = (va >> 21) & 511
+        else:
+            l2 = l2_pfn[0]
+            idx = va >> 22
+        write_va(vbase + l2 * 4096 + idx * mode.pte_size, pte_bytes((pm.mfn(l1) << 12) | L2_PROT))
+        entries = []
+        for i in range(mode.entries):
+            pva = va + i * 4096
+            if vbase <= pva < vend:
+                pfn = layout.pfn(pva)
+                prot = L1_PROT & ~C._PAGE_RW if pfn in pt_pfns else L1_PROT
+                entries.append((pm.mfn(pfn) << 12) | prot)
+            else:
+                entries.append(0)
+        fmt = f"<{mode.entries}{'Q' if mode.pte_size == 8 else 'I'}"
+        write_va(vbase + l1 * 4096, struct.pack(fmt, *entries))
+        va += span_l1
+
+
+def _fill_start_info(dom: Domain, layout: BootLayout, cfg: BuildConfig, write_va) -> None:
+    si = dom.abi.start_info()
+    si.magic = dom.image.guest_type.encode()
+    si.nr_pages = dom.nr_pages
+    si.shared_info = dom.shared_info_mfn << 12
+    si.flags = 0
+    si.store_mfn = dom.physmap.mfn(layout.pfn(layout.xenstore.va))
+    si.store_evtchn = STORE_EVTCHN
+    si.console_mfn = dom.physmap.mfn(layout.pfn(layout.console.va))
+    si.console_evtchn = CONSOLE_EVTCHN
+    si.pt_base = layout.pagetables.va
+    si.nr_pt_frames = layout.tables.total
+    si.mfn_list = layout.p2m.va
+    si.mod_start = layout.module.va if layout.module else 0
+    si.mod_len = len(cfg.module or b"")
+    si.cmd_line = cfg.cmdline.encode()[:1023]
+    write_va(layout.start_info.va, bytes(si))
+    dom.start_info_va = layout.start_info.va
+    dom.store_mfn, dom.console_mfn = si.store_mfn, si.console_mfn  # type: ignore[attr-defined]
+
+
+def start_vcpu0(dom: Domain, v: Vcpu, layout: BootLayout, top_mfn: int) -> None:
+    """vcpu_x86_32 + arch_set_info_guest: ring-1 entry with ESI = start_info."""
+    dom.mm.get_root(top_mfn)
+    v.cr3_mfn = top_mfn
+    cpu = v.cpu
+    cpu.start_paging(top_mfn)
+    for seg in ("ds", "es", "fs", "gs"):
+        cpu.set_reg(seg, C.FLAT_RING1_DS)
+    for r in ("eax", "ebx", "ecx", "edx", "edi", "ebp"):
+        cpu.set_reg(r, 0)
+    cpu.set_reg("esi", layout.start_info.va)
+    v.kernel_ss, v.kernel_sp = C.FLAT_RING1_SS, layout.stack_top
+    v.debugreg[6], v.debugreg[7] = 0xFFFF0FF0, 0x400
+    cpu.transfer(dom.image.entry, C.FLAT_RING1_CS, 0x202, layout.stack_top, C.FLAT_RING1_SS)
+    v.state = VcpuState.running
+    v.initialised = True
+
+
+def load_module(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise XenwbError(f"{path}: cannot read module: {e.strerror or e}") from None

@@ -1,0 +1,178 @@
+"""One unicorn engine as a PV vcpu's physical CPU: set-up, registers, ring changes.
+
+Facts this module relies on (measured on unicorn 2.1.4, see DESIGN.md):
+* unicorn never delivers interrupts through an IDT: every exception and `int n`
+  reaches UC_HOOK_INTR, and the hypervisor reflects it itself;
+* after a hooked #PF or contributory fault unicorn leaves QEMU's
+  `env->old_exception` set, so the next one would become #DF (unicorn #1883).
+  `clear_pending_exception` resets it through a saved context; the offset of the
+  field is calibrated once per process;
+* SS cannot be written with another privilege level, so ring changes go through
+  the call-gate trampoline of xenarea.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from functools import cache
+
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+from unicorn import x86_const as X
+
+from xenwb.abi import constants as C
+from xenwb.hypervisor.memory import MachineMemory
+from xenwb.hypervisor.xenarea import (
+    GDT_LIMIT,
+    TRAMPOLINE_VA,
+    XEN_TSS_SEL,
+    XENWB_RING0_CS,
+    XENWB_RING0_DS,
+    XenArea,
+)
+
+GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
+_REG = {
+    "eax": X.UC_X86_REG_EAX, "ebx": X.UC_X86_REG_EBX, "ecx": X.UC_X86_REG_ECX, "edx": X.UC_X86_REG_EDX,
+    "esi": X.UC_X86_REG_ESI, "edi": X.UC_X86_REG_EDI, "ebp": X.UC_X86_REG_EBP, "esp": X.UC_X86_REG_ESP,
+    "eip": X.UC_X86_REG_EIP, "eflags": X.UC_X86_REG_EFLAGS,
+    "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS, "ds": X.UC_X86_REG_DS, "es": X.UC_X86_REG_ES,
+    "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS,
+    "cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3, "cr4": X.UC_X86_REG_CR4,
+}
+REG_IDS = _REG
+HYPERCALL_REGS = [X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
+                  X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_CS]
+CR0_PE, CR0_MP, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 8, 0x10, 0x20, 1 << 16, 1 << 31
+CR4_PAE = 1 << 5
+MSR_EFER = 0xC0000080
+EFER_NXE = 1 << 11
+# Exceptions after which QEMU's double-fault tracking must be reset.
+CONTRIBUTORY_OR_PF = frozenset({0, 10, 11, 12, 13, 14})
+EXIT_ADDRESS = TRAMPOLINE_VA + 0xFF0   # emu_start's "until": never executed
+
+
+@cache
+def old_exception_offset() -> int:
+    """Offset of env->old_exception in a saved context, found by provoking one #DE."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(0x1000, bytes([0x31, 0xC9, 0xF7, 0xF1, 0x90]))  # xor ecx,ecx ; div ecx
+    uc.hook_add(UC_HOOK_INTR, lambda u, i, d: u.emu_stop())
+    before = _blob(uc.context_save())
+    uc.emu_start(0x1000, 0x1005)
+    after = _blob(uc.context_save())
+    hits = [o for o in range(0, len(before) - 3, 4)
+            if struct.unpack_from("<i", before, o)[0] == -1 and struct.unpack_from("<i", after, o)[0] == 0]
+    if len(hits) != 1:
+        raise RuntimeError(f"cannot locate old_exception in unicorn's context ({len(hits)} candidates)")
+    return hits[0]
+
+
+def _blob(ctx) -> bytes:
+    return ctypes.string_at(ctx.context, ctx.size)
+
+
+class Cpu:
+    """The emulated CPU of one vcpu."""
+
+    def __init__(self, vcpu_id: int, mem: MachineMemory, xen: XenArea, pae: bool) -> None:
+        self.id = vcpu_id
+        self.xen = xen
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        mem.map_into(uc)
+        self._oe_off = old_exception_offset()
+        xen.setup_vcpu(vcpu_id)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, xen.gdt_va(vcpu_id), GDT_LIMIT, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+        uc.reg_write(X.UC_X86_REG_LDTR, (0, 0, 0, 0))
+        # type 9 (available 32-bit TSS): QEMU's stack switch insists on it
+        uc.reg_write(X.UC_X86_REG_TR, (XEN_TSS_SEL, xen.tss_va(vcpu_id), 0x67, 0x8900))
+        self.pae = pae
+        self.ring_switches = 0
+
+    def start_paging(self, top_mfn: int) -> None:
+        uc = self.uc
+        if self.pae:
+            uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
+            uc.msr_write(MSR_EFER, EFER_NXE)
+        uc.reg_write(X.UC_X86_REG_CR3, top_mfn << 12)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+        uc.reg_write(X.UC_X86_REG_CS, XENWB_RING0_CS)
+        uc.reg_write(X.UC_X86_REG_SS, XENWB_RING0_DS)
+        uc.reg_write(X.UC_X86_REG_DS, XENWB_RING0_DS)
+        uc.reg_write(X.UC_X86_REG_ES, XENWB_RING0_DS)
+
+    # -- registers -----------------------------------------------------------
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(_REG[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(_REG[name], value & 0xFFFFFFFF)
+
+    @property
+    def eip(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_EIP)
+
+    @eip.setter
+    def eip(self, v: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_EIP, v & 0xFFFFFFFF)
+
+    @property
+    def cpl(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    def regs(self) -> dict[str, int]:
+        names = list(_REG)
+        vals = self.uc.reg_read_batch([_REG[n] for n in names])
+        return dict(zip(names, vals, strict=False))
+
+    def flush_tlb(self) -> None:
+        """Drop unicorn's cached translations (UC_CTL_TLB_FLUSH)."""
+        from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def set_cr3(self, top_mfn: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_CR3, top_mfn << 12)
+
+    def set_ts(self, on: bool) -> None:
+        cr0 = self.uc.reg_read(X.UC_X86_REG_CR0)
+        self.uc.reg_write(X.UC_X86_REG_CR0, (cr0 | CR0_TS) if on else (cr0 & ~CR0_TS))
+
+    def clear_pending_exception(self) -> None:
+        """Forget the exception just handled, so the next one is not a #DF (unicorn #1883)."""
+        ctx = self.uc.context_save()
+        ctypes.memmove(ctx.context.value + self._oe_off, struct.pack("<i", -1), 4)
+        self.uc.context_restore(ctx)
+
+    # -- ring changes ------------------------------------------------------------
+    def transfer(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
+        """Continue the guest at cs:eip with ss:esp, changing ring if needed."""
+        uc = self.uc
+        cur_cs, cur_ss = uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_SS)
+        if cur_cs == cs and cur_ss == ss:
+            uc.reg_write_batch([(X.UC_X86_REG_EIP, eip), (X.UC_X86_REG_ESP, esp),
+                                (X.UC_X86_REG_EFLAGS, eflags)])
+            return
+        self.xen.write_iret_frame(self.id, eip, cs, eflags, esp, ss)
+        self.ring_switches += 1
+        if cur_cs & 3 == 0:
+            uc.reg_write(X.UC_X86_REG_EIP, self.xen.stub_va(self.id))   # already in ring 0
+        else:
+            self.xen.arm_gate(self.id, True)
+            uc.reg_write(X.UC_X86_REG_EIP, TRAMPOLINE_VA)
+
+    def disarm(self) -> None:
+        self.xen.arm_gate(self.id, False)
+
+    def run(self) -> None:
+        """Run until a hook or the clock stops the engine."""
+        self.uc.emu_start(self.eip, EXIT_ADDRESS)
+
+
+def cpl_of(cs: int) -> int:
+    return cs & 3
+
+
+KERNEL_RPL = 1
+TRAP_NAMES = C.TRAP_NAMES

@@ -1,0 +1,237 @@
+"""A PV domain: memory, pagetable state, vcpus, and the hypercall entry point."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from xenwb.abi import constants as C
+from xenwb.abi.constants import Errno, ShutdownReason, hypercall_name
+from xenwb.abi.structs import PV32
+from xenwb.hypervisor.hypercalls import decode_args, load_all
+from xenwb.hypervisor.memory import MachineMemory, PhysMap
+from xenwb.hypervisor.mm import MM
+from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime
+from xenwb.hypervisor.traps import DomainCrash
+from xenwb.hypervisor.xenarea import HvGeometry, XenArea
+from xenwb.trace import TraceBus
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.vcpu import Vcpu
+    from xenwb.loader import GuestImage
+
+ENOSYS = -Errno.ENOSYS
+
+
+class SchedulingMixin:
+    """Blocking, polling, waking and vcpu bring-up: the parts of xen/common/sched/core.c
+    and common/domain.c the hypercalls need. The run loop lives in xenwb/machine.py."""
+
+    vcpus: list[Vcpu]
+
+    def block(self, vcpu: Vcpu) -> None:
+        from xenwb.hypervisor.vcpu import VcpuState
+        vcpu.state = VcpuState.blocked
+        vcpu.cpu.uc.emu_stop()
+
+    def poll(self, vcpu: Vcpu, ports: list[int], timeout: int) -> None:
+        vcpu.poll_ports = ports
+        vcpu.poll_deadline = timeout or None
+        self.block(vcpu)
+
+    def yield_vcpu(self, vcpu: Vcpu) -> None:
+        vcpu.cpu.uc.emu_stop()   # end this vcpu's turn; the scheduler moves on
+
+    def kick(self, vcpu: Vcpu) -> None:
+        """An event became pending for vcpu: wake it if it blocks (no lost wake-up)."""
+        from xenwb.hypervisor.vcpu import VcpuState
+        if vcpu.state is VcpuState.blocked and vcpu.poll_ports is None:
+            self.wake(vcpu)
+
+    def wake(self, vcpu: Vcpu) -> None:
+        from xenwb.hypervisor.vcpu import VcpuState
+        cur = self.current  # type: ignore[attr-defined]
+        if cur is not None and cur is not vcpu:
+            self.time.advance_to(vcpu, self.time.now(cur))  # type: ignore[attr-defined]
+        vcpu.poll_ports = vcpu.poll_deadline = None
+        vcpu.state = VcpuState.running
+
+    def scheduler_wake_pollers(self, port: int) -> None:
+        for v in self.vcpus:
+            if v.poll_ports is not None and port in v.poll_ports:
+                self.wake(v)
+
+    def register_vcpu_info(self, vcpu: Vcpu, mfn: int, offset: int) -> int:
+        """VCPUOP_register_vcpu_info: move vcpu_info to mfn:offset (domain.c map_vcpu_info)."""
+        dom = self  # type: ignore[assignment]
+        if getattr(vcpu, "vcpu_info_registered", False):
+            return -Errno.EBUSY
+        if offset > 4096 - 64 or offset & 7 or not dom.mm.is_owned(mfn):  # type: ignore[attr-defined]
+            return -Errno.EINVAL
+        old = dom.mem.read(vcpu.vcpu_info_maddr, 64)  # type: ignore[attr-defined]
+        new = (mfn << 12) + offset
+        dom.mem.write(new, old)  # type: ignore[attr-defined]
+        vcpu.vcpu_info_maddr = new
+        vcpu.vcpu_info_registered = True
+        # Xen marks every selector bit and upcall_pending so no event is lost in the move
+        dom.mem.write_u32(new + 4, 0xFFFFFFFF)  # type: ignore[attr-defined]
+        vcpu.upcall_pending = 1
+        return 0
+
+
+@dataclass
+class CrashReport:
+    vcpu: int
+    eip: int
+    symbol: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.eip:#010x}" + (f" <{self.symbol}>" if self.symbol else "")
+        return f"domain crashed: vcpu{self.vcpu} at eip {where}: {self.reason}"
+
+
+class Domain(SchedulingMixin):
+    domid = 1
+
+    def __init__(self, image: GuestImage, mem: MachineMemory, geo: HvGeometry, nr_pages: int) -> None:
+        self.image = image
+        self.pae = image.is_pae
+        self.abi = PV32
+        self.mem = mem
+        self.geo = geo
+        self.mode = geo.mode
+        self.xen = XenArea(mem, geo)
+        self.physmap = PhysMap(mem, nr_pages, self.xen.m2p_maddr)
+        self.mm = MM(mem, geo, self.xen)
+        self.nr_pages = nr_pages
+        self.max_pages = nr_pages
+        self.time = VirtualTime()
+        self.trace = TraceBus()
+        self.vcpus: list[Vcpu] = []
+        self.vm_assist = 0
+        self.shared_info_mfn = mem.alloc_xen_frame()
+        self.hypercalls = load_all()
+        self.stats = {"hypercalls": 0, "faults": 0}
+        self.stopping = False
+        self.shutdown_reason: int | None = None
+        self.crash_report: CrashReport | None = None
+        self.console_sink: Callable[[bytes], None] = lambda b: None
+        self._warned: set[str] = set()
+        self.hypercall_page_mfn: int | None = None
+        self.cmdline = ""
+        self.start_info_va = 0
+        self.extra: dict[str, object] = {}
+        self.current: Vcpu | None = None
+        self.free_frames: list[int] = []
+
+    # -- helpers --------------------------------------------------------------------
+    def symbolize(self, addr: int) -> str | None:
+        return self.image.symbolize(addr) if self.image.symbols else None
+
+    def unimplemented(self, what: str) -> int:
+        """An unimplemented hypercall or sub-op: -ENOSYS, said once on stderr."""
+        if what not in self._warned:
+            self._warned.add(what)
+            print(f"xenwb: unimplemented {what}: returning -ENOSYS", file=sys.stderr)
+        return ENOSYS
+
+    def console_write(self, vcpu: Vcpu | None, data: bytes) -> None:
+        self.trace.emit_console(vcpu, data)
+        self.console_sink(data)
+
+    # -- hypercalls ---------------------------------------------------------------------
+    def hypercall(self, vcpu: Vcpu, vals: tuple[int, ...]) -> None:
+        """int $0x82 from the guest kernel: EAX = number, EBX..EDI = arguments."""
+        nr = vals[0]
+        args = tuple(vals[1:6])
+        self.stats["hypercalls"] += 1
+        self.time.charge(vcpu, HYPERCALL_COST_NS)
+        if nr == C.Hypercall.iret:
+            from xenwb.hypervisor.traps import do_iret
+            eip = vcpu.cpu.eip - 2
+            if self.trace.active:
+                self.trace.emit_hypercall(vcpu, nr, args, 0, eip, {})
+            do_iret(vcpu)
+            return
+        ret = self.call(vcpu, nr, args, eip=vcpu.cpu.eip - 2)
+        if nr != C.Hypercall.iret:
+            vcpu.cpu.set_reg("eax", ret)
+
+    def call(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], *, eip: int,
+             multicall: int | None = None) -> int:
+        """Dispatch one call (also used for multicall entries)."""
+        entry = self.hypercalls.get(nr)
+        decoded = decode_args(vcpu, nr, args) if self.trace.active else None
+        if entry is None:
+            ret = self.unimplemented(f"hypercall {hypercall_name(nr)} ({nr})")
+        else:
+            try:
+                ret = entry.handler(vcpu, *args)
+            except DomainCrash:
+                raise
+            except Exception as e:   # a workbench bug must not take the workbench down
+                if os.environ.get("XENWB_DEBUG"):
+                    traceback.print_exc()
+                raise DomainCrash(f"xenwb internal error in {hypercall_name(nr)}: "
+                                  f"{type(e).__name__}: {e} (please report; XENWB_DEBUG=1 shows the traceback)") \
+                    from None
+        ret = _signed32(ret)
+        if self.trace.active:
+            self.trace.emit_hypercall(vcpu, nr, args, ret, eip, decoded, multicall)
+        return ret
+
+    # -- hypercall page ---------------------------------------------------------------
+    def write_hypercall_page(self, mfn: int) -> bool:
+        """Fill a guest frame with the 128 PV32 stubs (pv/hypercall.c hypercall_page_initialise)."""
+        if not self.mm.is_owned(mfn):
+            return False
+        page = bytearray(b"\xcc" * 4096)
+        for n in range(128):
+            if n == C.Hypercall.iret:
+                stub = bytes([0x50, 0xB8]) + n.to_bytes(4, "little") + bytes([0xCD, 0x82])
+            else:
+                stub = bytes([0xB8]) + n.to_bytes(4, "little") + bytes([0xCD, 0x82, 0xC3])
+            page[n * 32: n * 32 + len(stub)] = stub
+        for v in self.vcpus:   # through unicorn, so translated code of that page is dropped
+            v.cpu.uc.mem_write(mfn << 12, bytes(page))
+        if not self.vcpus:
+            self.mem.write(mfn << 12, bytes(page))
+        self.hypercall_page_mfn = mfn
+        return True
+
+    # -- end of life ----------------------------------------------------------------------
+    def shutdown(self, vcpu: Vcpu | None, reason: int) -> None:
+        if self.shutdown_reason is None and self.crash_report is None:
+            self.shutdown_reason = reason
+            try:
+                name = ShutdownReason(reason).name
+            except ValueError:
+                name = f"reason {reason}"
+            self.trace.emit_shutdown(vcpu, name)
+        self.stop_all()
+
+    def crash(self, vcpu: Vcpu, reason: str) -> None:
+        if self.crash_report is None and self.shutdown_reason is None:
+            eip = vcpu.cpu.eip
+            self.crash_report = CrashReport(vcpu.id, eip, self.symbolize(eip), reason)
+            self.trace.emit(vcpu, "crash", "domain_crash", reason=reason, eip=eip)
+        self.stop_all()
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for v in self.vcpus:
+            v.cpu.uc.emu_stop()
+
+    @property
+    def finished(self) -> bool:
+        return self.shutdown_reason is not None or self.crash_report is not None
+
+
+def _signed32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v

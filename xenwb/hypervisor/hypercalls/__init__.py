@@ -1,0 +1,66 @@
+"""The hypercall table: one module per family registers its handlers here.
+
+A handler takes the vcpu and the five PV32 argument registers (EBX, ECX, EDX, ESI,
+EDI) and returns the value for EAX (>= 0, or -errno). A decoder turns the same
+arguments (and the guest structures they point to) into plain data for the trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.vcpu import Vcpu
+
+Handler = Callable[..., int]
+Decoder = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Entry:
+    nr: int
+    handler: Handler
+    decoder: Decoder | None
+
+
+TABLE: dict[int, Entry] = {}
+
+
+def hypercall(nr: int, decoder: Decoder | None = None) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        TABLE[int(nr)] = Entry(int(nr), fn, decoder)
+        return fn
+    return register
+
+
+def load_all() -> dict[int, Entry]:
+    """Import every family module (each registers itself) and return the table."""
+    from xenwb.hypervisor.hypercalls import (  # noqa: F401
+        callback,
+        console,
+        descriptors,
+        event_channel,
+        grant_table,
+        memory,
+        misc,
+        mm,
+        multicall,
+        physdev,
+        sched,
+        vcpu_op,
+        version,
+    )
+    return TABLE
+
+
+def decode_args(vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
+    """Decoded arguments of a call, or the raw registers when no decoder exists."""
+    e = TABLE.get(nr)
+    if e is None or e.decoder is None:
+        return {"args": [f"{a:#x}" for a in args]}
+    try:
+        return e.decoder(vcpu, *args)
+    except Exception as ex:  # a decoder must never take the machine down
+        return {"undecodable": str(ex), "args": [f"{a:#x}" for a in args]}

@@ -1,0 +1,143 @@
+"""set_trap_table, set_callbacks, callback_op, nmi_op: xen/arch/x86/pv/callback.c."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from xenwb.abi import constants as C
+from xenwb.abi.constants import CallbackType, Errno
+from xenwb.hypervisor.hypercalls import hypercall
+from xenwb.hypervisor.memory import GuestFault
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.vcpu import Vcpu
+
+EINVAL, EFAULT, ENOSYS = -Errno.EINVAL, -Errno.EFAULT, -Errno.ENOSYS
+
+
+def _fix_cs(cs: int) -> int:
+    """Xen raises a selector's RPL 0 to the guest kernel ring (1)."""
+    return cs | 1 if cs & 3 == 0 else cs
+
+
+@hypercall(C.Hypercall.set_trap_table, decoder=lambda v, traps, *_: decode_trap_table(v, traps))
+def do_set_trap_table(vcpu: Vcpu, traps: int, *_: int) -> int:
+    from xenwb.hypervisor.vcpu import TrapInfo
+    if traps == 0:
+        vcpu.trap_ctxt = [None] * 256
+        return 0
+    L = vcpu.domain.abi.trap_info
+    for i in range(256):
+        try:
+            ti = L.parse(vcpu.read_virt(traps + i * L.size(), L.size()))
+        except GuestFault:
+            return EFAULT
+        if ti.address == 0:
+            break
+        vcpu.trap_ctxt[ti.vector] = TrapInfo(ti.vector, ti.flags, _fix_cs(ti.cs), ti.address)
+    return 0
+
+
+def decode_trap_table(vcpu: Vcpu, traps: int) -> dict[str, Any]:
+    if traps == 0:
+        return {"traps": "NULL (clear)"}
+    L = vcpu.domain.abi.trap_info
+    out = []
+    for i in range(256):
+        try:
+            ti = L.parse(vcpu.read_virt(traps + i * L.size(), L.size()))
+        except GuestFault:
+            break
+        if ti.address == 0:
+            break
+        out.append({"vector": ti.vector, "name": C.TRAP_NAMES.get(ti.vector, ""), "dpl": ti.flags & 3,
+                    "mask_events": bool(ti.flags & 4), "cs": f"{ti.cs:#x}", "address": f"{ti.address:#x}",
+                    "symbol": vcpu.domain.symbolize(ti.address)})
+    return {"traps": f"{traps:#x}", "entries": out}
+
+
+@hypercall(C.Hypercall.set_callbacks, decoder=lambda v, ecs, eeip, fcs, feip, *_: {
+    "event": f"{ecs:#x}:{eeip:#x}", "event_symbol": v.domain.symbolize(eeip),
+    "failsafe": f"{fcs:#x}:{feip:#x}", "failsafe_symbol": v.domain.symbolize(feip)})
+def do_set_callbacks(vcpu: Vcpu, event_cs: int, event_eip: int, failsafe_cs: int, failsafe_eip: int,
+                     *_: int) -> int:
+    vcpu.event_cs, vcpu.event_eip = _fix_cs(event_cs), event_eip
+    vcpu.failsafe_cs, vcpu.failsafe_eip = _fix_cs(failsafe_cs), failsafe_eip
+    vcpu.failsafe_mask = False
+    return 0
+
+
+def register_callback(vcpu: Vcpu, ctype: int, flags: int, cs: int, eip: int) -> int:
+    """callback.c register_guest_callback, compat flavour."""
+    mask = bool(flags & C.CALLBACKF_mask_events)
+    cs = _fix_cs(cs)
+    if ctype == CallbackType.event:
+        vcpu.event_cs, vcpu.event_eip = cs, eip
+    elif ctype == CallbackType.failsafe:
+        vcpu.failsafe_cs, vcpu.failsafe_eip, vcpu.failsafe_mask = cs, eip, mask
+    elif ctype in (CallbackType.syscall32, CallbackType.sysenter):
+        vcpu.callbacks[ctype] = (cs, eip, flags)
+    elif ctype == CallbackType.nmi:
+        from xenwb.hypervisor.vcpu import TrapInfo
+        vcpu.trap_ctxt[2] = TrapInfo(2, 4, C.FLAT_KERNEL_CS, eip)
+        vcpu.callbacks[ctype] = (cs, eip, flags)
+    else:
+        return ENOSYS
+    return 0
+
+
+@hypercall(C.Hypercall.callback_op, decoder=lambda v, cmd, arg, *_: decode_callback_op(v, cmd, arg))
+def do_callback_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
+    L = vcpu.domain.abi
+    if cmd == C.CALLBACKOP_register:
+        try:
+            cb = L.callback_register.parse(vcpu.read_virt(arg, L.callback_register.size()))
+        except GuestFault:
+            return EFAULT
+        return register_callback(vcpu, cb.type, cb.flags, cb.cs, cb.eip)
+    if cmd == C.CALLBACKOP_unregister:
+        try:
+            cb = L.callback_unregister.parse(vcpu.read_virt(arg, L.callback_unregister.size()))
+        except GuestFault:
+            return EFAULT
+        if cb.type != CallbackType.nmi:
+            return EINVAL
+        vcpu.trap_ctxt[2] = None
+        vcpu.callbacks.pop(CallbackType.nmi, None)
+        return 0
+    return EINVAL    # compat: unknown command
+
+
+def decode_callback_op(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
+    L = vcpu.domain.abi
+    name = {0: "register", 1: "unregister"}.get(cmd, str(cmd))
+    try:
+        if cmd == 0:
+            cb = L.callback_register.parse(vcpu.read_virt(arg, L.callback_register.size()))
+            try:
+                tname = CallbackType(cb.type).name
+            except ValueError:
+                tname = str(cb.type)
+            return {"cmd": name, "type": tname, "flags": cb.flags, "address": f"{cb.cs:#x}:{cb.eip:#x}",
+                    "symbol": vcpu.domain.symbolize(cb.eip)}
+        if cmd == 1:
+            cb = L.callback_unregister.parse(vcpu.read_virt(arg, L.callback_unregister.size()))
+            return {"cmd": name, "type": cb.type}
+    except GuestFault:
+        return {"cmd": name, "arg": f"{arg:#x} (unreadable)"}
+    return {"cmd": name, "arg": f"{arg:#x}"}
+
+
+@hypercall(C.Hypercall.nmi_op)
+def do_nmi_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
+    """nmi_op: 0 register (compat: handler address), 1 unregister."""
+    if cmd == 0:
+        try:
+            handler = vcpu.read_u32(arg)
+        except GuestFault:
+            return EFAULT
+        return register_callback(vcpu, CallbackType.nmi, C.CALLBACKF_mask_events, C.FLAT_KERNEL_CS, handler)
+    if cmd == 1:
+        vcpu.trap_ctxt[2] = None
+        return 0
+    return ENOSYS

@@ -1,0 +1,77 @@
+"""multicall: xen/common/multicall.c (compat entry layout from public/xen.h).
+
+Entries run in order; each result is stored in its entry. The multicall itself
+returns 0 even when entries fail; a nested multicall entry gets -EINVAL; an iret
+entry ends the batch (its frame is consumed as usual).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from xenwb.abi import constants as C
+from xenwb.abi.constants import Errno, hypercall_name
+from xenwb.hypervisor.hypercalls import decode_args, hypercall
+from xenwb.hypervisor.memory import GuestFault
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.vcpu import Vcpu
+
+EINVAL, EFAULT = -Errno.EINVAL, -Errno.EFAULT
+
+
+@hypercall(C.Hypercall.multicall, decoder=lambda v, calls, nr, *_: decode_multicall(v, calls, nr))
+def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
+    if vcpu.in_multicall:
+        return EINVAL
+    dom = vcpu.domain
+    L = dom.abi.multicall_entry
+    size = L.size()
+    eip = vcpu.cpu.eip - 2
+    batch = dom.trace.seq if dom.trace.active else None
+    if dom.trace.active:
+        dom.trace.emit(vcpu, "multicall", "multicall_begin", calls=f"{calls:#x}", nr=nr, eip=eip,
+                       symbol=dom.symbolize(eip))
+    vcpu.in_multicall = True
+    try:
+        for i in range(nr):
+            addr = calls + i * size
+            try:
+                e = L.parse(vcpu.read_virt(addr, size))
+            except GuestFault:
+                return EFAULT
+            if e.op == C.Hypercall.iret:
+                from xenwb.hypervisor.traps import do_iret
+                do_iret(vcpu)
+                return 0
+            if e.op == C.Hypercall.multicall:
+                ret = EINVAL
+                if dom.trace.active:
+                    dom.trace.emit_hypercall(vcpu, e.op, tuple(e.args[:5]), ret, eip, {"nested": True}, batch)
+            else:
+                ret = dom.call(vcpu, e.op, tuple(e.args[:5]), eip=eip, multicall=batch)
+            try:
+                vcpu.write_virt(addr + L.offset("result"), (ret & 0xFFFFFFFF).to_bytes(4, "little"))
+            except GuestFault:
+                return EFAULT
+            if dom.finished:
+                break
+    finally:
+        vcpu.in_multicall = False
+        if dom.trace.active:
+            dom.trace.emit(vcpu, "multicall", "multicall_end", nr=nr, batch=batch)
+    return 0
+
+
+def decode_multicall(vcpu: Vcpu, calls: int, nr: int) -> dict[str, Any]:
+    L = vcpu.domain.abi.multicall_entry
+    size = L.size()
+    entries = []
+    for i in range(min(nr, 256)):
+        try:
+            e = L.parse(vcpu.read_virt(calls + i * size, size))
+        except GuestFault:
+            entries.append({"unreadable": f"{calls + i * size:#x}"})
+            break
+        entries.append({"op": hypercall_name(e.op), "args": decode_args(vcpu, e.op, tuple(e.args[:5]))})
+    return {"calls": f"{calls:#x}", "nr": nr, "entries": entries}

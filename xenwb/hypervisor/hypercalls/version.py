@@ -1,0 +1,120 @@
+"""xen_version: xen/common/kernel.c, public/version.h."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from xenwb.abi import constants as C
+from xenwb.abi.constants import Errno, XenFeat, XenVer
+from xenwb.hypervisor.hypercalls import hypercall
+from xenwb.hypervisor.memory import GuestFault
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.vcpu import Vcpu
+
+EINVAL, EFAULT, ENOSYS = -Errno.EINVAL, -Errno.EFAULT, -Errno.ENOSYS
+COMPILE_INFO = (b"gcc (xenwb emulation)", b"xenwb", b"xenwb.invalid", b"Sat Nov 21 00:00:00 UTC 2026")
+CHANGESET = b"xenwb emulated hypervisor"
+GUEST_HANDLE = bytes(16)
+
+
+def capabilities(vcpu: Vcpu) -> str:
+    """64-bit Xen runs x86_32p guests; only the old 32-bit non-PAE Xen runs x86_32 ones."""
+    if vcpu.domain.pae:
+        return "xen-3.0-x86_64 xen-3.0-x86_32p"
+    return "xen-3.0-x86_32"
+
+
+def features(vcpu: Vcpu) -> int:
+    """XENFEAT bits a PV domU sees (kernel.c: xenver_get_features)."""
+    f = 0
+    for b in (XenFeat.mmu_pt_update_preserve_ad, XenFeat.highmem_assist, XenFeat.gnttab_map_avail_bits,
+              XenFeat.memory_op_vnode_supported, XenFeat.direct_mapped, XenFeat.runstate_phys_area,
+              XenFeat.vcpu_time_phys_area, XenFeat.dm_msix_all_writes):
+        f |= 1 << b
+    if vcpu.domain.vm_assist & (1 << C.Vmasst.pae_extended_cr3):
+        f |= 1 << XenFeat.pae_pgdir_above_4gb
+    return f
+
+
+def _str(vcpu: Vcpu, arg: int, data: bytes, size: int) -> int:
+    try:
+        vcpu.write_virt(arg, data[: size - 1].ljust(size, b"\0"))
+    except GuestFault:
+        return EFAULT
+    return 0
+
+
+def _var(vcpu: Vcpu, arg: int, data: bytes) -> int:
+    """The *2 sub-ops: {u32 len; char buf[]}; a NULL arg asks for the size."""
+    if arg == 0:
+        return len(data)
+    try:
+        cap = vcpu.read_u32(arg)
+        if cap < len(data):
+            return -Errno.ENOBUFS
+        vcpu.write_virt(arg + 4, data)
+    except GuestFault:
+        return EFAULT
+    return len(data)
+
+
+@hypercall(C.Hypercall.xen_version, decoder=lambda v, cmd, arg, *_: {
+    "cmd": XenVer(cmd).name if cmd in XenVer._value2member_map_ else str(cmd), "arg": f"{arg:#x}"})
+def do_xen_version(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
+    dom = vcpu.domain
+    if cmd == XenVer.version:
+        return (C.XEN_MAJOR << 16) | C.XEN_MINOR
+    if cmd == XenVer.extraversion:
+        return _str(vcpu, arg, C.XEN_EXTRAVERSION.encode(), 16)
+    if cmd == XenVer.compile_info:
+        data = b"".join(s[: n - 1].ljust(n, b"\0") for s, n in zip(COMPILE_INFO, (64, 16, 32, 32), strict=False))
+        try:
+            vcpu.write_virt(arg, data)
+        except GuestFault:
+            return EFAULT
+        return 0
+    if cmd == XenVer.capabilities:
+        return _str(vcpu, arg, capabilities(vcpu).encode(), 1024)
+    if cmd == XenVer.changeset:
+        return _str(vcpu, arg, CHANGESET, 64)
+    if cmd == XenVer.platform_parameters:
+        try:
+            vcpu.write_virt(arg, struct.pack("<I", dom.geo.hv_start))
+        except GuestFault:
+            return EFAULT
+        return 0
+    if cmd == XenVer.get_features:
+        try:
+            idx = vcpu.read_u32(arg)
+        except GuestFault:
+            return EFAULT
+        if idx != 0:
+            return EINVAL
+        try:
+            vcpu.write_virt(arg + 4, struct.pack("<I", features(vcpu)))
+        except GuestFault:
+            return EFAULT
+        return 0
+    if cmd == XenVer.pagesize:
+        return EINVAL if arg else 4096
+    if cmd == XenVer.guest_handle:
+        try:
+            vcpu.write_virt(arg, GUEST_HANDLE)
+        except GuestFault:
+            return EFAULT
+        return 0
+    if cmd == XenVer.commandline:
+        return _str(vcpu, arg, b"", 1024)   # Xen's own command line: empty for a domU's eyes
+    if cmd == XenVer.build_id:
+        return -Errno.ENODATA
+    if cmd == XenVer.extraversion2:
+        return _var(vcpu, arg, C.XEN_EXTRAVERSION.encode())
+    if cmd == XenVer.capabilities2:
+        return _var(vcpu, arg, capabilities(vcpu).encode())
+    if cmd == XenVer.changeset2:
+        return _var(vcpu, arg, CHANGESET)
+    if cmd == XenVer.commandline2:
+        return _var(vcpu, arg, b"")
+    return dom.unimplemented(f"xen_version command {cmd}")

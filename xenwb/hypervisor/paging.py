@@ -1,0 +1,140 @@
+"""x86 32-bit paging as Xen PV guests use it: 2-level (non-PAE) and 3-level PAE.
+
+One walker serves the hypervisor (copy to/from guest), the gdb stub and the
+pagetable plugin. It reads the live tables in machine memory, as the CPU does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xenwb.abi import constants as C
+from xenwb.hypervisor.memory import MachineMemory
+
+FLAG_NAMES = [
+    (C._PAGE_PRESENT, "P"), (C._PAGE_RW, "RW"), (C._PAGE_USER, "US"), (C._PAGE_PWT, "PWT"),
+    (C._PAGE_PCD, "PCD"), (C._PAGE_ACCESSED, "A"), (C._PAGE_DIRTY, "D"), (C._PAGE_PSE, "PSE"),
+    (C._PAGE_GLOBAL, "G"),
+]
+
+
+def decode_flags(pte: int) -> list[str]:
+    names = [n for bit, n in FLAG_NAMES if pte & bit]
+    avail = (pte >> 9) & 7
+    if avail:
+        names.append(f"AVL{avail}")
+    if pte & C._PAGE_NX:
+        names.append("NX")
+    return names
+
+
+@dataclass(frozen=True)
+class PagingMode:
+    """Geometry of one paging mode."""
+
+    name: str
+    levels: int          # 2 or 3
+    pte_size: int        # 4 or 8
+    entries: int         # per table page
+    shifts: tuple[int, ...]  # VA shift per level, top first
+    mfn_mask: int        # bits of a PTE that hold the frame address
+
+    def index(self, va: int, level: int) -> int:
+        """Index into the level-`level` table (levels numbered from 1 = L1)."""
+        shift = self.shifts[self.levels - level]
+        width = 2 if (self.levels == 3 and level == 3) else (self.entries.bit_length() - 1)
+        return (va >> shift) & ((1 << width) - 1)
+
+    def pte_mfn(self, pte: int) -> int:
+        return (pte & self.mfn_mask) >> 12
+
+    def level_span(self, level: int) -> int:
+        """Bytes of VA one entry of a level-`level` table maps."""
+        return 1 << self.shifts[self.levels - level]
+
+
+NONPAE = PagingMode("non-PAE", 2, 4, 1024, (22, 12), 0xFFFFF000)
+PAE = PagingMode("PAE", 3, 8, 512, (30, 21, 12), 0x000FFFFFFFFFF000)
+
+
+def cr3_to_mfn(cr3: int, mode: PagingMode) -> int:
+    """The top-level table's frame from a CR3 value (PAE L3 is 32-byte aligned)."""
+    return (cr3 & 0xFFFFF000) >> 12
+
+
+@dataclass
+class WalkStep:
+    level: int
+    table_mfn: int
+    index: int
+    entry_maddr: int
+    pte: int
+
+    @property
+    def present(self) -> bool:
+        return bool(self.pte & C._PAGE_PRESENT)
+
+    @property
+    def flags(self) -> list[str]:
+        return decode_flags(self.pte)
+
+
+@dataclass
+class Walk:
+    va: int
+    steps: list[WalkStep] = field(default_factory=list)
+    mfn: int | None = None         # final frame, when mapped
+    maddr: int | None = None
+    writable: bool = False
+    user: bool = False
+    nx: bool = False
+
+    @property
+    def mapped(self) -> bool:
+        return self.mfn is not None
+
+
+def read_pte(mem: MachineMemory, mode: PagingMode, maddr: int) -> int:
+    return mem.read_u64(maddr) if mode.pte_size == 8 else mem.read_u32(maddr)
+
+
+def walk(mem: MachineMemory, mode: PagingMode, top_mfn: int, va: int) -> Walk:
+    """Translate va through the tables rooted at top_mfn, recording every level."""
+    w = Walk(va)
+    table = top_mfn
+    writable = user = True
+    nx = False
+    for level in range(mode.levels, 0, -1):
+        idx = mode.index(va, level)
+        maddr = (table << 12) + idx * mode.pte_size
+        if not mem.valid(maddr, mode.pte_size):
+            return w
+        pte = read_pte(mem, mode, maddr)
+        w.steps.append(WalkStep(level, table, idx, maddr, pte))
+        if not pte & C._PAGE_PRESENT:
+            return w
+        if not (mode.levels == 3 and level == 3):   # PAE PDPTEs carry no RW/US
+            writable &= bool(pte & C._PAGE_RW)
+            user &= bool(pte & C._PAGE_USER)
+        nx |= bool(pte & C._PAGE_NX) if mode.pte_size == 8 else False
+        table = mode.pte_mfn(pte)
+    w.mfn = table
+    w.maddr = (table << 12) | (va & 0xFFF)
+    w.writable, w.user, w.nx = writable, user, nx
+    return w
+
+
+def translate(mem: MachineMemory, mode: PagingMode, top_mfn: int, va: int, write: bool = False) -> int | None:
+    """Machine address of va, or None when unmapped (or read-only, for a write)."""
+    table = top_mfn
+    for level in range(mode.levels, 0, -1):
+        maddr = (table << 12) + mode.index(va, level) * mode.pte_size
+        if not mem.valid(maddr, mode.pte_size):
+            return None
+        pte = read_pte(mem, mode, maddr)
+        if not pte & 1:
+            return None
+        if write and not pte & 2 and not (level == 3 and mode.levels == 3):
+            return None
+        table = mode.pte_mfn(pte)
+    return (table << 12) | (va & 0xFFF)

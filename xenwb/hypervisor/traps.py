@@ -1,0 +1,143 @@
+"""Reflecting exceptions and events into a PV32 guest, as Xen's compat entry code does.
+
+Frame layouts: xen/arch/x86/x86_64/compat/entry.S (compat_create_bounce_frame,
+compat_failsafe_callback), xen/arch/x86/pv/traps.c (pv_inject_event),
+xen/arch/x86/pv/iret.c (compat_iret).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from xenwb.abi import constants as C
+from xenwb.hypervisor.memory import GuestFault
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.vcpu import Vcpu
+
+EFLAGS_IF = 1 << 9
+EFLAGS_IOPL = 3 << 12
+EFLAGS_TF, EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, EFLAGS_AC = 1 << 8, 1 << 14, 1 << 16, 1 << 17, 1 << 18
+
+
+class DomainCrash(Exception):
+    """The hypervisor crashes the domain (as domain_crash() does)."""
+
+
+def guest_eflags(vcpu: Vcpu, real: int, saved_mask: int) -> int:
+    """EFLAGS as the guest sees it in a frame: IF = !mask, virtual IOPL only with
+    VMASST architectural_iopl."""
+    flags = (real & ~(EFLAGS_IF | EFLAGS_IOPL)) | 2
+    if not saved_mask:
+        flags |= EFLAGS_IF
+    if vcpu.domain.vm_assist & (1 << C.Vmasst.architectural_iopl):
+        flags |= (vcpu.iopl & 3) << 12
+    return flags
+
+
+def create_bounce_frame(vcpu: Vcpu, handler_cs: int, handler_eip: int, error_code: int | None,
+                        mask_events: bool, *, regs: dict[str, int] | None = None,
+                        extra_low: tuple[int, ...] = ()) -> None:
+    """Push Xen's PV32 frame and continue at handler_cs:handler_eip.
+
+    Lowest address first: [extra_low...] [ERRCODE] EIP, CS|saved_mask<<16, EFLAGS, [ESP, SS].
+    From ring 2/3 the frame goes on kernel_ss:kernel_sp with the old SS:ESP.
+    """
+    r = regs or vcpu.cpu.regs()
+    saved_mask = vcpu.upcall_mask
+    from_user = bool(r["cs"] & 2)
+    words = list(extra_low)
+    if error_code is not None:
+        words.append(error_code & 0xFFFFFFFF)
+    words += [r["eip"], (r["cs"] & 0xFFFF) | (saved_mask << 16), guest_eflags(vcpu, r["eflags"], saved_mask)]
+    if from_user:
+        words += [r["esp"], r["ss"] & 0xFFFF]
+        ss, sp = vcpu.kernel_ss, vcpu.kernel_sp
+        if not ss & ~3:
+            raise DomainCrash("bounce from user mode with no kernel stack (stack_switch not called)")
+    else:
+        ss, sp = r["ss"], r["esp"]
+    frame = struct.pack(f"<{len(words)}I", *words)
+    new_sp = (sp - len(frame)) & 0xFFFFFFFF
+    try:
+        vcpu.write_virt(new_sp, frame)
+    except GuestFault as e:
+        raise DomainCrash(f"fault while writing the bounce frame at {e.va:#x}") from None
+    if mask_events:
+        vcpu.upcall_mask = 1
+    eflags = (r["eflags"] & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM | EFLAGS_IOPL)) | EFLAGS_IF | 2
+    vcpu.cpu.transfer(handler_eip, handler_cs | 1 if not handler_cs & 3 else handler_cs, eflags, new_sp,
+                      ss if ss & 3 else ss | 1)
+
+
+def bounce_exception(vcpu: Vcpu, vector: int, error_code: int | None = None, cr2: int | None = None,
+                     regs: dict[str, int] | None = None) -> None:
+    """pv_inject_event: reflect a hardware exception (or int n) through trap_ctxt[vector]."""
+    ti = vcpu.trap_ctxt[vector]
+    vcpu.domain.stats["faults"] += 1
+    if vector == C.TRAP_page_fault and cr2 is not None:
+        vcpu.cr2 = cr2
+        vcpu.write_vcpu_info_cr2(cr2)
+    if vector == C.TRAP_no_device:
+        vcpu.set_virtual_ts(False)   # Xen clears the virtual CR0.TS before reflecting #NM
+    vcpu.domain.trace.emit_fault(vcpu, vector, error_code, cr2, regs)
+    if ti is None or not (ti.cs & ~3):
+        r = regs or vcpu.cpu.regs()
+        raise DomainCrash(f"{C.TRAP_NAMES.get(vector, f'vector {vector}')}"
+                          f"{f' error code {error_code:#x}' if error_code is not None else ''}"
+                          f"{f' cr2 {cr2:#x}' if cr2 is not None else ''} with no handler"
+                          f" registered (bounce to null selector) at eip {r['eip']:#x}")
+    create_bounce_frame(vcpu, ti.cs, ti.address, error_code, bool(ti.flags & 4), regs=regs)
+
+
+def deliver_event_upcall(vcpu: Vcpu) -> bool:
+    """If events are pending and unmasked, enter the event callback (mask set)."""
+    if not vcpu.upcall_pending or vcpu.upcall_mask or not vcpu.event_cs & ~3:
+        return False
+    vcpu.domain.trace.emit_upcall(vcpu)
+    create_bounce_frame(vcpu, vcpu.event_cs, vcpu.event_eip, None, True)
+    return True
+
+
+def failsafe_callback(vcpu: Vcpu, target: dict[str, int]) -> None:
+    """Xen could not load the guest's segments on its way back: bounce to the failsafe
+    callback with DS, ES, FS, GS below the usual frame (compat_failsafe_callback)."""
+    if not vcpu.failsafe_cs & ~3:
+        raise DomainCrash(f"failed to return to the guest at {target['cs']:#x}:{target['eip']:#x} "
+                          "and no failsafe callback is registered")
+    vcpu.domain.trace.emit_failsafe(vcpu, target)
+    segs = tuple(target.get(s, 0) & 0xFFFF for s in ("ds", "es", "fs", "gs"))
+    create_bounce_frame(vcpu, vcpu.failsafe_cs, vcpu.failsafe_eip, None, vcpu.failsafe_mask,
+                        regs=target, extra_low=segs)
+
+
+def do_iret(vcpu: Vcpu) -> None:
+    """HYPERVISOR_iret (compat_iret): the stack holds EAX, EIP, CS, EFLAGS, [ESP, SS]."""
+    r = vcpu.cpu.regs()
+    sp = r["esp"]
+    try:
+        eax, eip, cs, eflags = struct.unpack("<4I", vcpu.read_virt(sp, 16))
+    except GuestFault:
+        raise DomainCrash(f"iret hypercall: unreadable frame at {sp:#x}") from None
+    cs &= 0xFFFF
+    if not cs & 3:
+        raise DomainCrash(f"iret hypercall to ring 0 (cs {cs:#x})")
+    if cs & 3 == 1:
+        esp, ss = sp + 16, r["ss"]
+    else:
+        try:
+            esp, ss = struct.unpack("<2I", vcpu.read_virt(sp + 16, 8))
+        except GuestFault:
+            raise DomainCrash(f"iret hypercall: unreadable frame at {sp + 16:#x}") from None
+        ss &= 0xFFFF
+    if vcpu.domain.vm_assist & (1 << C.Vmasst.architectural_iopl):
+        vcpu.iopl = (eflags >> 12) & 3
+    vcpu.upcall_mask = 0 if eflags & EFLAGS_IF else 1
+    real = (eflags & ~(EFLAGS_IOPL | EFLAGS_VM)) | EFLAGS_IF | 2
+    vcpu.cpu.set_reg("eax", eax)
+    if eflags & EFLAGS_VM:
+        raise DomainCrash("iret hypercall to virtual-8086 mode")
+    target = dict(r, eip=eip, cs=cs, eflags=real, esp=esp, ss=ss, eax=eax)
+    vcpu.pending_iret_target = target
+    vcpu.cpu.transfer(eip, cs, real, esp, ss)

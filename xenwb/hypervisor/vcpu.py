@@ -1,0 +1,286 @@
+"""A PV vcpu: Xen's per-vcpu state plus the engine hooks that call into the hypervisor."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
+
+from xenwb.abi import constants as C
+from xenwb.hypervisor import emulate, traps
+from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, HYPERCALL_REGS, Cpu
+from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.paging import translate, walk
+from xenwb.hypervisor.xenarea import PERDOMAIN_VA
+from xenwb.vclock import VClock
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.domain import Domain
+
+SOFT_INT_DIRECT = frozenset({3, 4})      # Xen's IDT has DPL3 gates for int3 and into
+
+
+class VcpuState(enum.Enum):
+    down = "down"
+    running = "running"
+    blocked = "blocked"
+    stopped = "stopped"        # halted by the workbench (debugger, end of run)
+
+
+@dataclass
+class TrapInfo:
+    vector: int
+    flags: int
+    cs: int
+    address: int
+
+
+class Vcpu:
+    def __init__(self, domain: Domain, vcpu_id: int) -> None:
+        self.domain = domain
+        self.id = vcpu_id
+        self.cpu = Cpu(vcpu_id, domain.mem, domain.xen, domain.pae)
+        self.clock = VClock(self.cpu.uc)
+        self.state = VcpuState.down
+        self.initialised = False
+        # Xen's per-vcpu PV state (struct pv_vcpu)
+        self.trap_ctxt: list[TrapInfo | None] = [None] * 256
+        self.event_cs = self.event_eip = 0
+        self.failsafe_cs = self.failsafe_eip = 0
+        self.failsafe_mask = False
+        self.callbacks: dict[int, tuple[int, int, int]] = {}
+        self.kernel_ss = self.kernel_sp = 0
+        self.iopl = 0
+        self.virtual_ts = False
+        self.cr2 = 0
+        self.cr4 = 0
+        self.debugreg = [0] * 8
+        self.gdt_frames: list[int] = []
+        self.gdt_ents = 0
+        self.ldt_base = self.ldt_ents = 0
+        self.cr3_mfn = 0
+        self.vcpu_info_maddr = (domain.shared_info_mfn << 12) + 64 * vcpu_id
+        self.in_multicall = False
+        self.pending_iret_target: dict[int, int] | None = None
+        self.stop_requested = False
+        # timers (xen/arch/x86/pv/domain.c: a 10 ms periodic VIRQ_TIMER from the start)
+        self.periodic_period = 10_000_000
+        self.periodic_next = self.periodic_period
+        self.singleshot_deadline: int | None = None
+        self.poll_ports: list[int] | None = None
+        self.poll_deadline: int | None = None
+        self.runstate_area: int | None = None
+        self.vcpu_info_registered = False
+        self.iobitmap: tuple[int, int] | None = None
+        self._install_hooks()
+
+    # -- hooks ------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        uc = self.cpu.uc
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self._rdtsc_cb = HOOK_INSN_CPUID_CFUNC(lambda _h, _k: self._on_rdtsc())
+        uc._Uc__do_hook_add(UC_HOOK_INSN, self._rdtsc_cb, 1, 0, X.UC_X86_INS_RDTSC)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        stub = self.domain.xen.stub_va(self.id)
+        uc.hook_add(UC_HOOK_CODE, self._on_stub, None, stub, stub)
+
+    def _on_stub(self, uc, address, size, _ud) -> None:
+        """The ring-0 transition stub runs: close the call gate again."""
+        self.cpu.disarm()
+
+    def _on_cpuid(self, uc, _ud) -> int:
+        emulate.cpuid(self)
+        return 1
+
+    def _on_rdtsc(self) -> int:
+        tsc = self.domain.time.tsc(self)
+        uc = self.cpu.uc
+        uc.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_EDX, tsc >> 32)
+        return 1
+
+    def _on_invalid(self, uc, _ud) -> bool:
+        try:
+            if not emulate.invalid_opcode(self):
+                traps.bounce_exception(self, C.TRAP_invalid_op)
+            self._after_guest_exit()
+        except traps.DomainCrash as e:
+            self.domain.crash(self, str(e))
+        return True
+
+    def _on_interrupt(self, uc, intno: int, _ud) -> None:
+        try:
+            self._interrupt(intno)
+        except traps.DomainCrash as e:
+            self.domain.crash(self, str(e))
+
+    def _interrupt(self, intno: int) -> None:
+        uc = self.cpu.uc
+        if intno == 0x82:
+            vals = uc.reg_read_batch(HYPERCALL_REGS)
+            if vals[6] & 3 == 1:
+                self.domain.hypercall(self, vals)
+                self._after_guest_exit()
+                return
+        r = self.cpu.regs()
+        cr2 = r["cr2"] if intno == 14 else None
+        if intno in CONTRIBUTORY_OR_PF:
+            self.cpu.clear_pending_exception()
+        if r["cs"] & 3 == 0 and r["eip"] >= PERDOMAIN_VA:
+            # the trampoline's iret faulted: Xen failed to load the guest's selectors
+            target = self.pending_iret_target or {}
+            self.pending_iret_target = None
+            traps.failsafe_callback(self, target)
+            self._after_guest_exit()
+            return
+        soft = self._software_int(intno, r)
+        if soft is not None:
+            self._soft_int(intno, soft, r)
+        elif intno == C.TRAP_page_fault:
+            ec = emulate.page_fault_error_code(self, r, cr2)
+            if not emulate.ptwr(self, r, cr2, ec):
+                traps.bounce_exception(self, 14, ec, cr2, regs=r)
+        elif intno == C.TRAP_gp_fault:
+            if not emulate.privileged_op(self, r):
+                traps.bounce_exception(self, 13, emulate.gp_error_code(self, r), regs=r)
+        elif intno == C.TRAP_no_device:
+            self.cpu.set_ts(False)
+            traps.bounce_exception(self, 7, regs=r)
+        else:
+            ec = 0 if intno in C.VECTORS_WITH_ERROR_CODE else None
+            traps.bounce_exception(self, intno, ec, regs=r)
+        self._after_guest_exit()
+
+    def _software_int(self, intno: int, r: dict[str, int]) -> int | None:
+        """Length of the `int n`/int3/into that raised intno, or None for an exception."""
+        eip = r["eip"]
+        if intno >= 32:
+            return 2
+        try:
+            before = self.read_virt((eip - 2) & 0xFFFFFFFF, 2)
+        except GuestFault:
+            return None
+        if before == bytes([0xCD, intno]):
+            return 2
+        if intno == 3 and before[1] == 0xCC:
+            return 1
+        if intno == 4 and before[1] == 0xCE:
+            return 1
+        return None
+
+    def _soft_int(self, n: int, length: int, r: dict[str, int]) -> None:
+        """`int n` from the guest: Xen's IDT gates and do_general_protection rules."""
+        ring = r["cs"] & 3
+        ti = self.trap_ctxt[n]
+        if n in SOFT_INT_DIRECT:
+            traps.bounce_exception(self, n, regs=r)
+            return
+        needed = 1 if ring == 1 else 3
+        if ti is not None and (ti.flags & 3) >= needed and ti.cs & ~3:
+            traps.bounce_exception(self, n, regs=r)
+            return
+        # #GP with the IDT error code, EIP back on the int instruction
+        r = dict(r, eip=(r["eip"] - length) & 0xFFFFFFFF)
+        self.cpu.eip = r["eip"]
+        traps.bounce_exception(self, 13, (n << 3) | 2, regs=r)
+
+    def _after_guest_exit(self) -> None:
+        """On the way back to the guest: deliver pending events (Xen's test_all_events)."""
+        if self.domain.stopping:
+            self.cpu.uc.emu_stop()
+            return
+        traps.deliver_event_upcall(self)
+        if self.stop_requested or self.state is not VcpuState.running:
+            self.cpu.uc.emu_stop()
+
+    # -- vcpu_info -------------------------------------------------------------
+    @property
+    def upcall_mask(self) -> int:
+        return self.domain.mem.read(self.vcpu_info_maddr + 1, 1)[0]
+
+    @upcall_mask.setter
+    def upcall_mask(self, v: int) -> None:
+        old = self.upcall_mask
+        self.domain.mem.write(self.vcpu_info_maddr + 1, bytes([v & 1]))
+        if old != (v & 1):
+            self.domain.trace.emit_mask(self, old, v & 1)
+
+    @property
+    def upcall_pending(self) -> int:
+        return self.domain.mem.read(self.vcpu_info_maddr, 1)[0]
+
+    @upcall_pending.setter
+    def upcall_pending(self, v: int) -> None:
+        self.domain.mem.write(self.vcpu_info_maddr, bytes([v & 1]))
+
+    def write_vcpu_info_cr2(self, cr2: int) -> None:
+        self.domain.mem.write_u32(self.vcpu_info_maddr + 8, cr2)
+
+    def set_virtual_ts(self, on: bool) -> None:
+        self.virtual_ts = on
+        self.cpu.set_ts(on)
+
+    # -- guest memory through this vcpu's pagetables ---------------------------------
+    def _check_range(self, va: int, n: int) -> None:
+        if va + n > self.domain.geo.hv_start or va < 0:
+            raise GuestFault(va)
+
+    def virt_to_maddr(self, va: int, write: bool = False) -> int | None:
+        return translate(self.domain.mem, self.domain.mode, self.cr3_mfn, va, write)
+
+    def read_virt(self, va: int, n: int) -> bytes:
+        """copy_from_guest: guest-kernel view, the hypervisor range refused."""
+        self._check_range(va, n)
+        return self._copy(va, n, None)
+
+    def write_virt(self, va: int, data: bytes) -> None:
+        """copy_to_guest: needs a writable mapping (Xen runs with CR0.WP set)."""
+        self._check_range(va, len(data))
+        self._copy(va, len(data), data)
+
+    def _copy(self, va: int, n: int, data: bytes | None) -> bytes:
+        mem = self.domain.mem
+        out = bytearray()
+        pos = 0
+        while pos < n:
+            cur = va + pos
+            chunk = min(n - pos, 4096 - (cur & 0xFFF))
+            maddr = self.virt_to_maddr(cur, write=data is not None)
+            if maddr is None or not mem.valid(maddr, chunk):
+                raise GuestFault(cur, data is not None)
+            if data is None:
+                out += mem.read(maddr, chunk)
+            else:
+                mem.write(maddr, data[pos: pos + chunk])
+            pos += chunk
+        return bytes(out)
+
+    def read_u32(self, va: int) -> int:
+        return struct.unpack("<I", self.read_virt(va, 4))[0]
+
+    def debug_read(self, va: int, n: int) -> bytes:
+        """Debugger read: any mapped byte, hypervisor range included; stops at a hole."""
+        mem = self.domain.mem
+        out = bytearray()
+        pos = 0
+        while pos < n:
+            cur = (va + pos) & 0xFFFFFFFF
+            chunk = min(n - pos, 4096 - (cur & 0xFFF))
+            w = walk(mem, self.domain.mode, self.cr3_mfn, cur)
+            if not w.mapped or not mem.valid(w.maddr, chunk):
+                break
+            out += mem.read(w.maddr, chunk)
+            pos += chunk
+        return bytes(out)
+
+    # -- description ---------------------------------------------------------------
+    def describe(self) -> str:
+        r = self.cpu.regs()
+        sym = self.domain.symbolize(r["eip"])
+        return f"vcpu{self.id} eip {r['eip']:#010x}{f' <{sym}>' if sym else ''} cs {r['cs']:#x}"

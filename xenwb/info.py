@@ -1,0 +1,57 @@
+"""`xenwb info GUEST`: the Xen notes and the start-of-day layout the builder will use."""
+
+from __future__ import annotations
+
+import argparse
+
+from xenwb.abi.elfnotes import ElfNote
+from xenwb.examples import resolve_guest
+from xenwb.layout import compute_layout
+from xenwb.loader import GuestImage, load_guest
+
+
+def describe(img: GuestImage, memory_mib: int = 64, module_size: int = 0) -> str:
+    lines = [f"guest:          {img.path}",
+             f"ELF:            ELF{img.elfclass} {img.machine}, notes from {img.notes_source}",
+             f"guest type:     {img.guest_type}",
+             f"guest OS:       {img.guest_os} {img.guest_version}".rstrip(),
+             f"loader:         {img.loader or '(none)'}",
+             f"Xen version:    {img.xen_version or '(none)'}",
+             f"PAE mode:       {img.pae_mode}",
+             f"virt base:      {img.virt_base:#010x}",
+             f"paddr offset:   {img.paddr_offset:#010x}",
+             f"entry:          {img.entry:#010x}" + (f" <{s}>" if (s := img.symbolize(img.entry)) else ""),
+             "hypercall page: " + (f"{img.hypercall_page:#010x} (filled by the builder)"
+                                    if img.hypercall_page is not None else "none (the guest writes the MSR)"),
+             f"features:       {' '.join(img.feature_names(img.features_supported)) or '(none)'}",
+             f"  required:     {' '.join(img.feature_names(img.features_required)) or '(none)'}",
+             f"kernel:         [{img.kernel_start:#010x}, {img.kernel_end:#010x})",
+             f"symbols:        {len(img.symbols)}",
+             "notes:"]
+    for n in img.notes:
+        v = f"{n.value:#x}" if isinstance(n.value, int) else (repr(n.value) if isinstance(n.value, str)
+                                                               else n.value.hex())
+        lines.append(f"  {n.type_name:<18} {v}")
+    if img.machine == "EM_386":
+        nr_pages = memory_mib * 256
+        lay = compute_layout(img, nr_pages, module_size)
+        lines.append(f"start-of-day layout ({memory_mib} MiB, {nr_pages} pages, pfn = (va - virt_base) / 4096):")
+        for r in lay.regions:
+            lines.append(f"  {r.name:<11} {r.va:#010x} - {r.end:#010x}  pfn {lay.pfn(r.va):#7x}  "
+                         f"{r.pages:5d} page{'s' if r.pages != 1 else ''}")
+        t = lay.tables
+        lines.append(f"  boot mapping ends at {lay.virt_end:#010x} ({lay.mapped_pages} pages); "
+                     f"tables: {t.l3} L3, {t.l2} L2, {t.l1} L1")
+        lines.append(f"  initial esp {lay.stack_top:#010x}, esi = start_info {lay.start_info.va:#010x}")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import os
+    img = load_guest(resolve_guest(args.guest))
+    size = os.path.getsize(args.module) if args.module else 0
+    print(describe(img, args.memory, size))
+    return 0
+
+
+__all__ = ["ElfNote", "describe"]
