@@ -104,11 +104,15 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> tuple[Domain, BootLayou
     for i in range(32):
         mem.write((dom.shared_info_mfn << 12) + 64 * i + 1, b"\x01")
     from xenwb.hypervisor.hypercalls.event_channel import setup_domain_ports
+    from xenwb.hypervisor.vcpus import init_wallclock, update_vcpu_time
     setup_domain_ports(dom)
+    init_wallclock(dom)
     for vid in range(cfg.vcpus):
         dom.vcpus.append(Vcpu(dom, vid))
     v0 = dom.vcpus[0]
     start_vcpu0(dom, v0, layout, top_mfn)
+    for v in dom.vcpus:
+        update_vcpu_time(dom, v)
     dom.layout = layout  # type: ignore[attr-defined]
     return dom, layout
 
@@ -195,6 +199,7 @@ def start_vcpu0(dom: Domain, v: Vcpu, layout: BootLayout, top_mfn: int) -> None:
     v.debugreg[6], v.debugreg[7] = 0xFFFF0FF0, 0x400
     cpu.transfer(dom.image.entry, C.FLAT_RING1_CS, 0x202, layout.stack_top, C.FLAT_RING1_SS)
     v.state = VcpuState.running
+    v.runstate_state = 0
     v.initialised = True
 
 

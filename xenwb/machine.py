@@ -16,7 +16,9 @@ from pathlib import Path
 from xenwb.abi import constants as C
 from xenwb.builder import BuildConfig, build_domain
 from xenwb.hypervisor.domain import Domain
+from xenwb.hypervisor.traps import DomainCrash, deliver_event_upcall
 from xenwb.hypervisor.vcpu import Vcpu, VcpuState
+from xenwb.hypervisor.vcpus import update_vcpu_time
 from xenwb.layout import BootLayout
 from xenwb.loader import GuestImage, load_guest
 from xenwb.vclock import NEVER
@@ -158,6 +160,15 @@ class Machine:
         if v.clock.deadline <= now:
             self._fire_timers(v)
             return
+        update_vcpu_time(dom, v)
+        if v.runstate_area:
+            dom.update_runstate_area(v)
+        if v.cpu.cpl:          # not in the middle of a ring transition
+            try:
+                deliver_event_upcall(v)
+            except DomainCrash as e:
+                dom.crash(v, str(e))
+                return
         v.cpu.run()
         dom.current = None
         self._fire_timers(v)

@@ -17,8 +17,9 @@ import ctypes
 import struct
 from functools import cache
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import MachineMemory
@@ -73,6 +74,31 @@ def _blob(ctx) -> bytes:
     return ctypes.string_at(ctx.context, ctx.size)
 
 
+class RegBatch:
+    """A fixed set of registers read or written in one call to libunicorn.
+
+    The Python binding's reg_read_batch costs tens of microseconds per call in
+    argument conversion; hypercalls read seven registers each, so the workbench
+    calls uc_reg_read_batch itself with preallocated ctypes arrays."""
+
+    def __init__(self, uc: Uc, reg_ids: list[int]) -> None:
+        n = len(reg_ids)
+        self._uch = uc._uch
+        self._n = n
+        self._ids = (ctypes.c_int * n)(*reg_ids)
+        self._vals = (ctypes.c_uint64 * n)()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+
+    def read(self) -> list[int]:
+        # each slot only ever receives the same register, of at most 4 bytes here,
+        # so the upper bytes stay zero from allocation: no memset needed
+        err = uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, self._n)
+        if err:
+            raise UcError(err)
+        return list(self._vals)
+
+
 class Cpu:
     """The emulated CPU of one vcpu."""
 
@@ -90,6 +116,11 @@ class Cpu:
         uc.reg_write(X.UC_X86_REG_TR, (XEN_TSS_SEL, xen.tss_va(vcpu_id), 0x67, 0x8900))
         self.pae = pae
         self.ring_switches = 0
+        self._hypercall_regs = RegBatch(uc, HYPERCALL_REGS)
+        self._all_names = list(_REG)
+        self._all_regs = RegBatch(uc, [_REG[n] for n in self._all_names])
+        self._u32 = ctypes.c_uint32()
+        self._eax_id = X.UC_X86_REG_EAX
 
     def start_paging(self, top_mfn: int) -> None:
         uc = self.uc
@@ -123,9 +154,19 @@ class Cpu:
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3
 
     def regs(self) -> dict[str, int]:
-        names = list(_REG)
-        vals = self.uc.reg_read_batch([_REG[n] for n in names])
-        return dict(zip(names, vals, strict=False))
+        vals = self._all_regs.read()
+        out = dict(zip(self._all_names, vals, strict=True))
+        for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
+            out[seg] &= 0xFFFF
+        return out
+
+    def hypercall_regs(self) -> list[int]:
+        """EAX, EBX, ECX, EDX, ESI, EDI, CS in one call (the hot path)."""
+        return self._hypercall_regs.read()
+
+    def set_eax(self, value: int) -> None:
+        self._u32.value = value & 0xFFFFFFFF
+        uclib.uc_reg_write(self.uc._uch, self._eax_id, ctypes.byref(self._u32))
 
     def flush_tlb(self) -> None:
         """Drop unicorn's cached translations (UC_CTL_TLB_FLUSH)."""

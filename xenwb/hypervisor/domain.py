@@ -65,6 +65,40 @@ class SchedulingMixin:
             if v.poll_ports is not None and port in v.poll_ports:
                 self.wake(v)
 
+    def vcpu_initialise(self, target: Vcpu, arg: int) -> int:
+        from xenwb.hypervisor.vcpus import vcpu_initialise
+        return vcpu_initialise(self, target, arg, self.current or self.vcpus[0])  # type: ignore[arg-type]
+
+    def vcpu_up(self, target: Vcpu) -> int:
+        from xenwb.hypervisor.vcpu import VcpuState
+        from xenwb.hypervisor.vcpus import account_runstate
+        if not target.initialised:
+            return -Errno.EINVAL
+        if target.state is VcpuState.down:
+            account_runstate(self, target)  # type: ignore[arg-type]
+            self.wake(target)
+            target.runstate_state = 0
+        return 0
+
+    def vcpu_down(self, target: Vcpu) -> int:
+        from xenwb.hypervisor.vcpu import VcpuState
+        from xenwb.hypervisor.vcpus import account_runstate
+        account_runstate(self, target)  # type: ignore[arg-type]
+        target.state = VcpuState.down
+        target.runstate_state = 3
+        target.cpu.uc.emu_stop()
+        if all(v.state is VcpuState.down for v in self.vcpus):
+            self.shutdown(target, ShutdownReason.poweroff)  # type: ignore[attr-defined]
+        return 0
+
+    def runstate(self, target: Vcpu):
+        from xenwb.hypervisor.vcpus import runstate_info
+        return runstate_info(self, target)  # type: ignore[arg-type]
+
+    def update_runstate_area(self, target: Vcpu) -> None:
+        from xenwb.hypervisor.vcpus import update_runstate_area
+        update_runstate_area(self, target)  # type: ignore[arg-type]
+
     def register_vcpu_info(self, vcpu: Vcpu, mfn: int, offset: int) -> int:
         """VCPUOP_register_vcpu_info: move vcpu_info to mfn:offset (domain.c map_vcpu_info)."""
         dom = self  # type: ignore[assignment]
@@ -158,9 +192,8 @@ class Domain(SchedulingMixin):
                 self.trace.emit_hypercall(vcpu, nr, args, 0, eip, {})
             do_iret(vcpu)
             return
-        ret = self.call(vcpu, nr, args, eip=vcpu.cpu.eip - 2)
-        if nr != C.Hypercall.iret:
-            vcpu.cpu.set_reg("eax", ret)
+        ret = self.call(vcpu, nr, args, eip=vcpu.cpu.eip - 2 if self.trace.active else 0)
+        vcpu.cpu.set_eax(ret)
 
     def call(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], *, eip: int,
              multicall: int | None = None) -> int:

@@ -86,6 +86,10 @@ class MachineMemory:
 
     # -- raw access by machine address -----------------------------------
     def _locate(self, maddr: int, size: int) -> tuple[memoryview, int] | None:
+        r = self.ram
+        off = maddr - r.base
+        if 0 <= off and off + size <= r.size:
+            return r.view, off
         for r in self.regions:
             off = maddr - r.base
             if 0 <= off and off + size <= r.size:

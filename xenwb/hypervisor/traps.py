@@ -93,7 +93,7 @@ def bounce_exception(vcpu: Vcpu, vector: int, error_code: int | None = None, cr2
 
 def deliver_event_upcall(vcpu: Vcpu) -> bool:
     """If events are pending and unmasked, enter the event callback (mask set)."""
-    if not vcpu.upcall_pending or vcpu.upcall_mask or not vcpu.event_cs & ~3:
+    if not vcpu.event_cs & ~3 or not vcpu.upcall_pending or vcpu.upcall_mask:
         return False
     vcpu.domain.trace.emit_upcall(vcpu)
     create_bounce_frame(vcpu, vcpu.event_cs, vcpu.event_eip, None, True)

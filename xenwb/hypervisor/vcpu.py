@@ -13,7 +13,7 @@ from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps
-from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, HYPERCALL_REGS, Cpu
+from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate, walk
 from xenwb.hypervisor.xenarea import PERDOMAIN_VA
@@ -77,6 +77,9 @@ class Vcpu:
         self.runstate_area: int | None = None
         self.vcpu_info_registered = False
         self.iobitmap: tuple[int, int] | None = None
+        self.runstate_state = 3          # RUNSTATE_offline until brought up
+        self.runstate_entry = 0
+        self.runstate_time = [0, 0, 0, 0]
         self._install_hooks()
 
     # -- hooks ------------------------------------------------------------------
@@ -121,9 +124,8 @@ class Vcpu:
             self.domain.crash(self, str(e))
 
     def _interrupt(self, intno: int) -> None:
-        uc = self.cpu.uc
         if intno == 0x82:
-            vals = uc.reg_read_batch(HYPERCALL_REGS)
+            vals = self.cpu.hypercall_regs()
             if vals[6] & 3 == 1:
                 self.domain.hypercall(self, vals)
                 self._after_guest_exit()
@@ -213,7 +215,8 @@ class Vcpu:
 
     @property
     def upcall_pending(self) -> int:
-        return self.domain.mem.read(self.vcpu_info_maddr, 1)[0]
+        view, off = self.domain.mem._where(self.vcpu_info_maddr, 1)
+        return view[off]
 
     @upcall_pending.setter
     def upcall_pending(self, v: int) -> None:
