@@ -1,16 +1,21 @@
 /*
  * hypercall.h - 32-bit PV hypercall wrappers for pvdemo.
  *
- * Calling convention (PV32; the hypercall page stubs are built by Xen in
- * hypercall_page_initialise / pv_ring1_init_hypercall_page):
- *   EAX = hypercall number (loaded by the stub), arguments in EBX, ECX, EDX,
- *   ESI, EDI, result in EAX.  Every call goes through the hypercall page:
- *   "call hypercall_page + nr * 32".  Stub n is "mov $n,%eax; int $0x82; ret".
+ * Calling convention (PV32): EAX = hypercall number (loaded by the stub),
+ * arguments in EBX, ECX, EDX, ESI, EDI, result in EAX: 0, a positive value,
+ * or -errno (xen/include/public/errno.h).  Hypercall numbers are in
+ * xen/include/public/xen.h.  Every call goes through the hypercall page,
+ * "call hypercall_page + nr * 32"; stub n is "mov $n,%eax; int $0x82; ret".
+ * The stubs are written by Xen: pv_ring1_init_hypercall_page() in
+ * xen/arch/x86/pv/hypercall.c (64-bit Xen) or
+ * hypercall_page_initialise_ring1_kernel() in xen/arch/x86/x86_32/traps.c
+ * (the 32-bit Xen of <= 4.2); both write the same bytes.
  *
  * Xen may clobber the argument registers (a debug build writes 0xDEADF00D
- * into each used one), and it reads and writes guest memory through the
- * pointers it is given, so every argument register is an in/out operand and
- * every call clobbers "memory".
+ * into each one the hypercall uses: clobber_regs32() in
+ * xen/arch/x86/include/asm/hypercall.h), and it reads and writes guest memory
+ * through the pointers it is given, so every argument register is an in/out
+ * operand and every call clobbers "memory".
  *
  * The iret hypercall (23) is never called from C: the asm stubs in head.S
  * jump to hypercall_page + 23 * 32 with EIP, CS, EFLAGS on the stack.

@@ -10,8 +10,9 @@
  * and the run ends with "pvdemo: all N checks passed" + SHUTDOWN_poweroff, or
  * "pvdemo: K checks FAILED (of N)" + SHUTDOWN_crash.
  *
- * Written against the Xen public headers (see xen.h for paths); it relies on
- * nothing an emulator might do differently from Xen.
+ * Written against the Xen public headers and hypervisor sources (xen.h names
+ * the header of every constant); it uses only what the PV ABI guarantees, so
+ * the same image should pass on a real Xen and on an emulator.
  *
  * Room to grow: struct vcpu_state is per vCPU (one today), the trap and
  * callback stubs are re-entrant, and do_hypervisor_callback() is where
@@ -80,7 +81,7 @@ extern char probe_read_insn[], probe_hlt_insn[], probe_int3_insn[],
     probe_int3_next[], probe_read_cr3_insn[];
 
 /* Called from head.S */
-void start_kernel(struct start_info *si) NORETURN;
+void start_kernel(start_info_t *si) NORETURN;
 void do_trap(struct trap_frame *f);
 void do_hypervisor_callback(struct trap_frame *f);
 void do_failsafe_callback(struct failsafe_frame *f);
@@ -88,7 +89,7 @@ void do_failsafe_callback(struct failsafe_frame *f);
 /* ------------------------------------------------------------------------
  * Global state
  * ------------------------------------------------------------------------ */
-struct start_info *xen_start_info;          /* ESI at entry, stored by head.S */
+start_info_t *xen_start_info;               /* ESI at entry, stored by head.S */
 struct shared_info *HYPERVISOR_shared_info; /* mapped in step_shared_info() */
 
 /* Set by the probe_* helpers in head.S just before an instruction that is
@@ -373,9 +374,11 @@ void do_failsafe_callback(struct failsafe_frame *f)
 /* ------------------------------------------------------------------------
  * Step 3: start_info
  * ------------------------------------------------------------------------ */
+/* va is a page of ours above the image (PFN < nr_pages; computed on PFNs so
+ * that big domains, whose pages do not all fit above VIRT_BASE, work too). */
 static int in_image_or_after(uint32_t va, uint32_t nr_pages)
 {
-    return va >= (uint32_t)_end && va < VIRT_BASE + (nr_pages << PAGE_SHIFT);
+    return va >= (uint32_t)_end && ((va - VIRT_BASE) >> PAGE_SHIFT) < nr_pages;
 }
 
 static void step_start_info(struct start_info *si)
@@ -789,8 +792,8 @@ static void step_pagetables(void)
     tables[ntables++] = new_l1;
     memcpy(new_l1, old_l1, PAGE_SIZE);
     kl2[kidx] = (kl2[kidx] & ~PTE_ADDR_MASK) | virt_to_maddr(new_l1);
-    check(1, "copied boot tables into %u pool pages (top %p, L1 copy %p of boot L1 %p)",
-          ntables, new_top, new_l1, old_l1);
+    printk("pvdemo:   copied the boot tables into %u pool pages (top %p, L1 copy %p of boot L1 %p)\n",
+           ntables, new_top, new_l1, old_l1);
 
     /* Page-table frames may not be mapped writable anywhere (Xen refuses to
      * validate them otherwise): first in the new L1 copy, which still is an
@@ -851,7 +854,7 @@ static void step_pagetables(void)
     scratch_pages[0][0] = 1;                /* writable again */
     scratch_pages[0][0] = 0;
     check(ok, "mmu_update(MMU_NORMAL_PT_UPDATE) at maddr %#llx (new L1 entry %u): RW off and on (rc %d, %d, done %u)",
-          (unsigned long long)(u.ptr & ~7ULL), i, rc, rc2, done);
+          (unsigned long long)(u.ptr & ~(uint64_t)(sizeof(pte_t) - 1)), i, rc, rc2, done);
 
     rc = mmuext(MMUEXT_UNPIN_TABLE, old_top_mfn);
     check(rc == 0, "MMUEXT_UNPIN_TABLE boot top table (mfn %#x) rc %d", old_top_mfn, rc);
@@ -867,8 +870,8 @@ static void step_pagetables(void)
             if (old_l2[i])
                 ok = remap_writable(old_l2[i], &rc);
 #endif
-        check(ok, "boot top table %p%s is free: mapped writable again (rc %d)", old_top,
-              CONFIG_PAE ? " and its L2s" : "", rc);
+        check(ok, "boot top table %p%s free: mapped writable again (rc %d)", old_top,
+              CONFIG_PAE ? " and its L2s are" : " is", rc);
     }
 
     /* MMU_MACHPHYS_UPDATE: rewrite one M2P entry with the value it has. */
@@ -1074,7 +1077,7 @@ static void step_faults(void)
 /* ------------------------------------------------------------------------
  * Entry from head.S
  * ------------------------------------------------------------------------ */
-void start_kernel(struct start_info *si)
+void start_kernel(start_info_t *si)
 {
     printk("pvdemo: booting, %s, hypercall page %s\n",
            CONFIG_PAE ? "PAE (3-level)" : "non-PAE (2-level)",

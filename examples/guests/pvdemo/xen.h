@@ -113,23 +113,18 @@
  * machine-to-phys table (MACH2PHYS_VIRT_START) starts at the same address. */
 #define HYPERVISOR_VIRT_START_PAE       0xF5800000  /* __HYPERVISOR_VIRT_START_PAE */
 #define HYPERVISOR_VIRT_START_NONPAE    0xFC000000  /* __HYPERVISOR_VIRT_START_NONPAE
-                                                       (only in Xen <= 3.2 headers) */
+                                                       (x86_32 Xen <= 3.2 only) */
 #if CONFIG_PAE
 #define HYPERVISOR_VIRT_START           HYPERVISOR_VIRT_START_PAE
 #else
 #define HYPERVISOR_VIRT_START           HYPERVISOR_VIRT_START_NONPAE
 #endif
 
-/* CR3 encoding of a frame number: xen_pfn_to_cr3()/xen_cr3_to_pfn() in
- * arch-x86/xen-x86_32.h (PAE: the frame number is rotated so an L3 above
- * 4 GiB fits, "extended cr3"; non-PAE, Xen <= 3.2: plain pfn << 12). */
-#if CONFIG_PAE
+/* CR3 encoding of a frame number, as in arch-x86/xen-x86_32.h: the frame
+ * number is rotated so that a PAE L3 above 4 GiB still fits ("extended
+ * cr3").  Without PAE the frame number is below 2^20 and this is pfn << 12. */
 #define xen_pfn_to_cr3(pfn) (((unsigned)(pfn) << 12) | ((unsigned)(pfn) >> 20))
 #define xen_cr3_to_pfn(cr3) (((unsigned)(cr3) >> 12) | ((unsigned)(cr3) << 20))
-#else
-#define xen_pfn_to_cr3(pfn) ((unsigned)(pfn) << 12)
-#define xen_cr3_to_pfn(cr3) ((unsigned)(cr3) >> 12)
-#endif
 
 /* ------------------------------------------------------------------------
  * Forced emulation and Xen CPUID leaves: xen/include/public/arch-x86/xen.h
@@ -304,6 +299,7 @@ XEN_STATIC_ASSERT(__builtin_offsetof(struct start_info, pt_base) == 60);
 XEN_STATIC_ASSERT(__builtin_offsetof(struct start_info, mfn_list) == 68);
 XEN_STATIC_ASSERT(__builtin_offsetof(struct start_info, cmd_line) == 80);
 XEN_STATIC_ASSERT(sizeof(struct start_info) == 1112);
+typedef struct start_info start_info_t;
 
 /* xen/include/public/xen.h: struct vcpu_time_info (32 bytes) */
 struct vcpu_time_info {
@@ -449,7 +445,8 @@ struct trap_frame {
     /* ESP, SS follow only when the interrupted context was ring 2/3. */
 };
 
-/* Failsafe callback frame: Xen's frame starts with DS, ES, FS, GS (§4.2). */
+/* Failsafe callback frame: Xen's bounce frame with TBF_FAILSAFE starts with
+ * DS, ES, FS, GS before EIP, CS, EFLAGS (create_bounce_frame, see above). */
 struct failsafe_frame {
     uint32_t edi, esi, ebp, esp_unused, ebx, edx, ecx, eax;    /* pushal */
     uint32_t ds, es, fs, gs;

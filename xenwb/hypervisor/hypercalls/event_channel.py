@@ -260,9 +260,9 @@ def evtchn_op(vcpu: Vcpu, cmd: int, arg: int) -> int:
         if cmd == EvtchnOp.bind_pirq:
             return EPERM
         if cmd == EvtchnOp.close:
-            return ev.close(_rd(vcpu, arg, L.evtchn_port_op).port)
+            return ev.close(_rd(vcpu, arg, L.evtchn_port).port)
         if cmd == EvtchnOp.send:
-            return ev.send(vcpu, _rd(vcpu, arg, L.evtchn_port_op).port)
+            return ev.send(vcpu, _rd(vcpu, arg, L.evtchn_port).port)
         if cmd == EvtchnOp.status:
             a = _rd(vcpu, arg, L.evtchn_status)
             if not _self(a.dom):
@@ -295,7 +295,7 @@ def evtchn_op(vcpu: Vcpu, cmd: int, arg: int) -> int:
                 ev.virq_ports[(p.virq, 0)] = a.port
             return 0
         if cmd == EvtchnOp.unmask:
-            port = _rd(vcpu, arg, L.evtchn_port_op).port
+            port = _rd(vcpu, arg, L.evtchn_port).port
             if not ev.valid(port):
                 return EINVAL
             ev.unmask(port)
@@ -323,7 +323,7 @@ def decode_evtchn(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
         return {"cmd": str(cmd), "arg": f"{arg:#x}"}
     layout = {EvtchnOp.alloc_unbound: L.evtchn_alloc_unbound, EvtchnOp.bind_interdomain: L.evtchn_bind_interdomain,
               EvtchnOp.bind_virq: L.evtchn_bind_virq, EvtchnOp.bind_ipi: L.evtchn_bind_ipi,
-              EvtchnOp.close: L.evtchn_port_op, EvtchnOp.send: L.evtchn_port_op, EvtchnOp.unmask: L.evtchn_port_op,
+              EvtchnOp.close: L.evtchn_port, EvtchnOp.send: L.evtchn_port, EvtchnOp.unmask: L.evtchn_port,
               EvtchnOp.status: L.evtchn_status, EvtchnOp.bind_vcpu: L.evtchn_bind_vcpu,
               EvtchnOp.reset: L.evtchn_reset}.get(EvtchnOp(cmd))
     out: dict[str, Any] = {"cmd": name}
