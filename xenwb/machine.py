@@ -51,6 +51,8 @@ class Machine:
             self.image, BuildConfig(memory_mib=memory_mib, cmdline=cmdline, module=module, vcpus=vcpus))
         self._next = 0
         self.stop_requested = False
+        from xenwb.commands import core_registry
+        self.commands = core_registry()   # shared by gdb's monitor, the TUI, the CLI and plugins
         self.max_instructions: int | None = None
         self.timeout_ns: int | None = None
 
