@@ -36,12 +36,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_boot_options(p)
     p.add_argument("--max-instructions", type=int, metavar="N", help="stop after N guest instructions")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this much virtual time")
-    p.add_argument("--trace", metavar="FILE", help="write every event as JSON lines to FILE")
+    p.add_argument("--trace", metavar="FILE", help="write every event to FILE (JSON lines; .json: Perfetto)")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+    _add_plugin_options(p)
+
+    p = sub.add_parser("trace", help="capture a trace of a guest run (JSONL or Perfetto)")
+    _add_boot_options(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="trace file to write")
+    p.add_argument("--format", choices=["jsonl", "perfetto"], help="default: from the file name (.json = perfetto)")
+    p.add_argument("--name", help="only hypercalls with these names (comma-separated)")
+    p.add_argument("--vcpu", help="only events of these vcpus (comma-separated)")
+    p.add_argument("--failed", action="store_true", help="only hypercalls that failed")
+    p.add_argument("--range", help="only hypercalls called from LO-HI or LO+SIZE")
+    p.add_argument("--until", default="shutdown",
+                   help="stop condition: shutdown (default), SYMBOL, events:N, time:SECONDS")
+    p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+    _add_plugin_options(p)
 
     p = sub.add_parser("examples", help="list the bundled example guests (building them)")
     p.add_argument("--no-build", action="store_true", help="list without building")
     return ap
+
+
+def _add_plugin_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=None, metavar="NAME",
+                   help="enable a plugin (repeatable; 'all' for every plugin)")
+    p.add_argument("--exec", action="append", default=[], metavar="COMMAND", dest="exec_",
+                   help="run a plugin/monitor command when the guest stops (repeatable), e.g. 'hypercalls summary'")
+    p.add_argument("--json", action="store_true", help="print --exec results as JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "examples":
             return cmd_examples(args)
+        if args.command == "trace":
+            return cmd_trace(args)
     except XenwbError as e:
         print(f"xenwb: {e}", file=sys.stderr)
         return EXIT_WORKBENCH
@@ -79,38 +103,49 @@ def cmd_examples(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=None):
     from xenwb.builder import load_module
-    from xenwb.examples import resolve_guest
-    from xenwb.machine import Machine, StopReason
-    if args.max_instructions is not None and args.max_instructions <= 0:
-        raise XenwbError("--max-instructions must be positive")
-    if args.timeout is not None and args.timeout <= 0:
-        raise XenwbError("--timeout must be positive")
-    path = resolve_guest(args.guest)
-    m = Machine(path, memory_mib=args.memory, cmdline=args.cmdline, module=load_module(args.module),
-                vcpus=args.vcpus)
+    from xenwb.session import Session
     out = sys.stdout.buffer
 
     def sink(data: bytes) -> None:
         out.write(data)
         out.flush()
 
-    m.domain.console_sink = sink
-    writer = None
-    if args.trace:
-        from xenwb.tracefile import JsonlWriter
-        writer = JsonlWriter.open(args.trace)
-        m.domain.trace.subscribe(writer.write)
-    m.set_limits(args.max_instructions, int(args.timeout * 1e9) if args.timeout else None)
+    if args.vcpus < 1:
+        raise XenwbError("--vcpus must be at least 1")
+    return Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=load_module(args.module),
+                   vcpus=args.vcpus, plugins=plugins, console=sink, event_filter=event_filter)
+
+
+def _plugins(args: argparse.Namespace, default: tuple[str, ...]) -> tuple[str, ...]:
+    from xenwb.session import ALL_PLUGINS
+    chosen = args.plugin
+    if not chosen:
+        needed = default
+        if args.exec_:
+            needed = ALL_PLUGINS
+        return needed
+    if "all" in chosen:
+        return ALL_PLUGINS
+    return tuple(chosen)
+
+
+def _run_and_report(args: argparse.Namespace, session, until) -> int:
+    from xenwb.machine import StopReason
+    m = session.machine
     old = signal.signal(signal.SIGINT, lambda *_: m.stop())
+    old_term = signal.signal(signal.SIGTERM, lambda *_: m.stop())
     try:
-        result = m.run()
+        result = session.run(until)
     finally:
         signal.signal(signal.SIGINT, old)
-        if writer is not None:
-            writer.close()
+        signal.signal(signal.SIGTERM, old_term)
+        session.close()
     dom = m.domain
+    for line in args.exec_:
+        ok, text = m.commands.execute(m, line, "json" if args.json else "text")
+        print(text if ok else f"xenwb: {line}: {text}")
     if not args.quiet:
         print(f"xenwb: {result.reason.value}{f' ({result.detail})' if result.detail else ''}; "
               f"{dom.stats['hypercalls']} hypercalls, {dom.stats['faults']} faults bounced, "
@@ -118,8 +153,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.reason is StopReason.shutdown and dom.shutdown_reason == 0:
         return EXIT_OK
     if result.reason is StopReason.requested:
-        return 130
+        return EXIT_OK if until != "shutdown" else 130
     return EXIT_GUEST
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.max_instructions is not None and args.max_instructions <= 0:
+        raise XenwbError("--max-instructions must be positive")
+    if args.timeout is not None and args.timeout <= 0:
+        raise XenwbError("--timeout must be positive")
+    session = _session(args, _plugins(args, ()))
+    if args.trace:
+        session.record(args.trace)
+    session.machine.set_limits(args.max_instructions, int(args.timeout * 1e9) if args.timeout else None)
+    return _run_and_report(args, session, "shutdown")
+
+
+def _parse_until(text: str):
+    from xenwb.session import Events, Symbol, Time
+    if text == "shutdown":
+        return "shutdown"
+    kind, _, val = text.partition(":")
+    try:
+        if kind == "events" and val:
+            return Events(int(val, 0))
+        if kind == "time" and val:
+            return Time(int(float(val) * 1e9))
+    except ValueError:
+        raise XenwbError(f"--until {text!r}: bad number") from None
+    return Symbol(text)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from plugins.filters import build_filter
+    from xenwb.commands import CommandError
+    try:
+        flt = build_filter(args.name, args.vcpu, args.failed, args.range)
+    except CommandError as e:
+        raise XenwbError(str(e)) from None
+    session = _session(args, _plugins(args, ("evmask",)), None if flt.empty else flt)
+    session.record(args.output, args.format)
+    return _run_and_report(args, session, _parse_until(args.until))
 
 
 if __name__ == "__main__":

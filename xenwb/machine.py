@@ -192,6 +192,32 @@ class Machine:
         states = ", ".join(f"vcpu{v.id} {v.state.value}" for v in self.vcpus)
         return f"every vcpu is blocked with no timer or event that could wake it ({states})"
 
+    # -- debugger control (added for the gdb stub, issue 4: xenwb/debug.py drives it) ----------
+    def step_vcpu(self, v: Vcpu) -> None:
+        """Run exactly one guest instruction on vcpu v, with the hypervisor work it triggers
+        (a hypercall, a bounced fault), as one short scheduler turn: the turn's entry work
+        (time info, pending event upcall) first, as on every return to the guest, then the
+        timers that fell due. The caller checks domain.finished afterwards."""
+        from xenwb.hypervisor.cpu import EXIT_ADDRESS
+        dom = self.domain
+        dom.current = v
+        dom.stopping = False
+        v.clock.deadline = NEVER
+        try:
+            update_vcpu_time(dom, v)
+            if v.runstate_area:
+                dom.update_runstate_area(v)
+            if v.cpu.cpl:
+                try:
+                    deliver_event_upcall(v)
+                except DomainCrash as e:
+                    dom.crash(v, str(e))
+                    return
+            v.cpu.uc.emu_start(v.cpu.eip, EXIT_ADDRESS, count=1)
+        finally:
+            dom.current = None
+        self._fire_timers(v)
+
 
 def _reason_name(reason: int) -> str:
     try:

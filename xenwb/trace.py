@@ -36,10 +36,11 @@ class TraceBus:
         if fn in self.subscribers:
             self.subscribers.remove(fn)
 
-    def _emit(self, vcpu: Vcpu | None, kind: str, name: str, **fields: Any) -> None:
+    def _emit(self, vcpu: Vcpu | None, kind: str, name: str, time_ns: int | None = None, **fields: Any) -> None:
+        if time_ns is None:
+            time_ns = vcpu.domain.time.now(vcpu) if vcpu is not None else 0
         ev: Event = {"seq": self.seq, "vcpu": vcpu.id if vcpu is not None else None,
-                     "time_ns": vcpu.domain.time.now(vcpu) if vcpu is not None else 0,
-                     "kind": kind, "name": name}
+                     "time_ns": time_ns, "kind": kind, "name": name}
         ev.update(fields)
         self.seq += 1
         for fn in list(self.subscribers):
@@ -47,12 +48,13 @@ class TraceBus:
 
     # -- typed events ------------------------------------------------------------
     def emit_hypercall(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], ret: int, eip: int,
-                       decoded: Any, multicall: int | None = None) -> None:
+                       decoded: Any, multicall: int | None = None, time_ns: int | None = None,
+                       duration_ns: int = 0) -> None:
         if not self.subscribers:
             return
-        self._emit(vcpu, "hypercall", hypercall_name(nr), nr=nr, eip=eip,
+        self._emit(vcpu, "hypercall", hypercall_name(nr), time_ns=time_ns, nr=nr, eip=eip,
                    symbol=vcpu.domain.symbolize(eip), args=decoded, raw_args=list(args),
-                   ret=ret, errno=errno_name(ret), multicall=multicall)
+                   ret=ret, errno=errno_name(ret), multicall=multicall, duration_ns=duration_ns)
 
     def emit_fault(self, vcpu: Vcpu, vector: int, error_code: int | None, cr2: int | None,
                    regs: dict[str, int] | None) -> None:
@@ -74,7 +76,7 @@ class TraceBus:
         if self.subscribers:
             eip = vcpu.cpu.eip
             self._emit(vcpu, "mask", "upcall_mask", old=old, new=new, eip=eip,
-                       symbol=vcpu.domain.symbolize(eip))
+                       symbol=vcpu.domain.symbolize(eip), by="xen")
 
     def emit_ptwr(self, vcpu: Vcpu, va: int, maddr: int, old: int, new: int) -> None:
         if self.subscribers:

@@ -114,6 +114,7 @@ class SchedulingMixin:
         # Xen marks every selector bit and upcall_pending so no event is lost in the move
         dom.mem.write_u32(new + 4, 0xFFFFFFFF)  # type: ignore[attr-defined]
         vcpu.upcall_pending = 1
+        dom.trace.emit(vcpu, "vcpu", "register_vcpu_info", target=vcpu.id, mfn=mfn, offset=offset)  # type: ignore
         return 0
 
 
@@ -184,21 +185,23 @@ class Domain(SchedulingMixin):
         nr = vals[0]
         args = tuple(vals[1:6])
         self.stats["hypercalls"] += 1
-        self.time.charge(vcpu, HYPERCALL_COST_NS)
         if nr == C.Hypercall.iret:
+            self.time.charge(vcpu, HYPERCALL_COST_NS)
             from xenwb.hypervisor.traps import do_iret
             eip = vcpu.cpu.eip - 2
             if self.trace.active:
                 self.trace.emit_hypercall(vcpu, nr, args, 0, eip, {})
             do_iret(vcpu)
             return
-        ret = self.call(vcpu, nr, args, eip=vcpu.cpu.eip - 2 if self.trace.active else 0)
+        ret = self.call(vcpu, nr, args, eip=self.caller_eip(vcpu) if self.trace.active else 0)
         vcpu.cpu.set_eax(ret)
 
     def call(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], *, eip: int,
              multicall: int | None = None) -> int:
         """Dispatch one call (also used for multicall entries)."""
         entry = self.hypercalls.get(nr)
+        t0 = vcpu.clock.units
+        vcpu.clock.units = t0 + HYPERCALL_COST_NS       # the hypervisor's work takes virtual time
         decoded = decode_args(vcpu, nr, args) if self.trace.active else None
         if entry is None:
             ret = self.unimplemented(f"hypercall {hypercall_name(nr)} ({nr})")
@@ -215,8 +218,24 @@ class Domain(SchedulingMixin):
                     from None
         ret = _signed32(ret)
         if self.trace.active:
-            self.trace.emit_hypercall(vcpu, nr, args, ret, eip, decoded, multicall)
+            self.trace.emit_hypercall(vcpu, nr, args, ret, eip, decoded, multicall,
+                                      time_ns=t0, duration_ns=vcpu.clock.units - t0)
         return ret
+
+    def caller_eip(self, vcpu: Vcpu) -> int:
+        """Where a hypercall came from: the `int $0x82` itself, or, inside a hypercall-page
+        stub (`mov $n,%eax; int $0x82; ret`), the return address the caller pushed."""
+        eip = vcpu.cpu.eip
+        try:
+            code = vcpu.debug_read(eip - 7, 8)
+        except Exception:
+            return eip - 2
+        if len(code) == 8 and code[0] == 0xB8 and code[5:7] == b"\xcd\x82" and code[7] == 0xC3:
+            try:
+                return vcpu.read_u32(vcpu.cpu.reg("esp"))
+            except Exception:
+                return eip - 2
+        return eip - 2
 
     # -- hypercall page ---------------------------------------------------------------
     def write_hypercall_page(self, mfn: int) -> bool:

@@ -7,6 +7,7 @@ arguments (and the guest structures they point to) into plain data for the trace
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ class Entry:
     nr: int
     handler: Handler
     decoder: Decoder | None
+    decoder_arity: int = 5      # how many argument registers the decoder takes
 
 
 TABLE: dict[int, Entry] = {}
@@ -30,9 +32,16 @@ TABLE: dict[int, Entry] = {}
 
 def hypercall(nr: int, decoder: Decoder | None = None) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        TABLE[int(nr)] = Entry(int(nr), fn, decoder)
+        TABLE[int(nr)] = Entry(int(nr), fn, decoder, _arity(decoder) if decoder else 0)
         return fn
     return register
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    params = list(inspect.signature(fn).parameters.values())[1:]   # after the vcpu
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 5
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def load_all() -> dict[int, Entry]:
@@ -61,6 +70,6 @@ def decode_args(vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
     if e is None or e.decoder is None:
         return {"args": [f"{a:#x}" for a in args]}
     try:
-        return e.decoder(vcpu, *args)
+        return e.decoder(vcpu, *args[: e.decoder_arity])
     except Exception as ex:  # a decoder must never take the machine down
         return {"undecodable": str(ex), "args": [f"{a:#x}" for a in args]}

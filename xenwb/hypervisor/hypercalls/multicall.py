@@ -27,7 +27,7 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
     dom = vcpu.domain
     L = dom.abi.multicall_entry
     size = L.size()
-    eip = vcpu.cpu.eip - 2
+    eip = dom.caller_eip(vcpu) if dom.trace.active else 0
     batch = dom.trace.seq if dom.trace.active else None
     if dom.trace.active:
         dom.trace.emit(vcpu, "multicall", "multicall_begin", calls=f"{calls:#x}", nr=nr, eip=eip,

@@ -1,0 +1,55 @@
+"""Event filters shared by the tracer, the trace writers and the CLI: by name, vcpu,
+result (failures only) and caller address range."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from xenwb.commands import CommandError, parse_int
+
+
+@dataclass
+class EventFilter:
+    names: frozenset[str] | None = None
+    vcpus: frozenset[int] | None = None
+    failed_only: bool = False
+    eip_range: tuple[int, int] | None = None     # [lo, hi)
+
+    def match(self, ev: dict[str, Any]) -> bool:
+        if self.vcpus is not None and ev.get("vcpu") not in self.vcpus:
+            return False
+        if self.names is not None and ev.get("name") not in self.names:
+            return False
+        if self.failed_only and not (isinstance(ev.get("ret"), int) and ev["ret"] < 0):
+            return False
+        if self.eip_range is not None:
+            eip = ev.get("eip")
+            if not isinstance(eip, int) or not self.eip_range[0] <= eip < self.eip_range[1]:
+                return False
+        return True
+
+    @property
+    def empty(self) -> bool:
+        return self.names is None and self.vcpus is None and not self.failed_only and self.eip_range is None
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """LO-HI or LO+SIZE (numbers in C syntax)."""
+    if "+" in text:
+        lo, size = text.split("+", 1)
+        a = parse_int(lo, "range")
+        return a, a + parse_int(size, "range")
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return parse_int(lo, "range"), parse_int(hi, "range")
+    raise CommandError(f"range {text!r}: use LO-HI or LO+SIZE")
+
+
+def build_filter(names: str | None = None, vcpus: str | None = None, failed: bool = False,
+                 eip_range: str | None = None) -> EventFilter:
+    return EventFilter(
+        names=frozenset(n.strip() for n in names.split(",") if n.strip()) if names else None,
+        vcpus=frozenset(parse_int(v, "vcpu") for v in vcpus.split(",")) if vcpus else None,
+        failed_only=failed,
+        eip_range=parse_range(eip_range) if eip_range else None)
