@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Cost of tracing, measured side by side in one run.
+
+1. The example boot (pvdemo-pae) with every plugin enabled and a JSONL trace being
+   written, against the same boot with everything off: guest instructions per
+   second (the boot's instruction count is measured once, exactly). Goal: ratio >= 0.75.
+2. Trace events written per second by each writer (events recorded from real boots).
+   Goal: >= 100,000/s.
+
+Prints figures and ratios; passes or fails nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from xenwb.examples import resolve_guest  # noqa: E402
+from xenwb.machine import Machine  # noqa: E402
+from xenwb.session import ALL_PLUGINS, Session  # noqa: E402
+from xenwb.tracefile import JsonlWriter, PerfettoWriter  # noqa: E402
+
+
+def boot_instructions(elf: Path) -> int:
+    m = Machine(elf)
+    m.domain.console_sink = lambda b: None
+    m.set_limits(max_instructions=1 << 62)
+    m.run()
+    return m.instructions()
+
+
+def time_boot(elf: Path, plugins: tuple[str, ...], trace: bool, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        s = Session(elf, plugins=plugins, console=lambda b: None)
+        if trace:
+            s.record(os.devnull, "jsonl")
+        t = time.perf_counter()
+        s.run()
+        best = min(best, time.perf_counter() - t)
+        s.close()
+    return best
+
+
+def recorded_events(elf: Path, boots: int) -> list[dict]:
+    evs: list[dict] = []
+    for _ in range(boots):
+        s = Session(elf, plugins=ALL_PLUGINS, console=lambda b: None)
+        s.machine.domain.trace.subscribe(evs.append)
+        s.run()
+    return evs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15)
+    a = ap.parse_args()
+    elf = resolve_guest("pvdemo-pae")
+    n = boot_instructions(elf)
+    off = time_boot(elf, (), False, a.reps)
+    on = time_boot(elf, ALL_PLUGINS, True, a.reps)
+    print(f"example boot (pvdemo-pae), {n} guest instructions, best of {a.reps}:")
+    print(f"  plugins off, no trace        {off * 1e3:8.2f} ms   {n / off / 1e6:7.2f} M instructions/s")
+    print(f"  all plugins + JSONL trace    {on * 1e3:8.2f} ms   {n / on / 1e6:7.2f} M instructions/s")
+    print(f"  ratio on / off               {off / on:8.2f}   (goal >= 0.75)")
+    evs = recorded_events(elf, 20)
+    for cls in (JsonlWriter, PerfettoWriter):
+        w = cls.open(os.devnull)
+        t = time.perf_counter()
+        for ev in evs:
+            w.write(ev)
+        w.close()
+        dt = time.perf_counter() - t
+        print(f"  {cls.format:<8} writer: {len(evs)} events in {dt * 1e3:7.1f} ms = {len(evs) / dt:10,.0f} events/s"
+              f"   (goal >= 100,000)")
+
+
+if __name__ == "__main__":
+    main()
