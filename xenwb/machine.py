@@ -10,11 +10,16 @@ drive the machine only through this class.
 from __future__ import annotations
 
 import enum
+import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from unicorn import UcError
+
 from xenwb.abi import constants as C
 from xenwb.builder import BuildConfig, build_domain
+from xenwb.errors import XenwbError
 from xenwb.hypervisor.domain import Domain
 from xenwb.hypervisor.traps import DomainCrash, deliver_event_upcall
 from xenwb.hypervisor.vcpu import Vcpu, VcpuState
@@ -171,7 +176,18 @@ class Machine:
             except DomainCrash as e:
                 dom.crash(v, str(e))
                 return
-        v.cpu.run()
+        try:
+            v.cpu.run()
+        except UcError as e:
+            # the emulated CPU itself gave up (e.g. a fetch from a machine address with no RAM)
+            dom.crash(v, f"emulated CPU error: {e}")
+        except XenwbError:
+            raise                       # e.g. a trace file that cannot be written: the user's problem
+        except Exception as e:          # a hook of a plugin or front end failed: report, keep the workbench
+            if os.environ.get("XENWB_DEBUG"):
+                traceback.print_exc()
+            dom.crash(v, f"xenwb internal error in a hook: {type(e).__name__}: {e} "
+                         "(please report; XENWB_DEBUG=1 shows the traceback)")
         dom.current = None
         self._fire_timers(v)
 

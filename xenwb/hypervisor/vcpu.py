@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import os
 import struct
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -97,8 +99,22 @@ class Vcpu:
         """The ring-0 transition stub runs: close the call gate again."""
         self.cpu.disarm()
 
+    def _guarded(self, what: str, fn, *args):
+        """Run hypervisor work for a hook: a DomainCrash crashes the domain; any other
+        exception is a workbench bug, reported as a one-line crash instead of a traceback."""
+        try:
+            return fn(*args)
+        except traps.DomainCrash as e:
+            self.domain.crash(self, str(e))
+        except Exception as e:
+            if os.environ.get("XENWB_DEBUG"):
+                traceback.print_exc()
+            self.domain.crash(self, f"xenwb internal error while handling {what}: {type(e).__name__}: {e} "
+                                    "(please report; XENWB_DEBUG=1 shows the traceback)")
+        return None
+
     def _on_cpuid(self, uc, _ud) -> int:
-        emulate.cpuid(self)
+        self._guarded("CPUID", emulate.cpuid, self)
         return 1
 
     def _on_rdtsc(self) -> int:
@@ -108,20 +124,17 @@ class Vcpu:
         uc.reg_write(X.UC_X86_REG_EDX, tsc >> 32)
         return 1
 
+    def _invalid(self) -> None:
+        if not emulate.invalid_opcode(self):
+            traps.bounce_exception(self, C.TRAP_invalid_op)
+        self._after_guest_exit()
+
     def _on_invalid(self, uc, _ud) -> bool:
-        try:
-            if not emulate.invalid_opcode(self):
-                traps.bounce_exception(self, C.TRAP_invalid_op)
-            self._after_guest_exit()
-        except traps.DomainCrash as e:
-            self.domain.crash(self, str(e))
+        self._guarded("an invalid opcode", self._invalid)
         return True
 
     def _on_interrupt(self, uc, intno: int, _ud) -> None:
-        try:
-            self._interrupt(intno)
-        except traps.DomainCrash as e:
-            self.domain.crash(self, str(e))
+        self._guarded(f"interrupt {intno:#x}", self._interrupt, intno)
 
     def _interrupt(self, intno: int) -> None:
         if intno == 0x82:
