@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     _add_plugin_options(p)
 
+    p = sub.add_parser("shell", help="full-screen workbench: console, hypercalls, vcpus, disassembly, commands")
+    _add_boot_options(p)
+    p.add_argument("--run", action="store_true", help="start the guest at once")
+
     p = sub.add_parser("examples", help="list the bundled example guests (building them)")
     p.add_argument("--no-build", action="store_true", help="list without building")
     return ap
@@ -78,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_examples(args)
         if args.command == "trace":
             return cmd_trace(args)
+        if args.command == "shell":
+            return cmd_shell(args)
     except XenwbError as e:
         print(f"xenwb: {e}", file=sys.stderr)
         return EXIT_WORKBENCH
@@ -167,6 +173,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         session.record(args.trace)
     session.machine.set_limits(args.max_instructions, int(args.timeout * 1e9) if args.timeout else None)
     return _run_and_report(args, session, "shutdown")
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from xenwb.builder import load_module
+    from xenwb.session import ALL_PLUGINS, Session
+    from xenwb.tui import Shell
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        raise XenwbError("xenwb shell needs a terminal (use xenwb run / xenwb trace in scripts)")
+    session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=load_module(args.module),
+                      vcpus=args.vcpus, plugins=ALL_PLUGINS)
+    shell = Shell(session)
+    if args.run:
+        shell.ctl.cont()
+    shell.run()
+    return EXIT_OK
 
 
 def _parse_until(text: str):

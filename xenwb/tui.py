@@ -1,0 +1,407 @@
+"""`xenwb shell`: a full-screen terminal workbench (prompt_toolkit).
+
+Panes: guest console (F2 sends what you type to the guest's console), a live tail of
+hypercalls and multicall batches coloured by result, the selected vcpu's registers and
+event-mask state, disassembly around its PC (capstone, with symbols), command output,
+and a status line. The guest runs in a background thread so the screen stays
+responsive; every command goes through the same registry as gdb's `monitor`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.data_structures import Point
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.layout import HSplit, Layout, VSplit, Window
+from prompt_toolkit.layout.controls import FormattedTextControl
+from prompt_toolkit.styles import Style
+from prompt_toolkit.widgets import Frame, TextArea
+
+from plugins.hypercalls import brief_args
+from xenwb.commands import CommandError, Result, parse_int, table
+
+if TYPE_CHECKING:
+    from xenwb.session import Session
+
+STYLE = Style.from_dict({
+    "ok": "#5faf5f", "fail": "#ff5f5f bold", "mc": "#d7af00", "dim": "#808080",
+    "status": "reverse", "pc": "reverse bold", "title": "bold", "prompt": "bold #5fafff",
+    "console-mode": "bold #ffaf00",
+})
+TAIL = 400
+
+
+class Controller:
+    """Runs the machine in a background thread; the UI thread only reads and asks."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.machine = session.machine
+        self.thread: threading.Thread | None = None
+        self.last_result: Any = None
+        self.error: str | None = None
+        self.tail: deque[dict[str, Any]] = deque(maxlen=TAIL)
+        self.selected = 0
+        self.changed = threading.Event()
+        self.machine.domain.trace.subscribe(self._on_event)
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        if ev["kind"] in ("hypercall", "fault", "crash", "shutdown", "upcall"):
+            self.tail.append(ev)
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def cont(self, until: Any = "shutdown") -> str:
+        if self.running:
+            return "already running"
+        if self.machine.domain.finished:
+            return "the domain has ended"
+
+        def body() -> None:
+            try:
+                self.last_result = self.session.run(until)
+            except Exception as e:  # shown in the status line, never a traceback on the screen
+                self.error = f"{type(e).__name__}: {e}"
+            self.changed.set()
+
+        self.thread = threading.Thread(target=body, name="xenwb-machine", daemon=True)
+        self.thread.start()
+        return "running"
+
+    def stop(self) -> str:
+        if not self.running:
+            return "not running"
+        self.machine.stop()
+        self.thread.join(timeout=5)
+        return "stopped"
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def status(self) -> str:
+        m = self.machine
+        dom = m.domain
+        if self.running:
+            state = "running"
+        elif dom.crash_report is not None:
+            state = "crashed"
+        elif dom.shutdown_reason is not None:
+            state = f"shut down ({self.last_result.detail if self.last_result else dom.shutdown_reason})"
+        elif self.last_result is not None:
+            state = f"stopped ({self.last_result.reason.value})"
+        else:
+            state = "stopped (not started)"
+        return (f" {state} | vcpu{self.selected} | virtual time {m.now() / 1e9:.6f} s | "
+                f"{dom.stats['hypercalls']} hypercalls | {dom.stats['faults']} faults"
+                + (f" | {self.error}" if self.error else ""))
+
+
+class CommandCompleter(Completer):
+    def __init__(self, shell: Shell) -> None:
+        self.shell = shell
+
+    def get_completions(self, document: Document, complete_event):
+        text = document.text_before_cursor
+        words = text.split()
+        names = self.shell.command_names()
+        if not words or (len(words) == 1 and not text.endswith(" ")):
+            for n in names:
+                if n.startswith(text.lstrip()):
+                    yield Completion(n, start_position=-len(text.lstrip()))
+            return
+        # a multi-word command name, or a symbol argument
+        for n in names:
+            if n.startswith(text.lstrip()) and n != text.strip():
+                yield Completion(n, start_position=-len(text.lstrip()))
+        word = "" if text.endswith(" ") else words[-1]
+        if len(word) >= 2:
+            for s in self.shell.symbols():
+                if s.startswith(word):
+                    yield Completion(s, start_position=-len(word))
+
+
+class Shell:
+    def __init__(self, session: Session, *, input=None, output=None) -> None:
+        self.session = session
+        self.ctl = Controller(session)
+        self.machine = session.machine
+        self.output_lines: list[str] = ["xenwb shell: type 'help' for commands, F2 for guest console input, "
+                                        "Ctrl-C to stop the guest, 'quit' to leave."]
+        self.console_mode = False
+        self._register_shell_commands()
+        self.cmdline = TextArea(height=1, prompt=self._prompt, multiline=False, history=InMemoryHistory(),
+                                completer=CommandCompleter(self), complete_while_typing=False,
+                                accept_handler=self._accept)
+        self.app = Application(layout=self._layout(), key_bindings=self._keys(), style=STYLE, full_screen=True,
+                               refresh_interval=0.25, input=input, output=output, mouse_support=False)
+
+    # layout ---------------------------------------------------------------------------
+    def _prompt(self):
+        return FormattedText([("class:console-mode", "console> ")] if self.console_mode
+                             else [("class:prompt", "xenwb> ")])
+
+    def _layout(self) -> Layout:
+        console = Window(_following(self._console_text), wrap_lines=True)
+        tail = Window(_following(self._tail_text), wrap_lines=False)
+        vcpu = Window(FormattedTextControl(self._vcpu_text), wrap_lines=False)
+        disas = Window(FormattedTextControl(self._disas_text), wrap_lines=False)
+        out = Window(_following(self._output_text), wrap_lines=True)
+        status = Window(FormattedTextControl(lambda: [("class:status", self.ctl.status())]), height=1)
+        body = HSplit([
+            VSplit([Frame(console, title="guest console"), Frame(vcpu, title="vcpu", width=44)]),
+            VSplit([Frame(tail, title="hypercalls"), Frame(disas, title="disassembly", width=56)]),
+            Frame(out, title="output", height=12),
+            status,
+            self.cmdline,
+        ])
+        return Layout(body, focused_element=self.cmdline)
+
+    def _keys(self) -> KeyBindings:
+        kb = KeyBindings()
+
+        @kb.add("c-c")
+        def _(event) -> None:
+            if self.ctl.running:
+                self.say(self.ctl.stop())
+            else:
+                self.cmdline.text = ""
+
+        @kb.add("c-q")
+        def _(event) -> None:
+            self.quit()
+
+        @kb.add("f2")
+        def _(event) -> None:
+            self.console_mode = not self.console_mode
+
+        return kb
+
+    def _console_text(self):
+        text = bytes(self.session.console[-8000:]).decode("latin-1", "replace")
+        return text.replace("\r\n", "\n").replace("\r", "")
+
+    def _tail_text(self):
+        out: list[tuple[str, str]] = []
+        for ev in list(self.ctl.tail)[-60:]:
+            if ev["kind"] == "hypercall":
+                style = "class:fail" if ev["ret"] < 0 else ("class:mc" if ev.get("multicall") is not None
+                                                            else "class:ok")
+                ret = f"{ev['ret']}" + (f" {ev['errno']}" if ev.get("errno") else "")
+                out.append((style, f"{ev['time_ns']:>10} v{ev['vcpu']} {ev['name']:<18} -> {ret:<10} "
+                                   f"{ev.get('symbol') or ''} {brief_args(ev['args'], 70)}\n"))
+            else:
+                out.append(("class:fail" if ev["kind"] == "crash" else "class:dim",
+                            f"{ev['time_ns']:>10} v{ev['vcpu']} {ev['kind']}: {ev['name']}\n"))
+        return out
+
+    def _vcpu_text(self):
+        if self.ctl.running:
+            return [("class:dim", "(running: registers shown when stopped)")]
+        v = self.machine.vcpus[self.ctl.selected]
+        r = v.cpu.regs()
+        lines = [f"vcpu{v.id} {v.state.value}  cpl {r['cs'] & 3}"]
+        for a, b in (("eax", "ebx"), ("ecx", "edx"), ("esi", "edi"), ("ebp", "esp")):
+            lines.append(f"{a} {r[a]:08x}   {b} {r[b]:08x}")
+        lines.append(f"eip {r['eip']:08x}   efl {r['eflags']:08x}")
+        lines.append(f"cs {r['cs']:04x} ss {r['ss']:04x} ds {r['ds']:04x} fs {r['fs']:04x}")
+        lines.append(f"cr3 mfn {v.cr3_mfn:#x}  cr2 {v.cr2:#x}")
+        sel = self.machine.domain.mem.read_u32(v.vcpu_info_maddr + 4)
+        lines.append(f"upcall mask {v.upcall_mask} pending {v.upcall_pending} sel {sel:#x}")
+        sym = self.machine.domain.symbolize(r["eip"])
+        if sym:
+            lines.append(f"<{sym}>")
+        return "\n".join(lines)
+
+    def _disas_text(self):
+        if self.ctl.running:
+            return [("class:dim", "(running)")]
+        v = self.machine.vcpus[self.ctl.selected]
+        pc = v.cpu.eip
+        out: list[tuple[str, str]] = []
+        for addr, text in disassemble(self.machine, v, pc, 14):
+            out.append(("class:pc" if addr == pc else "", f"{text}\n"))
+        return out
+
+    def _output_text(self):
+        return "\n".join(self.output_lines[-200:])
+
+    # commands -------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        self.output_lines.extend(text.splitlines() or [""])
+        if self.app.is_running:
+            self.app.invalidate()
+
+    def command_names(self) -> list[str]:
+        return self.machine.commands.names()
+
+    def symbols(self) -> list[str]:
+        return [s.name for s in self.machine.image.symbols]
+
+    def _accept(self, buf) -> bool:
+        line = buf.text.strip()
+        if self.console_mode:
+            self.send_console(buf.text + "\r")
+            return False
+        if line:
+            self.say(f"xenwb> {line}")
+            self.execute(line)
+        return False
+
+    def send_console(self, text: str) -> None:
+        m = self.machine
+        feed = getattr(m, "console_input", None)
+        if feed is not None:
+            feed(text.encode())
+        else:
+            m.domain.console_backend.feed(text.encode())  # type: ignore[attr-defined]
+
+    def execute(self, line: str) -> None:
+        ok, text = self.machine.commands.execute(self.machine, line)
+        self.say(text if ok else f"error: {text}")
+
+    def quit(self) -> None:
+        if self.ctl.running:
+            self.ctl.stop()
+        self.app.exit()
+
+    def _register_shell_commands(self) -> None:
+        reg = self.machine.commands
+        reg.register("run", lambda m, a: Result(None, self.ctl.cont()), "start or continue the guest")
+        reg.register("continue", lambda m, a: Result(None, self.ctl.cont()), "continue the guest")
+        reg.register("stop", lambda m, a: Result(None, self.ctl.stop()), "stop the guest")
+        reg.register("regs", self._cmd_regs, "registers of the selected vcpu")
+        reg.register("vcpu", self._cmd_vcpu, "select a vcpu", "N")
+        reg.register("x", self._cmd_x, "examine guest memory (virtual addresses)", "ADDR|SYMBOL [COUNT]")
+        reg.register("disas", self._cmd_disas, "disassemble", "[ADDR|SYMBOL] [COUNT]")
+        reg.register("trace save", self._cmd_trace_save, "write the trace from now on to FILE", "FILE")
+        reg.register("console", self._cmd_console, "send text to the guest console", "TEXT")
+        reg.register("quit", lambda m, a: Result(None, self.quit() or "bye"), "leave the shell")
+
+    def _cmd_regs(self, m, args) -> Result:
+        self._require_stopped()
+        r = m.vcpus[self.ctl.selected].cpu.regs()
+        return Result(r, "\n".join(f"{k:<7}{v:#010x}" for k, v in r.items()))
+
+    def _cmd_vcpu(self, m, args) -> Result:
+        if len(args) != 1:
+            raise CommandError("usage: vcpu N")
+        n = parse_int(args[0], "vcpu")
+        if not 0 <= n < len(m.vcpus):
+            raise CommandError(f"no vcpu {n}")
+        self.ctl.selected = n
+        return Result({"vcpu": n}, f"vcpu{n} selected")
+
+    def _addr(self, m, text: str) -> int:
+        sym = m.image.lookup(text)
+        return sym.address if sym is not None else parse_int(text, "address")
+
+    def _cmd_x(self, m, args) -> Result:
+        self._require_stopped()
+        if not args:
+            raise CommandError("usage: x ADDR [COUNT]")
+        addr = self._addr(m, args[0])
+        count = parse_int(args[1], "count") if len(args) > 1 else 16
+        v = m.vcpus[self.ctl.selected]
+        data = v.debug_read(addr, count * 4)
+        rows = []
+        for off in range(0, len(data), 16):
+            chunk = data[off: off + 16]
+            words = " ".join(f"{int.from_bytes(chunk[i:i + 4], 'little'):08x}" for i in range(0, len(chunk), 4))
+            rows.append(f"{addr + off:08x}: {words}")
+        if len(data) < count * 4:
+            rows.append(f"{addr + len(data):08x}: (not mapped)")
+        return Result({"address": addr, "bytes": data.hex()}, "\n".join(rows))
+
+    def _cmd_disas(self, m, args) -> Result:
+        self._require_stopped()
+        v = m.vcpus[self.ctl.selected]
+        addr = self._addr(m, args[0]) if args else v.cpu.eip
+        count = parse_int(args[1], "count") if len(args) > 1 else 12
+        lines = disassemble(m, v, addr, count, before=0)
+        return Result([{"address": a, "text": t} for a, t in lines], "\n".join(t for _, t in lines))
+
+    def _cmd_trace_save(self, m, args) -> Result:
+        if len(args) != 1:
+            raise CommandError("usage: trace save FILE")
+        from xenwb.errors import XenwbError
+        try:
+            self.session.record(args[0])
+        except XenwbError as e:
+            raise CommandError(str(e)) from None
+        return Result({"file": args[0]}, f"tracing to {args[0]}")
+
+    def _cmd_console(self, m, args) -> Result:
+        self.send_console(" ".join(args) + "\r")
+        return Result(None, "sent")
+
+    def _require_stopped(self) -> None:
+        if self.ctl.running:
+            raise CommandError("the guest is running: 'stop' first")
+
+    def run(self) -> None:
+        try:
+            self.app.run()      # prompt_toolkit restores the terminal however run() ends
+        finally:
+            if self.ctl.running:
+                self.ctl.stop()
+            self.session.close()
+
+
+def _following(get_text) -> FormattedTextControl:
+    """A text control whose cursor sits on its last line, so the window shows the tail.
+    The text is snapshotted once per render: the machine thread keeps appending to it."""
+    snapshot: list = [""]
+
+    def text():
+        snapshot[0] = get_text()
+        return snapshot[0]
+
+    def last_line() -> Point:
+        t = snapshot[0]
+        # n newlines make n + 1 lines (the last one possibly empty): the cursor goes on the last
+        return Point(0, t.count("\n") if isinstance(t, str) else sum(f[1].count("\n") for f in t))
+
+    return FormattedTextControl(text, get_cursor_position=last_line, show_cursor=False)
+
+
+def disassemble(m, v, addr: int, count: int, before: int = 4) -> list[tuple[int, str]]:
+    """Lines 'ADDR <sym+off>: insn' around addr (a few before it when possible)."""
+    from xenwb.hypervisor.emulate import _disasm
+    start = addr
+    if before:
+        # back up to an instruction boundary that decodes into addr
+        for back in range(before * 7, 0, -1):
+            code = v.debug_read(addr - back, back + 16)
+            insns = list(_disasm().disasm(code, addr - back))
+            if any(i.address == addr for i in insns):
+                keep = [i for i in insns if i.address < addr][-before:]
+                start = keep[0].address if keep else addr
+                break
+    code = v.debug_read(start, count * 16)
+    out = []
+    for insn in _disasm().disasm(code, start):
+        sym = m.domain.symbolize(insn.address)
+        out.append((insn.address, f"{insn.address:08x} {('<' + sym + '>') if sym else '':<24} "
+                                  f"{insn.mnemonic} {insn.op_str}".rstrip()))
+        if len(out) >= count + before:
+            break
+    return out
+
+
+def main_shell(session: Session) -> int:
+    Shell(session).run()
+    return 0
+
+
+__all__ = ["Shell", "Controller", "table"]
