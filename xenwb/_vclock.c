@@ -41,10 +41,14 @@ static void vclock_insn_hook(void *uc, uint64_t address, uint32_t size, void *us
     struct vclock *c = (struct vclock *)user_data;
     (void)address;
     (void)size;
-    if (++c->insns >= c->insn_deadline) {
+    /* The hook runs before the instruction; stopping here means it does not run,
+     * so it is counted only when it will execute. */
+    if (c->insns >= c->insn_deadline) {
         c->insn_deadline = UINT64_MAX;
         c->stop(uc);
+        return;
     }
+    c->insns++;
 }
 
 static PyObject *insn_hook_address(PyObject *self, PyObject *noargs)

@@ -325,6 +325,11 @@ class MM:
         except MMError:
             self.put_page(mfn)
             raise
+        if slot == 3 and self.page(mfn).type_count != 1:
+            # create_pae_xen_mappings: the L2 with Xen's slots cannot be shared by two L3s
+            self.put_page_type(mfn)
+            self.put_page(mfn)
+            raise self._fail(EINVAL, f"L2 mfn {mfn:#x} is already the slot-3 L2 of another L3")
         self.page(mfn).referrers.add(table)
 
     def put_page_from_l3e(self, pte: int, table: int) -> None:

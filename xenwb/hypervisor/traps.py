@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.xenarea import TRAMPOLINE_VA
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -91,12 +92,34 @@ def bounce_exception(vcpu: Vcpu, vector: int, error_code: int | None = None, cr2
     create_bounce_frame(vcpu, ti.cs, ti.address, error_code, bool(ti.flags & 4), regs=regs)
 
 
+def guest_regs(vcpu: Vcpu) -> tuple[dict[str, int], bool]:
+    """The registers the guest will resume with, and whether a ring change is still on its
+    way: after a transfer to another ring (iret to ring 3, a bounce from ring 3) the engine
+    sits at the trampoline (or, in ring 0, at the vcpu's stub) and the guest's EIP, CS,
+    EFLAGS, ESP and SS are in the trampoline's iret frame (xenarea.py)."""
+    r = vcpu.cpu.regs()
+    xen = vcpu.domain.xen
+    if r["eip"] != TRAMPOLINE_VA and r["eip"] != xen.stub_va(vcpu.id):
+        return r, False
+    eip, cs, eflags, esp, ss = struct.unpack("<5I", vcpu.domain.mem.read(xen.frame_maddr(vcpu.id), 20))
+    r.update(eip=eip, cs=cs & 0xFFFF, eflags=eflags, esp=esp, ss=ss & 0xFFFF)
+    return r, True
+
+
 def deliver_event_upcall(vcpu: Vcpu) -> bool:
-    """If events are pending and unmasked, enter the event callback (mask set)."""
-    if not vcpu.event_cs & ~3 or not vcpu.upcall_pending or vcpu.upcall_mask:
+    """compat_test_guest_events (x86_64/compat/entry.S), on every return to the guest: if
+    evtchn_upcall_pending is set and evtchn_upcall_mask clear, bounce to the event callback
+    with TBF_INTERRUPT (the mask is set, the old one saved in the frame). A null callback
+    selector crashes the domain (compat_bounce_null_selector)."""
+    if not vcpu.upcall_pending or vcpu.upcall_mask:
         return False
+    r, pending = guest_regs(vcpu)
+    if not vcpu.event_cs & ~3:
+        raise DomainCrash("event upcall with no event callback registered (bounce to null selector)")
+    if pending:
+        vcpu.cpu.disarm()              # the frame is rebuilt below; transfer re-arms if needed
     vcpu.domain.trace.emit_upcall(vcpu)
-    create_bounce_frame(vcpu, vcpu.event_cs, vcpu.event_eip, None, True)
+    create_bounce_frame(vcpu, vcpu.event_cs, vcpu.event_eip, None, True, regs=r)
     return True
 
 
@@ -112,6 +135,30 @@ def failsafe_callback(vcpu: Vcpu, target: dict[str, int]) -> None:
                         regs=target, extra_low=segs)
 
 
+def _iret_to_vm86(vcpu: Vcpu, r: dict[str, int], sp: int, eflags: int) -> None:
+    """compat_iret: "Cannot return to VM86 mode: inject a GP fault instead". The VM86
+    frame (EIP, CS, EFLAGS, ESP, SS, ES, DS, FS, GS) is copied below kernel_sp with a
+    zero error code, and the vcpu enters its #GP handler."""
+    try:
+        words = struct.unpack("<9I", vcpu.read_virt(sp + 4, 36))
+    except GuestFault:
+        raise DomainCrash(f"iret hypercall: unreadable VM86 frame at {sp:#x}") from None
+    ti = vcpu.trap_ctxt[C.TRAP_gp_fault]
+    if ti is None or not ti.cs & ~3:
+        raise DomainCrash("iret to VM86 mode with no #GP handler registered")
+    ksp = (vcpu.kernel_sp - 40) & 0xFFFFFFFF
+    try:
+        vcpu.write_virt(ksp, struct.pack("<10I", 0, *words))
+    except GuestFault:
+        raise DomainCrash(f"fault while writing the VM86 #GP frame at {ksp:#x}") from None
+    if ti.flags & 4:
+        eflags &= ~EFLAGS_IF
+    vcpu.upcall_mask = 0 if eflags & EFLAGS_IF else 1
+    real = (r["eflags"] & ~(EFLAGS_VM | EFLAGS_RF | EFLAGS_NT | EFLAGS_TF | EFLAGS_IOPL)) | EFLAGS_IF | 2
+    vcpu.domain.stats["faults"] += 1
+    vcpu.cpu.transfer(ti.address, ti.cs, real, ksp, vcpu.kernel_ss)
+
+
 def do_iret(vcpu: Vcpu) -> None:
     """HYPERVISOR_iret (compat_iret): the stack holds EAX, EIP, CS, EFLAGS, [ESP, SS]."""
     r = vcpu.cpu.regs()
@@ -121,6 +168,10 @@ def do_iret(vcpu: Vcpu) -> None:
     except GuestFault:
         raise DomainCrash(f"iret hypercall: unreadable frame at {sp:#x}") from None
     cs &= 0xFFFF
+    if eflags & EFLAGS_VM:
+        vcpu.cpu.set_reg("eax", eax)
+        _iret_to_vm86(vcpu, r, sp, eflags)
+        return
     if not cs & 3:
         raise DomainCrash(f"iret hypercall to ring 0 (cs {cs:#x})")
     if cs & 3 == 1:
@@ -133,11 +184,9 @@ def do_iret(vcpu: Vcpu) -> None:
         ss &= 0xFFFF
     if vcpu.domain.vm_assist & (1 << C.Vmasst.architectural_iopl):
         vcpu.iopl = (eflags >> 12) & 3
+    vcpu.cpu.set_reg("eax", eax)
     vcpu.upcall_mask = 0 if eflags & EFLAGS_IF else 1
     real = (eflags & ~(EFLAGS_IOPL | EFLAGS_VM)) | EFLAGS_IF | 2
-    vcpu.cpu.set_reg("eax", eax)
-    if eflags & EFLAGS_VM:
-        raise DomainCrash("iret hypercall to virtual-8086 mode")
     target = dict(r, eip=eip, cs=cs, eflags=real, esp=esp, ss=ss, eax=eax)
     vcpu.pending_iret_target = target
     vcpu.cpu.transfer(eip, cs, real, esp, ss)

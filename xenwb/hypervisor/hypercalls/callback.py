@@ -100,8 +100,11 @@ def do_callback_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             cb = L.callback_unregister.parse(vcpu.read_virt(arg, L.callback_unregister.size()))
         except GuestFault:
             return EFAULT
+        if cb.type in (CallbackType.event, CallbackType.failsafe, CallbackType.syscall32,
+                       CallbackType.sysenter):
+            return EINVAL        # callback.c compat_unregister_guest_callback
         if cb.type != CallbackType.nmi:
-            return EINVAL
+            return ENOSYS
         vcpu.trap_ctxt[2] = None
         vcpu.callbacks.pop(CallbackType.nmi, None)
         return 0

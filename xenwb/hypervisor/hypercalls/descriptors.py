@@ -32,6 +32,15 @@ def check_descriptor(vcpu: Vcpu, d: int) -> int | None:
             return None
         if dpl == 0:
             d |= 1 << 45            # DPL 0 -> 1
+        if vcpu.domain.pae:
+            # x86_64/mm.c check_descriptor: "Older PAE Linux guests use segments which are
+            # limited to 0xf6800000. Extend these" (base 0, limit past the compat hv start)
+            base = ((d >> 16) & 0xFFFFFF) | ((d >> 32) & 0xFF000000)
+            limit = ((d & 0xFFFF) | (((d >> 48) & 0xF) << 16)) + 1
+            if hi & (1 << 23):
+                limit <<= 12
+            if base == 0 and limit > vcpu.domain.geo.hv_start:
+                d |= 0xFFFF | (0xF << 48)
         # Xen's GDT frames are mapped writable in its own area, so the CPU sets the
         # accessed bit on first use; the workbench maps them read-only and sets it here.
         return d | DESC_A
@@ -50,9 +59,11 @@ def check_descriptor(vcpu: Vcpu, d: int) -> int | None:
 
 
 def _validate_frame(vcpu: Vcpu, mfn: int, entries: int) -> bool:
+    """alloc_segdesc_page: every descriptor of the frame is checked, not just the first
+    `entries` (the frame becomes a seg_desc page as a whole)."""
     frame = vcpu.domain.mem.frame(mfn)
     out = bytearray(frame[: 4096])
-    for i in range(min(entries, 512)):
+    for i in range(512):
         (d,) = struct.unpack_from("<Q", out, i * 8)
         nd = check_descriptor(vcpu, d)
         if nd is None:
@@ -78,8 +89,10 @@ def set_gdt(vcpu: Vcpu, frames: list[int], entries: int) -> int:
             break
         taken.append(mfn)
         if not _validate_frame(vcpu, mfn, entries - 512 * i):
-            break
-    if len(taken) != nr or any(not _valid_all(vcpu, m, entries - 512 * i) for i, m in enumerate(taken)):
+            for m in taken:
+                dom.mm.put_page_type(m)
+            return EINVAL
+    if len(taken) != nr:
         for mfn in taken:
             dom.mm.put_page_type(mfn)
         return EINVAL
@@ -89,12 +102,6 @@ def set_gdt(vcpu: Vcpu, frames: list[int], entries: int) -> int:
     dom.xen.map_guest_gdt(vcpu.id, taken)
     vcpu.cpu.flush_tlb()
     return 0
-
-
-def _valid_all(vcpu: Vcpu, mfn: int, entries: int) -> bool:
-    frame = vcpu.domain.mem.frame(mfn)
-    return all(check_descriptor(vcpu, struct.unpack_from("<Q", frame, i * 8)[0]) is not None
-               for i in range(min(entries, 512)))
 
 
 @hypercall(C.Hypercall.set_gdt, decoder=lambda v, fl, n, *_: decode_set_gdt(v, fl, n))

@@ -12,6 +12,7 @@ from xenwb.hypervisor.hypercalls import hypercall
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
 
+CR4_DE = 1 << 3
 EINVAL, EPERM, ENODEV, ENOSYS = -Errno.EINVAL, -Errno.EPERM, -Errno.ENODEV, -Errno.ENOSYS
 # VMASST types a PV32 guest may set (VM_ASSIST_VALID for compat guests)
 VMASST_VALID_PV32 = ((1 << Vmasst.four_gb_segments) | (1 << Vmasst.four_gb_segments_notify)
@@ -36,6 +37,8 @@ def do_fpu_taskswitch(vcpu: Vcpu, set_ts: int, *_: int) -> int:
 def set_debugreg(vcpu: Vcpu, reg: int, value: int) -> int:
     """set_debugreg (traps.c): DR0-3 must be guest addresses; DR7.GD is refused."""
     value &= 0xFFFFFFFF
+    if reg in (4, 5) and not vcpu.cr4 & CR4_DE:
+        reg += 2                     # DR4/DR5 alias DR6/DR7 unless CR4.DE (traps.c set_debugreg)
     if reg < 4:
         if value >= vcpu.domain.geo.hv_start - 3:
             return EPERM
@@ -60,6 +63,8 @@ def do_set_debugreg(vcpu: Vcpu, reg: int, value: int, *_: int) -> int:
 
 @hypercall(C.Hypercall.get_debugreg, decoder=lambda v, r, *_: {"reg": r})
 def do_get_debugreg(vcpu: Vcpu, reg: int, *_: int) -> int:
+    if reg in (4, 5) and not vcpu.cr4 & CR4_DE:
+        reg += 2
     if reg > 7 or reg in (4, 5):
         return ENODEV
     return vcpu.debugreg[reg]
