@@ -23,6 +23,9 @@ def brief_args(args: Any, limit: int = 80) -> str:
         for k, v in args.items():
             if isinstance(v, list) and all(isinstance(x, str) for x in v):
                 v = "|".join(v)
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                inner = "; ".join(brief_args(x, 40) for x in v[:2])
+                v = f"[{inner}{'; ...' if len(v) > 2 else ''}]"
             elif isinstance(v, (list, dict)):
                 v = f"[{len(v)}]" if isinstance(v, list) else "{..}"
             parts.append(f"{k}={v}")

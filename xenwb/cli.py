@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="FILE", help="write every event to FILE (JSON lines; .json: Perfetto)")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     _add_plugin_options(p)
+    # gdb remote stub (gdbstub/, issue 4)
+    p.add_argument("--gdb", nargs="?", const="127.0.0.1:1234", metavar="[HOST:]PORT",
+                   help="serve gdb's remote protocol (default 127.0.0.1:1234; another host only when given)")
+    p.add_argument("--wait", action="store_true",
+                   help="with --gdb: halt before the guest's first instruction until gdb continues (qemu -S)")
 
     p = sub.add_parser("trace", help="capture a trace of a guest run (JSONL or Perfetto)")
     _add_boot_options(p)
@@ -160,6 +165,8 @@ def _run_and_report(args: argparse.Namespace, session, until) -> int:
         return EXIT_OK
     if result.reason is StopReason.requested:
         return EXIT_OK if until != "shutdown" else 130
+    if result.reason is StopReason.time_limit and not isinstance(until, str):
+        return EXIT_OK       # the stop condition the user asked for (--until time:S)
     return EXIT_GUEST
 
 
@@ -168,10 +175,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise XenwbError("--max-instructions must be positive")
     if args.timeout is not None and args.timeout <= 0:
         raise XenwbError("--timeout must be positive")
+    if args.wait and args.gdb is None:
+        raise XenwbError("--wait needs --gdb")
+    if args.gdb is not None:
+        from gdbstub.server import parse_address
+        try:
+            parse_address(args.gdb)
+        except ValueError as e:
+            raise XenwbError(f"--gdb: {e} (write the guest before --gdb, or --gdb=PORT)") from None
     session = _session(args, _plugins(args, ()))
     if args.trace:
         session.record(args.trace)
     session.machine.set_limits(args.max_instructions, int(args.timeout * 1e9) if args.timeout else None)
+    if args.gdb is not None:               # gdb remote stub (gdbstub/, issue 4)
+        from gdbstub.server import GdbRun
+        return _run_and_report(args, GdbRun(session, args.gdb, wait=args.wait), "shutdown")
     return _run_and_report(args, session, "shutdown")
 
 

@@ -71,6 +71,7 @@ class Session:
         self._queue: deque[dict[str, Any]] = deque()
         self._listening = False
         self._event_budget: int | None = None
+        self._held: list[dict[str, Any]] = []
         self.writers: list[TraceWriter] = []
         self.machine.domain.trace.subscribe(self._on_event)
         self.last: RunResult | None = None
@@ -96,14 +97,21 @@ class Session:
     def _on_event(self, ev: dict[str, Any]) -> None:
         if self.filter is not None and ev["kind"] == "hypercall" and not self.filter.match(ev):
             return
-        for w in self.writers:
-            w.write(ev)
-        if self._listening:
-            self._queue.append(ev)
+        if self._event_budget is not None and self._event_budget <= 0:
+            # the machine stops at its next opportunity; events until then belong to the next run
+            self._held.append(ev)
+            return
+        self._deliver(ev)
         if self._event_budget is not None:
             self._event_budget -= 1
             if self._event_budget <= 0:
                 self.machine.stop()
+
+    def _deliver(self, ev: dict[str, Any]) -> None:
+        for w in self.writers:
+            w.write(ev)
+        if self._listening:
+            self._queue.append(ev)
 
     def record(self, path: str, fmt: str | None = None) -> TraceWriter:
         """Write every (filtered) event from now on to a JSONL or Perfetto file."""
@@ -124,10 +132,15 @@ class Session:
         """Run until shutdown/crash/hang, or the given stop condition."""
         hooks: list[tuple[Any, int]] = []
         self._event_budget = None
+        held, self._held = self._held, []
+        for ev in held:
+            self._on_event(ev)
         old_timeout = self.machine.timeout_ns
         try:
             if isinstance(until, Events):
-                self._event_budget = until.count
+                self._event_budget = until.count - len(held)
+                if self._event_budget <= 0:
+                    return self.last if self.last is not None else RunResult(StopReason.requested)
             elif isinstance(until, Time):
                 self.machine.timeout_ns = until.ns
             elif isinstance(until, (Symbol, int)) or (isinstance(until, str) and until != "shutdown"):
