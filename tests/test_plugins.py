@@ -74,11 +74,17 @@ def test_decoders_read_guest_structures() -> None:
 def test_hypercall_tracer(booted: Session) -> None:
     summary = booted.command("hypercalls summary").data
     by = {r["hypercall"]: r for r in summary}
-    assert by["update_va_mapping"]["failed"] == 1 and by["sched_op"]["calls"] == 1
-    assert sum(r["calls"] for r in summary) == booted.domain.stats["hypercalls"] + by["multicall"]["calls"] * 0 + \
+    assert by["update_va_mapping"]["failed"] >= 1 and by["sched_op"]["calls"] >= 1
+    # every trap is counted once; multicall entries are counted as calls too
+    assert sum(r["calls"] for r in summary) == booted.domain.stats["hypercalls"] + \
         sum(r["in_multicall"] for r in summary)
+    assert all(r["failed"] <= r["calls"] and r["time_ns"] >= 50 * r["calls"] for r in summary
+               if r["hypercall"] != "iret")
     failed = booted.command("hypercalls --failed --last 0").data
-    assert [e["errno"] for e in failed] == ["EINVAL"] and failed[0]["args"]["va"] == "0xf5800000"
+    assert failed and all(e["ret"] < 0 and e["errno"] for e in failed)
+    assert len(failed) == sum(r["failed"] for r in summary)
+    hv_range = [e for e in failed if e["name"] == "update_va_mapping"]
+    assert [(e["args"]["va"], e["errno"]) for e in hv_range] == [("0xf5800000", "EINVAL")]
     only = booted.command("hypercalls --name console_io --last 0").data
     assert only and all(e["name"] == "console_io" for e in only)
     lo = booted.image.lookup("console_write").address
@@ -99,7 +105,10 @@ def test_multicall_decoder(booted: Session) -> None:
 
 def test_evmask(booted: Session) -> None:
     state = booted.command("evmask").data[0]
-    assert state["upcall_mask"] == 1 and {p["port"] for p in state["ports"]} == {1, 2}
+    vi = booted.machine.vcpus[0].vcpu_info_maddr
+    assert state["upcall_mask"] == booted.domain.mem.read(vi + 1, 1)[0]
+    ports = {p["port"]: p for p in state["ports"]}
+    assert {1, 2} <= ports.keys() and ports[1]["type"] == ports[2]["type"] == "interdomain"
     hist = booted.command("evmask history --last 100").data
     assert any(h["by"] == "guest" for h in hist) and any(h["by"] == "xen" for h in hist)
     assert all(h["old"] != h["new"] for h in hist)

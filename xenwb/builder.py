@@ -72,8 +72,8 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> tuple[Domain, BootLayou
         dom.mm.give(mfn)
         pm.set_m2p(mfn, pfn)
     dom.mm.share(dom.shared_info_mfn, Sharing.shared_rw)
-    for mfn in dom.xen.m2p_frames:
-        dom.mm.share(mfn, Sharing.shared_ro)
+    # the M2P frames belong to Xen: a domU reads them through Xen's own read-only
+    # mapping and may not map them itself
 
     def write_va(va: int, data: bytes) -> None:
         pos = 0
@@ -109,6 +109,7 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> tuple[Domain, BootLayou
     init_wallclock(dom)
     for vid in range(cfg.vcpus):
         dom.vcpus.append(Vcpu(dom, vid))
+    dom.store_backend.seed_vcpus(cfg.vcpus)  # type: ignore[attr-defined]  # xenstore cpu/<i>/availability
     v0 = dom.vcpus[0]
     start_vcpu0(dom, v0, layout, top_mfn)
     for v in dom.vcpus:

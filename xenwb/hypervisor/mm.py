@@ -22,6 +22,11 @@ from xenwb.hypervisor.paging import NONPAE, PagingMode, read_pte
 from xenwb.hypervisor.xenarea import HvGeometry, XenArea
 
 EINVAL, EPERM, EBUSY = -Errno.EINVAL, -Errno.EPERM, -Errno.EBUSY
+# High PTE bits (52-63) Xen leaves to software: x86_64/page.h BASE_DISALLOW_MASK
+# (0xFF800198 & ~_PAGE_NX, in get_pte_flags() form) allows bits 52-62 in L1/L2;
+# L1_DISALLOW_MASK adds _PAGE_GNTTAB (bit 62); COMPAT_L3_DISALLOW_MASK (0xFFFFF198)
+# refuses every high bit of a PV32 L3 entry, NX included.
+HIGH_ALLOWED = {"L1": 0x3FF << 52, "L2": 0x7FF << 52, "L3": 0}
 
 
 class PageType(enum.IntEnum):
@@ -250,27 +255,31 @@ class MM:
         flags = pte & 0xFFF
         bad = flags & ~allowed
         if self.mode.pte_size == 8:
-            if pte & C._PAGE_NX and not self.nx_ok:
+            if pte & C._PAGE_NX and (level == "L3" or not self.nx_ok):
                 bad |= 1 << 63
-            high = (pte >> 52) & 0x7FF
-            if high:
-                bad |= high << 52
+            bad |= pte & (0x7FF << 52) & ~HIGH_ALLOWED[level]
         if bad:
             raise self._fail(EINVAL, f"bad {level} flags {bad:#x} in {pte:#x}")
 
     def get_page_from_l1e(self, pte: int, table: int) -> None:
+        """mm.c get_page_from_l1e (Xen 4.17): bad flags -EINVAL, MMIO without permission
+        -EPERM, a frame the domain may not map or a writable mapping of a typed frame
+        ("could_not_pin") -EBUSY."""
         if not pte & C._PAGE_PRESENT:
             return
         self._check_flags(pte, L1_ALLOWED, "L1")
         mfn = self.mode.pte_mfn(pte)
-        self.get_page(mfn)
+        try:
+            self.get_page(mfn)
+        except MMError as e:
+            raise self._fail(EBUSY if e.errno == EINVAL else e.errno, e.why) from None
         if pte & C._PAGE_RW:
             try:
                 self.get_page_type(mfn, PageType.writable)
             except MMError:
                 self.put_page(mfn)
-                raise self._fail(EINVAL, f"mfn {mfn:#x} cannot be mapped writable "
-                                         f"(it is a {self.page(mfn).type.name} page)") from None
+                raise self._fail(EBUSY, f"mfn {mfn:#x} cannot be mapped writable "
+                                        f"(it is a {self.page(mfn).type.name} page)") from None
         elif self.page(mfn).sharing == Sharing.owned:
             pass
         self.page(mfn).referrers.add(table)

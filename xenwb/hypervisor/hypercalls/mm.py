@@ -254,10 +254,10 @@ def mmuext_one(vcpu: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
         if cmd in (MmuextCmd.PIN_L1_TABLE, MmuextCmd.PIN_L2_TABLE, MmuextCmd.PIN_L3_TABLE,
                    MmuextCmd.PIN_L4_TABLE):
             level = cmd - MmuextCmd.PIN_L1_TABLE + 1
-            if level == 4:
-                return 0                     # PV32: PIN_L4 is a silent no-op
-            if level == 3 and not pae:
-                return EINVAL
+            if level > (3 if pae else 2):
+                # levels the guest's paging does not have are ignored: PIN_L4 for a compat
+                # guest on 64-bit Xen, PIN_L3/L4 on non-PAE x86_32 Xen (do_mmuext_op)
+                return 0
             mm.pin(arg1, PageType(level))
             return 0
         if cmd == MmuextCmd.UNPIN_TABLE:
@@ -269,9 +269,10 @@ def mmuext_one(vcpu: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
             vcpu.cpu.flush_tlb()
             return 0
         if cmd in (MmuextCmd.TLB_FLUSH_MULTI, MmuextCmd.INVLPG_MULTI):
-            targets = _vcpumask(vcpu, arg2 if cmd == MmuextCmd.INVLPG_MULTI else arg1)
+            # both take the vCPU bitmap in arg2.vcpumask; an unreadable one is -EINVAL (mm.c)
+            targets = _vcpumask(vcpu, arg2)
             if isinstance(targets, int):
-                return targets
+                return EINVAL
             for v in targets:
                 v.cpu.flush_tlb()
             return 0

@@ -1,0 +1,57 @@
+"""Shared fixtures: machines built from the bundled example guests, and the tiny test guests."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from support.harness import BuiltGuest, Hv, build_guest
+
+# name -> (source in tests/guests, -D defines)
+GUEST_BUILDS = {
+    "cpuid": ("cpuid", ()),
+    "wrmsr": ("wrmsr", ("NO_HYPERCALL_NOTE=1",)),
+    "hlt": ("hlt", ()),
+    "crash": ("hlt", ("NO_TRAPS=1",)),
+    "ptwr": ("ptwr", ()),
+    "failsafe": ("failsafe", ()),
+    "user82": ("user82", ()),
+}
+
+
+class _Guests:
+    """Builds each guest on first use (gcc -m32 -c, ld -m elf_i386) and keeps it."""
+
+    def __init__(self, outdir) -> None:
+        self.outdir = outdir
+        self.built: dict[str, BuiltGuest] = {}
+
+    def __getitem__(self, name: str) -> BuiltGuest:
+        if name not in self.built:
+            src, defines = GUEST_BUILDS[name]
+            self.built[name] = build_guest(src, self.outdir / name, defines=defines)
+        return self.built[name]
+
+
+@pytest.fixture(params=["pvdemo-pae", "pvdemo-nonpae"], ids=["pae", "nonpae"])
+def hv(request) -> Hv:
+    """A freshly built (not yet running) machine, PAE and non-PAE."""
+    return Hv.example(request.param)
+
+
+@pytest.fixture
+def hv_pae() -> Hv:
+    return Hv.example("pvdemo-pae")
+
+
+@pytest.fixture
+def hv_nonpae() -> Hv:
+    return Hv.example("pvdemo-nonpae")
+
+
+@pytest.fixture(scope="session")
+def guests(tmp_path_factory):
+    """The tiny guests of tests/guests, assembled and linked once per session."""
+    if not (shutil.which("gcc") and shutil.which("ld") and shutil.which("nm")):
+        pytest.skip("gcc/binutils not available")
+    return _Guests(tmp_path_factory.mktemp("guests"))

@@ -1,0 +1,83 @@
+/*
+ * common.S - included by every tiny test guest (tests/guests/*.S).
+ *
+ * Xen ELF notes (xen/include/public/elfnote.h; ABI sheet section 1.1), a few PV32 ABI
+ * numbers (public/xen.h), and macros that issue hypercalls with `int $0x82` directly
+ * (EAX = number, EBX..EDI = arguments; ABI sheet section 2.1), so a guest works before
+ * or without a hypercall page.  Link: ld -m elf_i386 -N -Ttext=0xC0000000.
+ */
+#define VIRT_BASE 0xC0000000
+
+#define __HYPERVISOR_set_trap_table     0
+#define __HYPERVISOR_set_gdt            2
+#define __HYPERVISOR_stack_switch       3
+#define __HYPERVISOR_update_va_mapping 14
+#define __HYPERVISOR_console_io        18
+#define __HYPERVISOR_vm_assist         21
+#define __HYPERVISOR_iret              23
+#define __HYPERVISOR_sched_op          29
+#define __HYPERVISOR_callback_op       30
+
+#define FLAT_KERNEL_CS 0xE019
+#define FLAT_KERNEL_DS 0xE021
+#define FLAT_USER_CS   0xE02B
+#define FLAT_USER_DS   0xE033
+
+/* start_info (PV32 offsets, ABI sheet section 1.2) */
+#define SI_MFN_LIST 68
+
+#define ELFNOTE(type, desc)                                     \
+        .pushsection .note.Xen, "a", @note;                     \
+        .balign 4;                                              \
+        .long 2f - 1f;                                          \
+        .long 4f - 3f;                                          \
+        .long type;                                             \
+1:      .asciz "Xen";                                           \
+2:      .balign 4;                                              \
+3:      desc;                                                   \
+4:      .balign 4;                                              \
+        .popsection
+
+        ELFNOTE(6,  .asciz "xenwb-test")        /* GUEST_OS */
+        ELFNOTE(5,  .asciz "xen-3.0")           /* XEN_VERSION */
+        ELFNOTE(8,  .asciz "generic")           /* LOADER */
+        ELFNOTE(3,  .long VIRT_BASE)            /* VIRT_BASE */
+        ELFNOTE(4,  .long VIRT_BASE)            /* PADDR_OFFSET: p_paddr == p_vaddr */
+        ELFNOTE(1,  .long _start)               /* ENTRY */
+        ELFNOTE(9,  .asciz "yes")               /* PAE_MODE */
+#ifndef NO_HYPERCALL_NOTE
+        ELFNOTE(2,  .long hypercall_page)       /* HYPERCALL_PAGE */
+#endif
+
+/* hypercall nr with int $0x82; arguments already in EBX.. */
+.macro HCALL nr
+        movl    $\nr, %eax
+        int     $0x82
+.endm
+
+/* console_io(CONSOLEIO_write, len, msg) */
+.macro PRINT msg, len
+        movl    $0, %ebx
+        movl    $\len, %ecx
+        movl    $\msg, %edx
+        HCALL   __HYPERVISOR_console_io
+.endm
+
+/* sched_op(SCHEDOP_shutdown, &reason) with reason poweroff */
+.macro POWEROFF
+        movl    $2, %ebx
+        movl    $shutdown_poweroff, %ecx
+        HCALL   __HYPERVISOR_sched_op
+1:      jmp     1b
+.endm
+
+/* iret hypercall with EIP, CS, EFLAGS (, ESP, SS) already pushed: what hypercall-page entry 23 does */
+.macro IRET_HCALL
+        pushl   %eax
+        movl    $__HYPERVISOR_iret, %eax
+        int     $0x82
+.endm
+
+        .section .rodata
+shutdown_poweroff:
+        .long   0

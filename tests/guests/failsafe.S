@@ -1,0 +1,92 @@
+/*
+ * failsafe.S - the iret hypercall returns to a selector Xen cannot load (GDT entry 1, a
+ * not-present code segment): Xen bounces to the failsafe callback with DS, ES, FS, GS below
+ * the usual frame (x86_64/compat/entry.S compat_failsafe_callback).  The callback copies the
+ * 7-word frame to `frame` and powers off.
+ */
+#include "common.S"
+
+        .text
+        .globl _start
+_start:
+        movl    $stack_top, %esp
+        movl    %esi, %ebp                      /* start_info */
+        movl    $0, %ebx                        /* CALLBACKOP_register */
+        movl    $cb_failsafe, %ecx
+        HCALL   __HYPERVISOR_callback_op
+        /* gdt_page read-only: update_va_mapping(gdt_page, mfn << 12 | P|A, UVMF_INVLPG) */
+        movl    $gdt_page, %eax
+        subl    $VIRT_BASE, %eax
+        shrl    $12, %eax
+        movl    SI_MFN_LIST(%ebp), %edx
+        movl    (%edx,%eax,4), %eax
+        movl    %eax, gdt_mfn
+        shll    $12, %eax
+        orl     $0x21, %eax
+        movl    $gdt_page, %ebx
+        movl    %eax, %ecx
+        xorl    %edx, %edx
+        movl    $2, %esi
+        HCALL   __HYPERVISOR_update_va_mapping
+        movl    %eax, rcs
+        movl    $gdt_mfn, %ebx                  /* set_gdt(&mfn, 2 entries) */
+        movl    $2, %ecx
+        HCALL   __HYPERVISOR_set_gdt
+        movl    %eax, rcs+4
+        movl    $FLAT_USER_DS, %eax             /* recognisable selectors in the frame */
+        movl    %eax, %fs
+        xorl    %eax, %eax
+        movl    %eax, %gs
+        pushl   $0x202                          /* EFLAGS */
+        pushl   $0x09                           /* CS: GDT entry 1, RPL 1, not present */
+        pushl   $after_iret                     /* EIP */
+        .globl iret_call
+iret_call:
+        IRET_HCALL
+        .globl after_iret
+after_iret:
+        PRINT   bad_msg, bad_end-bad_msg
+        POWEROFF
+
+        .globl failsafe
+failsafe:
+        movl    %esp, frame_esp
+        movl    %esp, %esi
+        movl    $frame, %edi
+        movl    $7, %ecx
+        cld
+        rep movsl
+        movl    $FLAT_KERNEL_DS, %eax
+        movl    %eax, %fs
+        PRINT   fs_msg, fs_end-fs_msg
+        POWEROFF
+
+        .balign 4096
+        .globl hypercall_page
+hypercall_page:
+        .fill   4096, 1, 0xcc
+
+        .data
+cb_failsafe:
+        .word   1, 0                            /* CALLBACKTYPE_failsafe, flags */
+        .long   FLAT_KERNEL_CS, failsafe
+        .globl gdt_mfn, rcs, frame, frame_esp
+gdt_mfn:    .long 0
+rcs:        .long 0xffffffff, 0xffffffff
+frame:      .long 0, 0, 0, 0, 0, 0, 0
+frame_esp:  .long 0
+fs_msg: .ascii  "failsafe callback\n"
+fs_end:
+bad_msg: .ascii "iret to a not-present selector returned\n"
+bad_end:
+        .balign 4096
+        .globl gdt_page
+gdt_page:
+        .quad   0
+        .quad   0x00cf3a000000ffff              /* code, DPL 1, P = 0 */
+        .fill   4096 - 16, 1, 0
+
+        .bss
+        .balign 16
+        .space  4096
+stack_top:
