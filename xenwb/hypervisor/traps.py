@@ -190,3 +190,54 @@ def do_iret(vcpu: Vcpu) -> None:
     target = dict(r, eip=eip, cs=cs, eflags=real, esp=esp, ss=ss, eax=eax)
     vcpu.pending_iret_target = target
     vcpu.cpu.transfer(eip, cs, real, esp, ss)
+
+
+def descriptor_of(vcpu: Vcpu, sel: int) -> int | None:
+    """The descriptor a selector names in the vcpu's GDT/LDT, or None when out of range."""
+    idx = sel >> 3
+    if sel & 4:
+        if idx >= vcpu.ldt_ents:
+            return None
+        try:
+            return struct.unpack("<Q", vcpu.debug_read(vcpu.ldt_base + idx * 8, 8))[0]
+        except (GuestFault, struct.error):
+            return None
+    if idx >= C.FIRST_RESERVED_GDT_ENTRY:
+        xen_gdt = vcpu.domain.xen.vcpu_xen_gdt[vcpu.id]
+        return vcpu.domain.mem.read_u64((xen_gdt << 12) + (idx - C.FIRST_RESERVED_GDT_ENTRY) * 8)
+    if idx >= vcpu.gdt_ents:
+        return None
+    mfn = vcpu.gdt_frames[idx // 512]
+    return vcpu.domain.mem.read_u64((mfn << 12) + (idx % 512) * 8)
+
+
+def data_segment_loadable(vcpu: Vcpu, sel: int, cpl: int) -> bool:
+    """Would `mov sel, %ds` succeed at this CPL (the checks load_segments relies on)."""
+    if not sel & ~3:
+        return True                          # a null selector always loads
+    d = descriptor_of(vcpu, sel)
+    if d is None or not d >> 47 & 1 or not d >> 44 & 1:
+        return False                         # out of range, not present, or a system descriptor
+    typ = (d >> 40) & 0xF
+    if typ & 8 and not typ & 2:
+        return False                         # execute-only code
+    dpl = (d >> 45) & 3
+    conforming_code = typ & 8 and typ & 4
+    return bool(conforming_code or dpl >= max(cpl, sel & 3))
+
+
+def reload_segments(vcpu: Vcpu) -> bool:
+    """Xen reloads DS/ES/FS/GS when it switches to a vcpu (domain.c load_segments); a
+    selector that no longer loads sends the vcpu to its failsafe callback with the
+    selectors in the frame. Returns True when the failsafe path was taken."""
+    r = vcpu.cpu.regs()
+    cpl = r["cs"] & 3
+    if cpl == 0:
+        return False                         # mid-transition inside the trampoline
+    bad = [s for s in ("ds", "es", "fs", "gs") if not data_segment_loadable(vcpu, r[s], cpl)]
+    if not bad:
+        return False
+    for s in bad:
+        vcpu.cpu.set_reg(s, 0)               # what is left after the failed load
+    failsafe_callback(vcpu, r)
+    return True
