@@ -1,9 +1,10 @@
 """The machine: a built domain plus the run loop and the control API.
 
-Scheduling is deterministic: runnable vcpus take turns in id order, each for a
-fixed quantum of virtual time (code bytes executed) or until it blocks, yields or
-stops. When every vcpu is blocked, virtual time jumps to the next timer; with no
-timer pending the run ends as a hang. Front ends (CLI, gdb stub, TUI, Python API)
+Scheduling is deterministic: each vcpu has its own virtual clock (code bytes
+executed); the runnable vcpu furthest behind runs next (ties round-robin by id) for
+a fixed quantum of virtual time or until it blocks, yields, stops or a timer falls
+due. When every vcpu is blocked, virtual time jumps to the next timer that can wake
+one; when there is none the run ends as a hang. Front ends (CLI, gdb stub, TUI, Python API)
 drive the machine only through this class.
 """
 
@@ -21,6 +22,7 @@ from xenwb.abi import constants as C
 from xenwb.builder import BuildConfig, build_domain
 from xenwb.errors import XenwbError
 from xenwb.hypervisor.domain import Domain
+from xenwb.hypervisor.hypercalls.sched import fire_timers, timer_deadlines
 from xenwb.hypervisor.traps import DomainCrash, deliver_event_upcall
 from xenwb.hypervisor.vcpu import Vcpu, VcpuState
 from xenwb.hypervisor.vcpus import update_vcpu_time
@@ -28,7 +30,7 @@ from xenwb.layout import BootLayout
 from xenwb.loader import GuestImage, load_guest
 from xenwb.vclock import NEVER
 
-QUANTUM_NS = 1_000_000          # 1 ms of virtual time per turn when several vcpus run
+QUANTUM_NS = 1_000_000          # at most 1 ms of virtual time per turn
 
 
 class StopReason(enum.Enum):
@@ -60,6 +62,8 @@ class Machine:
         self.commands = core_registry()   # shared by gdb's monitor, the TUI, the CLI and plugins
         self.max_instructions: int | None = None
         self.timeout_ns: int | None = None
+        self._futile: set[int] = set()   # vcpus whose periodic timer fired in vain while all idle
+        self.input_source = None          # console input from the user (issue 7: xenwb/backends.py)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -86,38 +90,51 @@ class Machine:
         for v in self.vcpus:
             v.cpu.uc.emu_stop()
 
-    # -- timers ------------------------------------------------------------------------------
+    # -- timers (xen/common/sched/core.c; the rules are in hypervisor/hypercalls/sched.py) ------
     def _timer_bound(self, v: Vcpu) -> bool:
-        return (C.Virq.TIMER, v.id) in self.domain.evtchn.virq_ports  # type: ignore[attr-defined]
+        return self.domain.evtchn.virq_bound(C.Virq.TIMER, v.id)  # type: ignore[attr-defined]
 
-    def _next_deadline(self, v: Vcpu) -> int | None:
-        ds = []
-        if self._timer_bound(v):
-            if v.periodic_period:
-                ds.append(v.periodic_next)
-            if v.singleshot_deadline is not None:
-                ds.append(v.singleshot_deadline)
-        if v.state is VcpuState.blocked and v.poll_deadline:
-            ds.append(v.poll_deadline)
-        return min(ds) if ds else None
+    def _next_deadline(self, v: Vcpu, effective: bool = False) -> int | None:
+        """v's earliest armed timer (effective=True: only one whose firing can change something)."""
+        ds = timer_deadlines(v, effective=effective)
+        return min(t for t, _ in ds) if ds else None
 
-    def _fire_timers(self, v: Vcpu) -> None:
+    def _fire_timers(self, v: Vcpu) -> bool:
+        """Fire v's timers that are due at v's clock (a vcpu that is down has none running)."""
+        if v.state is VcpuState.down:
+            return False
+        return fire_timers(v)
+
+    def _fire_blocked(self, ref: int) -> bool:
+        """Timers of blocked vcpus due by `ref`, the clock of the vcpu about to run: a blocked
+        vcpu is idle, so its clock moves to each deadline and the timer fires there. True when
+        a vcpu woke (it may now be the one furthest behind)."""
         dom = self.domain
-        now = dom.time.now(v)
-        ev = dom.evtchn  # type: ignore[attr-defined]
-        if v.periodic_period and v.periodic_next <= now:
-            while v.periodic_next <= now:
-                v.periodic_next += v.periodic_period
-            ev.send_virq(v, C.Virq.TIMER)
-        if v.singleshot_deadline is not None and v.singleshot_deadline <= now:
-            v.singleshot_deadline = None
-            ev.send_virq(v, C.Virq.TIMER)
-        if v.state is VcpuState.blocked and v.poll_deadline and v.poll_deadline <= now:
-            dom.wake(v)
+        running = sum(v.state is VcpuState.running for v in self.vcpus)
+        for b in self.vcpus:
+            for _ in range(64):                 # a few periods at most: the running vcpu stops at each
+                if b.state is not VcpuState.blocked:
+                    break
+                t = self._next_deadline(b)
+                if t is None or t > ref:
+                    break
+                dom.time.advance_to(b, t)
+                dom.current = b                 # a vcpu woken by this timer wakes at b's time
+                fire_timers(b)
+                dom.current = None
+        return sum(v.state is VcpuState.running for v in self.vcpus) > running
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Run until shutdown, crash, hang, a limit, or stop()."""
+        """Run until shutdown, crash, hang, a limit, or stop().
+
+        Each vcpu has its own virtual clock. The runnable vcpu whose clock is furthest behind
+        runs next (ties: round-robin by id), for one quantum (QUANTUM_NS of virtual time) or
+        until it blocks, yields, or a timer falls due; blocked vcpus' timers fire when the
+        running vcpu's clock reaches them. The interleaving depends only on the guest, so
+        the same run gives the same interleaving. When every vcpu is blocked, idle time
+        passes at once: the clocks jump to the next timer that can wake someone; if there
+        is none, the run ends as a hang."""
         dom = self.domain
         self.stop_requested = False
         while True:
@@ -131,51 +148,59 @@ class Machine:
                 return RunResult(StopReason.instruction_limit, f"{self.instructions()} instructions")
             if self.timeout_ns is not None and self.now() >= self.timeout_ns:
                 return RunResult(StopReason.time_limit, f"{self.now() / 1e9:.3f} virtual seconds")
+            self._pump_console()            # console input enters between turns only (issue 7)
             runnable = [v for v in self.vcpus if v.state is VcpuState.running]
             if not runnable:
-                if not self._idle_jump():
-                    return RunResult(StopReason.hang, self._hang_detail())
+                stop = self._idle_jump()
+                if stop is not None:
+                    if stop.reason is StopReason.hang and self._wait_console_input():
+                        continue
+                    return stop
                 continue
             v = self._pick(runnable)
+            if self._fire_blocked(dom.time.now(v)):
+                continue
             self._run_vcpu(v, several=len(runnable) > 1)
 
     def _pick(self, runnable: list[Vcpu]) -> Vcpu:
         n = len(self.vcpus)
-        for i in range(n):
-            v = self.vcpus[(self._next + i) % n]
-            if v in runnable:
-                self._next = (v.id + 1) % n
-                return v
-        return runnable[0]
+        now = self.domain.time.now
+        v = min(runnable, key=lambda u: (now(u), (u.id - self._next) % n))
+        self._next = (v.id + 1) % n
+        return v
 
-    def _run_vcpu(self, v: Vcpu, several: bool) -> None:
+    def _run_vcpu(self, v: Vcpu, several: bool = False) -> None:
+        """One turn of v: Xen's schedule-in work (timers, vcpu_time_info, runstate area,
+        a pending event upcall), then guest code until the turn's deadline or a stop."""
         dom = self.domain
+        dom.current = v
+        dom.stopping = False
+        self._futile.clear()
+        self._fire_timers(v)                    # vcpu_periodic_timer_work on context switch
+        if v.state is not VcpuState.running:
+            dom.current = None
+            return
         now = dom.time.now(v)
-        deadline = NEVER
-        if several:
-            deadline = now + QUANTUM_NS
-        t = self._next_deadline(v)
-        if t is not None:
-            deadline = min(deadline, max(t, now))
+        deadline = now + QUANTUM_NS
+        for u in self.vcpus:                    # own timers, and blocked vcpus' timers
+            if u is v or u.state is VcpuState.blocked:
+                t = self._next_deadline(u)
+                if t is not None:
+                    deadline = min(deadline, max(t, now + 1))
         if self.timeout_ns is not None:
-            deadline = min(deadline, self.timeout_ns)
+            deadline = min(deadline, max(self.timeout_ns, now + 1))
         v.clock.deadline = deadline
         if self.max_instructions is not None:
             v.clock.insn_deadline = self.max_instructions - self.instructions() + v.clock.insns
-        dom.current = v
-        dom.stopping = False
-        if v.clock.deadline <= now:
-            self._fire_timers(v)
-            return
         update_vcpu_time(dom, v)
         if v.runstate_area:
             dom.update_runstate_area(v)
-        if v.cpu.cpl:          # not in the middle of a ring transition
-            try:
-                deliver_event_upcall(v)
-            except DomainCrash as e:
-                dom.crash(v, str(e))
-                return
+        try:
+            deliver_event_upcall(v)
+        except DomainCrash as e:
+            dom.crash(v, str(e))
+            dom.current = None
+            return
         try:
             v.cpu.run()
         except UcError as e:
@@ -188,52 +213,127 @@ class Machine:
                 traceback.print_exc()
             dom.crash(v, f"xenwb internal error in a hook: {type(e).__name__}: {e} "
                          "(please report; XENWB_DEBUG=1 shows the traceback)")
-        dom.current = None
+        if v.runstate_area:
+            dom.update_runstate_area(v)         # and on schedule-out
         self._fire_timers(v)
+        dom.current = None
 
-    def _idle_jump(self) -> bool:
-        """All vcpus blocked: move virtual time to the earliest timer and fire it."""
-        cands = [(t, v.id) for v in self.vcpus if v.state is VcpuState.blocked
-                 if (t := self._next_deadline(v)) is not None]
+    def _idle_jump(self) -> RunResult | None:
+        """Every vcpu is blocked: idle time passes at once. The blocked vcpus' clocks jump to
+        the earliest timer that can wake someone and the timers due then fire. A periodic
+        timer that fired without waking anyone (its port masked) cannot do more until a
+        vcpu runs: it no longer counts. None to go on, else why the run ends."""
+        blocked = [v for v in self.vcpus if v.state is VcpuState.blocked]
+        cands = [t for v in blocked for t, kind in timer_deadlines(v, effective=True)
+                 if not (kind == "periodic" and v.id in self._futile)]
         if not cands:
-            return False
-        t, _ = min(cands)
-        for v in self.vcpus:
-            if v.state is VcpuState.blocked:
-                self.domain.time.advance_to(v, t)
-                self._fire_timers(v)
-        return True
+            return RunResult(StopReason.hang, self._hang_detail())
+        t = min(cands)
+        if self.timeout_ns is not None and t > self.timeout_ns:
+            for v in blocked:
+                self.domain.time.advance_to(v, self.timeout_ns)
+            return RunResult(StopReason.time_limit, f"{self.timeout_ns / 1e9:.3f} virtual seconds")
+        periodic_fired = []
+        for v in blocked:
+            self.domain.time.advance_to(v, t)
+        for v in blocked:
+            last = v.periodic_last
+            self.domain.current = v
+            self._fire_timers(v)
+            self.domain.current = None
+            if v.periodic_last != last:
+                periodic_fired.append(v.id)
+        if not any(v.state is VcpuState.running for v in self.vcpus):
+            self._futile.update(periodic_fired)
+        return None
 
     def _hang_detail(self) -> str:
-        states = ", ".join(f"vcpu{v.id} {v.state.value}" for v in self.vcpus)
-        return f"every vcpu is blocked with no timer or event that could wake it ({states})"
+        parts = []
+        ev = self.domain.evtchn  # type: ignore[attr-defined]
+        for v in self.vcpus:
+            if v.state is not VcpuState.blocked:
+                parts.append(f"vcpu{v.id} {v.state.value}")
+                continue
+            eip = v.cpu.eip
+            sym = self.domain.symbolize(eip)
+            what = (f"in SCHEDOP_poll on ports {v.poll_ports}" if v.poll_ports is not None
+                    else "in SCHEDOP_block")
+            why = []
+            port = ev.virq_ports.get((C.Virq.TIMER, v.id))
+            if port is None:
+                why.append("no VIRQ_TIMER port bound")
+            elif ev.is_masked(port):
+                why.append(f"its VIRQ_TIMER port {port} is masked")
+            elif not (v.periodic_period or v.singleshot_deadline is not None):
+                why.append("no timer armed")
+            if v.upcall_mask:
+                why.append("events masked (evtchn_upcall_mask = 1)")
+            parts.append(f"vcpu{v.id} blocked {what} at {eip:#x}{f' <{sym}>' if sym else ''}"
+                         f"{': ' + ', '.join(why) if why else ''}")
+        return ("every vcpu is blocked and no timer or event can wake one (a guest hang): "
+                + "; ".join(parts))
+
+    # -- console input (added for issue 7; the rules are in xenwb/backends.py) ---------------
+    def console_input(self, data: bytes) -> None:
+        """Queue bytes typed for the guest's console. They enter the ring between vcpu turns, as
+        space allows, never while a vcpu runs: where the guest sees them depends only on the
+        guest and on the bytes."""
+        self.domain.console_backend.queue_input(data)  # type: ignore[attr-defined]
+
+    def _pump_console(self) -> None:
+        cb = self.domain.console_backend  # type: ignore[attr-defined]
+        src = self.input_source
+        if src is not None and not cb.pending_input and cb.input_idle():
+            chunk = src.next_chunk()      # the next line (scripted), or what was typed
+            if chunk is None:
+                self.input_source = None
+            elif chunk:
+                cb.queue_input(chunk)
+        if cb.pending_input:
+            cb.pump()
+
+    def _wait_console_input(self) -> bool:
+        """Every vcpu is blocked for good, but the user may still type: wait for a key
+        (host time passes, virtual time does not). False when there is nobody to wait for."""
+        src = self.input_source
+        if src is None or not src.interactive:
+            return False
+        while not self.stop_requested:
+            if src.wait(0.2):
+                self._pump_console()
+                return True
+        return True
 
     # -- debugger control (added for the gdb stub, issue 4: xenwb/debug.py drives it) ----------
     def step_vcpu(self, v: Vcpu) -> None:
-        """Run exactly one guest instruction on vcpu v, with the hypervisor work it triggers
-        (a hypercall, a bounced fault), as one short scheduler turn: the turn's entry work
-        (time info, pending event upcall) first, as on every return to the guest, then the
-        timers that fell due. The caller checks domain.finished afterwards."""
+        """Run exactly one instruction of vcpu v, with the hypervisor work it triggers (a
+        hypercall, a bounced fault), as a one-instruction turn: the same schedule-in work as
+        _run_vcpu (timers, vcpu_time_info, runstate area, a pending event upcall) unless v is
+        inside a ring transition. The caller checks domain.finished afterwards."""
         from xenwb.hypervisor.cpu import EXIT_ADDRESS
         dom = self.domain
         dom.current = v
         dom.stopping = False
-        v.clock.deadline = NEVER
         try:
-            update_vcpu_time(dom, v)
-            if v.runstate_area:
-                dom.update_runstate_area(v)
-            if v.cpu.cpl:
+            self._fire_timers(v)
+            if v.state is not VcpuState.running:
+                return
+            v.clock.deadline = NEVER
+            if v.cpu.eip < dom.geo.hv_start:        # not inside the transition trampoline
+                update_vcpu_time(dom, v)
+                if v.runstate_area:
+                    dom.update_runstate_area(v)
                 try:
                     deliver_event_upcall(v)
                 except DomainCrash as e:
                     dom.crash(v, str(e))
                     return
-            v.cpu.uc.emu_start(v.cpu.eip, EXIT_ADDRESS, count=1)
+            try:
+                v.cpu.uc.emu_start(v.cpu.eip, EXIT_ADDRESS, count=1)
+            except UcError as e:
+                dom.crash(v, f"emulated CPU error: {e}")
         finally:
             dom.current = None
-        self._fire_timers(v)
-
 
 def _reason_name(reason: int) -> str:
     try:

@@ -98,6 +98,15 @@ class RegBatch:
             raise UcError(err)
         return list(self._vals)
 
+    def write(self, *values: int) -> None:
+        """Write the registers, in the order given at construction, in one call."""
+        vals = self._vals
+        for i, v in enumerate(values):
+            vals[i] = v
+        err = uclib.uc_reg_write_batch(self._uch, self._ids, self._ptrs, self._n)
+        if err:
+            raise UcError(err)
+
 
 class Cpu:
     """The emulated CPU of one vcpu."""
@@ -119,6 +128,8 @@ class Cpu:
         self._hypercall_regs = RegBatch(uc, HYPERCALL_REGS)
         self._all_names = list(_REG)
         self._all_regs = RegBatch(uc, [_REG[n] for n in self._all_names])
+        self._cs_ss = RegBatch(uc, [X.UC_X86_REG_CS, X.UC_X86_REG_SS])        # transfer(): the hot path
+        self._eip_esp_eflags = RegBatch(uc, [X.UC_X86_REG_EIP, X.UC_X86_REG_ESP, X.UC_X86_REG_EFLAGS])
         self._u32 = ctypes.c_uint32()
         self._eax_id = X.UC_X86_REG_EAX
 
@@ -190,10 +201,9 @@ class Cpu:
     def transfer(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
         """Continue the guest at cs:eip with ss:esp, changing ring if needed."""
         uc = self.uc
-        cur_cs, cur_ss = uc.reg_read(X.UC_X86_REG_CS), uc.reg_read(X.UC_X86_REG_SS)
+        cur_cs, cur_ss = (r & 0xFFFF for r in self._cs_ss.read())
         if cur_cs == cs and cur_ss == ss:
-            uc.reg_write_batch([(X.UC_X86_REG_EIP, eip), (X.UC_X86_REG_ESP, esp),
-                                (X.UC_X86_REG_EFLAGS, eflags)])
+            self._eip_esp_eflags.write(eip & 0xFFFFFFFF, esp & 0xFFFFFFFF, eflags & 0xFFFFFFFF)
             return
         self.xen.write_iret_frame(self.id, eip, cs, eflags, esp, ss)
         self.ring_switches += 1

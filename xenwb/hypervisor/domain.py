@@ -29,67 +29,50 @@ ENOSYS = -Errno.ENOSYS
 
 class SchedulingMixin:
     """Blocking, polling, waking and vcpu bring-up: the parts of xen/common/sched/core.c
-    and common/domain.c the hypercalls need. The run loop lives in xenwb/machine.py."""
+    and common/domain.c the hypercalls need. They live in hypercalls/sched.py and
+    hypervisor/vcpus.py; the run loop lives in xenwb/machine.py."""
 
     vcpus: list[Vcpu]
 
     def block(self, vcpu: Vcpu) -> None:
-        from xenwb.hypervisor.vcpu import VcpuState
-        vcpu.state = VcpuState.blocked
-        vcpu.cpu.uc.emu_stop()
+        from xenwb.hypervisor.hypercalls.sched import vcpu_block
+        vcpu_block(vcpu)
 
     def poll(self, vcpu: Vcpu, ports: list[int], timeout: int) -> None:
-        vcpu.poll_ports = ports
+        vcpu.poll_ports = list(ports)
         vcpu.poll_deadline = timeout or None
         self.block(vcpu)
 
     def yield_vcpu(self, vcpu: Vcpu) -> None:
-        vcpu.cpu.uc.emu_stop()   # end this vcpu's turn; the scheduler moves on
+        from xenwb.hypervisor.hypercalls.sched import do_yield
+        do_yield(vcpu)
 
     def kick(self, vcpu: Vcpu) -> None:
-        """An event became pending for vcpu: wake it if it blocks (no lost wake-up)."""
-        from xenwb.hypervisor.vcpu import VcpuState
-        if vcpu.state is VcpuState.blocked and vcpu.poll_ports is None:
-            self.wake(vcpu)
+        """vcpu_kick: an event became pending for vcpu (wakes SCHEDOP_block and _poll)."""
+        from xenwb.hypervisor.hypercalls.sched import vcpu_kick
+        vcpu_kick(vcpu)
 
     def wake(self, vcpu: Vcpu) -> None:
-        from xenwb.hypervisor.vcpu import VcpuState
-        cur = self.current  # type: ignore[attr-defined]
-        if cur is not None and cur is not vcpu:
-            self.time.advance_to(vcpu, self.time.now(cur))  # type: ignore[attr-defined]
-        vcpu.poll_ports = vcpu.poll_deadline = None
-        vcpu.state = VcpuState.running
+        from xenwb.hypervisor.hypercalls.sched import vcpu_unblock
+        vcpu_unblock(vcpu)
 
-    def scheduler_wake_pollers(self, port: int) -> None:
-        for v in self.vcpus:
-            if v.poll_ports is not None and port in v.poll_ports:
-                self.wake(v)
+    def evtchn_check_pollers(self, port: int) -> None:
+        from xenwb.hypervisor.hypercalls.sched import evtchn_check_pollers
+        evtchn_check_pollers(self, port)  # type: ignore[arg-type]
+
+    scheduler_wake_pollers = evtchn_check_pollers
 
     def vcpu_initialise(self, target: Vcpu, arg: int) -> int:
         from xenwb.hypervisor.vcpus import vcpu_initialise
         return vcpu_initialise(self, target, arg, self.current or self.vcpus[0])  # type: ignore[arg-type]
 
     def vcpu_up(self, target: Vcpu) -> int:
-        from xenwb.hypervisor.vcpu import VcpuState
-        from xenwb.hypervisor.vcpus import account_runstate
-        if not target.initialised:
-            return -Errno.EINVAL
-        if target.state is VcpuState.down:
-            account_runstate(self, target)  # type: ignore[arg-type]
-            self.wake(target)
-            target.runstate_state = 0
-        return 0
+        from xenwb.hypervisor.vcpus import vcpu_up
+        return vcpu_up(self, target)  # type: ignore[arg-type]
 
     def vcpu_down(self, target: Vcpu) -> int:
-        from xenwb.hypervisor.vcpu import VcpuState
-        from xenwb.hypervisor.vcpus import account_runstate
-        account_runstate(self, target)  # type: ignore[arg-type]
-        target.state = VcpuState.down
-        target.runstate_state = 3
-        target.cpu.uc.emu_stop()
-        if all(v.state is VcpuState.down for v in self.vcpus):
-            self.shutdown(target, ShutdownReason.poweroff)  # type: ignore[attr-defined]
-        return 0
+        from xenwb.hypervisor.vcpus import vcpu_down
+        return vcpu_down(self, target)  # type: ignore[arg-type]
 
     def runstate(self, target: Vcpu):
         from xenwb.hypervisor.vcpus import runstate_info
@@ -100,22 +83,9 @@ class SchedulingMixin:
         update_runstate_area(self, target)  # type: ignore[arg-type]
 
     def register_vcpu_info(self, vcpu: Vcpu, mfn: int, offset: int) -> int:
-        """VCPUOP_register_vcpu_info: move vcpu_info to mfn:offset (domain.c map_vcpu_info)."""
-        dom = self  # type: ignore[assignment]
-        if getattr(vcpu, "vcpu_info_registered", False):
-            return -Errno.EBUSY
-        if offset > 4096 - 64 or offset & 7 or not dom.mm.is_owned(mfn):  # type: ignore[attr-defined]
-            return -Errno.EINVAL
-        old = dom.mem.read(vcpu.vcpu_info_maddr, 64)  # type: ignore[attr-defined]
-        new = (mfn << 12) + offset
-        dom.mem.write(new, old)  # type: ignore[attr-defined]
-        vcpu.vcpu_info_maddr = new
-        vcpu.vcpu_info_registered = True
-        # Xen marks every selector bit and upcall_pending so no event is lost in the move
-        dom.mem.write_u32(new + 4, 0xFFFFFFFF)  # type: ignore[attr-defined]
-        vcpu.upcall_pending = 1
-        dom.trace.emit(vcpu, "vcpu", "register_vcpu_info", target=vcpu.id, mfn=mfn, offset=offset)  # type: ignore
-        return 0
+        """VCPUOP_register_vcpu_info (common/domain.c map_guest_area)."""
+        from xenwb.hypervisor.vcpus import register_vcpu_info
+        return register_vcpu_info(self, vcpu, mfn, offset)  # type: ignore[arg-type]
 
 
 @dataclass

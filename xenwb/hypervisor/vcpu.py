@@ -72,7 +72,9 @@ class Vcpu:
         self.stop_requested = False
         # timers (xen/arch/x86/pv/domain.c: a 10 ms periodic VIRQ_TIMER from the start)
         self.periodic_period = 10_000_000
+        self.periodic_last = 0               # v->periodic_last_event
         self.periodic_next = self.periodic_period
+        self.tsc_aux = 0                     # MSR_TSC_AUX, what RDTSCP returns in ECX
         self.singleshot_deadline: int | None = None
         self.poll_ports: list[int] | None = None
         self.poll_deadline: int | None = None
@@ -91,6 +93,8 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self._rdtsc_cb = HOOK_INSN_CPUID_CFUNC(lambda _h, _k: self._on_rdtsc())
         uc._Uc__do_hook_add(UC_HOOK_INSN, self._rdtsc_cb, 1, 0, X.UC_X86_INS_RDTSC)
+        self._rdtscp_cb = HOOK_INSN_CPUID_CFUNC(lambda _h, _k: self._on_rdtsc(rdtscp=True))
+        uc._Uc__do_hook_add(UC_HOOK_INSN, self._rdtscp_cb, 1, 0, X.UC_X86_INS_RDTSCP)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         stub = self.domain.xen.stub_va(self.id)
         uc.hook_add(UC_HOOK_CODE, self._on_stub, None, stub, stub)
@@ -117,11 +121,14 @@ class Vcpu:
         self._guarded("CPUID", emulate.cpuid, self)
         return 1
 
-    def _on_rdtsc(self) -> int:
+    def _on_rdtsc(self, rdtscp: bool = False) -> int:
+        """RDTSC/RDTSCP answered from the vcpu's virtual clock (1 tick per ns)."""
         tsc = self.domain.time.tsc(self)
         uc = self.cpu.uc
         uc.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFFFFFF)
-        uc.reg_write(X.UC_X86_REG_EDX, tsc >> 32)
+        uc.reg_write(X.UC_X86_REG_EDX, (tsc >> 32) & 0xFFFFFFFF)
+        if rdtscp:
+            uc.reg_write(X.UC_X86_REG_ECX, self.tsc_aux)
         return 1
 
     def _invalid(self) -> None:

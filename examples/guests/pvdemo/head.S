@@ -148,6 +148,20 @@ hypervisor_callback:
         jmp     HYPERCALL_IRET
 
 /* ------------------------------------------------------------------------
+ * Secondary vCPU entry (VCPUOP_initialise + VCPUOP_up, smp.c bring_up).  Xen
+ * starts the vCPU with the context vCPU 0 gave it: ring 1, its own stack
+ * (ESP), events masked, EBX = its vCPU id.
+ * ------------------------------------------------------------------------ */
+        .globl secondary_startup
+secondary_startup:
+        cld
+        xorl    %ebp, %ebp
+        pushl   %ebx
+        call    secondary_start             /* secondary_start(id) never returns */
+1:      ud2
+        jmp     1b
+
+/* ------------------------------------------------------------------------
  * Failsafe callback (CALLBACKTYPE_failsafe): Xen could not load one of our
  * saved data selectors.  Frame: DS, ES, FS, GS, EIP, CS, EFLAGS.  We report
  * it, drop the four saved selectors, load safe ones (flat kernel DS/ES, null

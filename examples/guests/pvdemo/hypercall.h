@@ -167,4 +167,20 @@ static inline int HYPERVISOR_callback_op(int cmd, void *arg)
     return _hypercall2(int, callback_op, cmd, arg);
 }
 
+static inline int HYPERVISOR_event_channel_op(int cmd, void *arg)
+{
+    return _hypercall2(int, event_channel_op, cmd, arg);
+}
+
+static inline int HYPERVISOR_vcpu_op(int cmd, unsigned int vcpuid, void *extra_args)
+{
+    return _hypercall3(int, vcpu_op, cmd, vcpuid, extra_args);
+}
+
+/* set_timer_op(u64 absolute deadline in ns): low half in EBX, high half in ECX */
+static inline int HYPERVISOR_set_timer_op(uint64_t timeout)
+{
+    return _hypercall2(int, set_timer_op, (uint32_t)timeout, (uint32_t)(timeout >> 32));
+}
+
 #endif /* PVDEMO_HYPERCALL_H */

@@ -14,9 +14,9 @@
  * the header of every constant); it uses only what the PV ABI guarantees, so
  * the same image should pass on a real Xen and on an emulator.
  *
- * Room to grow: struct vcpu_state is per vCPU (one today), the trap and
- * callback stubs are re-entrant, and do_hypervisor_callback() is where
- * event-channel port dispatch will go.
+ * Event channels, virtual time and SMP (a second vCPU brought up with
+ * VCPUOP_initialise, IPIs, timer ticks per vCPU) are in smp.c; the event
+ * callback below hands every upcall to its 2-level scan.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,11 +25,7 @@
 #include "xen.h"
 #include "hypercall.h"
 #include "lib.h"
-
-#define barrier()       asm volatile ("" ::: "memory")
-#define ARRAY_SIZE(a)   (sizeof(a) / sizeof((a)[0]))
-#define PAGE_ALIGNED    __attribute__((aligned(PAGE_SIZE)))
-#define NORETURN        __attribute__((noreturn))
+#include "pvdemo.h"
 
 /* ------------------------------------------------------------------------
  * Page-table geometry (x86 architecture; Xen PV rules in xen/arch/x86/mm.c)
@@ -69,14 +65,12 @@ extern char divide_error[], debug[], nmi[], int3[], overflow[], bounds[],
     stack_segment[], general_protection[], page_fault[],
     spurious_interrupt_bug[], coprocessor_error[], alignment_check[],
     machine_check[], simd_coprocessor_error[];
-extern char hypervisor_callback[], failsafe_callback[];
 extern char boot_stack_top[];
 extern char _text[], _end[];
 
 uint32_t probe_read(uint32_t va);
 uint32_t probe_hlt(void);
 uint32_t probe_int3(void);
-uint32_t probe_read_cr3(void);
 extern char probe_read_insn[], probe_hlt_insn[], probe_int3_insn[],
     probe_int3_next[], probe_read_cr3_insn[];
 
@@ -103,20 +97,8 @@ static uint32_t hv_virt_start = HYPERVISOR_VIRT_START;
 static const volatile uint32_t *machine_to_phys =
     (const volatile uint32_t *)HYPERVISOR_VIRT_START;
 
-/* Per-vCPU state.  Only vCPU 0 exists today; an SMP version would give each
- * vCPU its own entry (found through a per-CPU segment or the stack). */
-struct vcpu_state {
-    unsigned int id;
-    volatile struct vcpu_info *vi;          /* &shared_info->vcpu_info[id] */
-    volatile unsigned int upcalls;          /* event callbacks taken */
-    volatile unsigned int failsafes;        /* failsafe callbacks taken */
-};
-static struct vcpu_state vcpus[NR_VCPUS];
-
-static inline struct vcpu_state *this_vcpu(void)
-{
-    return &vcpus[0];
-}
+/* Per-vCPU state (pvdemo.h); this_vcpu() tells the vCPUs apart by their stacks. */
+struct vcpu_state vcpus[NR_VCPUS];
 
 /* What the last expected trap looked like (filled by do_trap). */
 static struct {
@@ -127,7 +109,7 @@ static struct {
 } last_trap;
 
 static unsigned int checks_run, checks_failed;
-static long xen_ver;            /* XENVER_version: major << 16 | minor */
+long xen_ver;                   /* XENVER_version: major << 16 | minor */
 static uint32_t cpuid_xen_version;
 static char guest_magic[33];
 
@@ -143,7 +125,7 @@ static uint8_t pgt_pool[PGT_POOL_PAGES][PAGE_SIZE] PAGE_ALIGNED;
 static unsigned int pgt_pool_used;
 #define NR_SCRATCH_PAGES 8
 static uint8_t scratch_pages[NR_SCRATCH_PAGES][PAGE_SIZE] PAGE_ALIGNED;
-static uint64_t gdt[PAGE_SIZE / 8] PAGE_ALIGNED;
+uint64_t gdt[PAGE_SIZE / 8] PAGE_ALIGNED;
 
 /* Data the TLS-style descriptor in our GDT points at. */
 static uint32_t tls_words[4] = { 0x7157a000, 0x7157a001, 0x7157a002, 0x7157a003 };
@@ -177,8 +159,7 @@ static void early_log_flush(void)
 /* ------------------------------------------------------------------------
  * Checks and the end of the run
  * ------------------------------------------------------------------------ */
-static int check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int check(int ok, const char *fmt, ...)
+int check(int ok, const char *fmt, ...)
 {
     char buf[400];
     va_list ap;
@@ -214,7 +195,7 @@ static NORETURN void finish(void)
     }
 }
 
-static NORETURN void fatal(const char *why)
+NORETURN void fatal(const char *why)
 {
     checks_run++;
     checks_failed++;
@@ -227,26 +208,6 @@ static NORETURN void fatal(const char *why)
  * our pseudo-physical frames to machine frames; the read-only M2P Xen maps
  * at hv_virt_start goes the other way.  PFN n is mapped at VIRT_BASE + n*4K.
  * ------------------------------------------------------------------------ */
-static inline uint32_t virt_to_pfn(const volatile void *va)
-{
-    return ((uint32_t)va - VIRT_BASE) >> PAGE_SHIFT;
-}
-
-static inline uint32_t pfn_to_mfn(uint32_t pfn)
-{
-    return ((const uint32_t *)xen_start_info->mfn_list)[pfn];
-}
-
-static inline uint32_t virt_to_mfn(const volatile void *va)
-{
-    return pfn_to_mfn(virt_to_pfn(va));
-}
-
-static inline maddr_t virt_to_maddr(const volatile void *va)
-{
-    return ((maddr_t)virt_to_mfn(va) << PAGE_SHIFT) | ((uint32_t)va & (PAGE_SIZE - 1));
-}
-
 static inline uint32_t pte_mfn(pte_t e)
 {
     return (uint32_t)((e & PTE_ADDR_MASK) >> PAGE_SHIFT);
@@ -286,12 +247,12 @@ static int mmuext(unsigned int cmd, uint32_t arg1)
  * must check evtchn_upcall_pending and make Xen deliver it with any
  * hypercall (Linux: xen_restore_fl / xen_force_evtchn_callback).
  * ------------------------------------------------------------------------ */
-static void force_evtchn_callback(void)
+void force_evtchn_callback(void)
 {
     (void)HYPERVISOR_xen_version(XENVER_version, NULL);
 }
 
-static void events_enable(void)
+void events_enable(void)
 {
     volatile struct vcpu_info *vi = this_vcpu()->vi;
 
@@ -301,7 +262,7 @@ static void events_enable(void)
         force_evtchn_callback();
 }
 
-static void events_disable(void)
+void events_disable(void)
 {
     this_vcpu()->vi->evtchn_upcall_mask = 1;
     barrier();
@@ -354,13 +315,7 @@ void do_hypervisor_callback(struct trap_frame *f)
     (void)f;
     v->upcalls++;
     if (v->vi)
-        v->vi->evtchn_upcall_pending = 0;
-    /*
-     * Event-channel dispatch goes here: xchg evtchn_pending_sel with 0, and
-     * for each set bit scan evtchn_pending[] & ~evtchn_mask[], clearing and
-     * handling each port (console, xenstore, VIRQ_TIMER, IPIs for SMP).
-     * Nothing is bound yet, so clearing upcall_pending is all there is.
-     */
+        evtchn_do_upcall();     /* smp.c: Linux's 2-level scan and port dispatch */
 }
 
 void do_failsafe_callback(struct failsafe_frame *f)
@@ -567,7 +522,7 @@ static void step_xen_version(void)
  * Step 6: virtual IDT and callbacks
  * ------------------------------------------------------------------------ */
 #define TRAP(vec, flags, handler) { vec, flags, FLAT_KERNEL_CS, (uint32_t)(handler) }
-static const struct trap_info trap_table[] = {
+const struct trap_info trap_table[] = {
     TRAP( 0, TI_DPL(0), divide_error),
     TRAP( 1, TI_DPL(0), debug),
     TRAP( 2, TI_DPL(0), nmi),
@@ -891,7 +846,6 @@ static void step_pagetables(void)
 /* ------------------------------------------------------------------------
  * Step 10: a GDT of our own
  * ------------------------------------------------------------------------ */
-#define GDT_ENTRIES         15
 #define GDT_KERNEL_CS       1
 #define GDT_KERNEL_DS       2
 #define GDT_TLS             3
@@ -1093,5 +1047,8 @@ void start_kernel(start_info_t *si)
     step_gdt();                     /* 10 */
     step_multicall();               /* 11 */
     step_faults();                  /* 12 */
-    finish();                       /* 13 */
+    step_events();                  /* 13: event channels (smp.c) */
+    step_time();                    /* 14: virtual time and timers */
+    step_smp();                     /* 15: secondary vCPUs, IPIs, ticks per vCPU */
+    finish();                       /* 16 */
 }

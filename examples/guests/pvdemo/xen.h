@@ -37,7 +37,8 @@
 #define PAGE_SHIFT          12
 #define PAGE_SIZE           4096
 #define BOOT_STACK_SIZE     16384       /* our own stack, in .bss */
-#define NR_VCPUS            1           /* vcpu 0 only for now (see struct vcpu_state) */
+#define NR_VCPUS            8           /* vCPUs pvdemo brings up at most (struct vcpu_state) */
+#define AP_STACK_SIZE       8192        /* stack of each secondary vCPU, in .bss */
 
 /* Pseudo "vector" numbers pvdemo's stubs put in struct trap_frame.vector. */
 #define PVDEMO_VEC_EVENT    0x100       /* event-channel upcall */
@@ -173,6 +174,10 @@
 #define MMUEXT_NEW_BASEPTR          5
 #define MMUEXT_TLB_FLUSH_LOCAL      6
 #define MMUEXT_INVLPG_LOCAL         7
+#define MMUEXT_TLB_FLUSH_MULTI      8   /* arg2.vcpumask: pointer to a bitmap of vCPUs */
+#define MMUEXT_INVLPG_MULTI         9
+#define MMUEXT_TLB_FLUSH_ALL        10
+#define MMUEXT_INVLPG_ALL           11
 
 /* update_va_mapping flags */
 #define UVMF_NONE           0
@@ -181,6 +186,7 @@
 #define UVMF_FLUSHTYPE_MASK 3
 #define UVMF_LOCAL          0
 #define UVMF_ALL            4
+#define UVMF_MULTI          0           /* | pointer to a vCPU bitmap (4-byte aligned) */
 
 /* console_io commands */
 #define CONSOLEIO_write     0
@@ -235,12 +241,62 @@
  * xen/include/public/sched.h
  * ------------------------------------------------------------------------ */
 #define SCHEDOP_yield       0
-#define SCHEDOP_block       1
+#define SCHEDOP_block       1           /* clears evtchn_upcall_mask, blocks until an event */
 #define SCHEDOP_shutdown    2
+#define SCHEDOP_poll        3           /* block until a port is pending or a timeout */
 #define SHUTDOWN_poweroff   0
 #define SHUTDOWN_reboot     1
 #define SHUTDOWN_suspend    2
 #define SHUTDOWN_crash      3
+
+/* ------------------------------------------------------------------------
+ * xen/include/public/event_channel.h
+ * ------------------------------------------------------------------------ */
+#define EVTCHNOP_bind_interdomain   0
+#define EVTCHNOP_bind_virq          1
+#define EVTCHNOP_close              3
+#define EVTCHNOP_send               4
+#define EVTCHNOP_status             5
+#define EVTCHNOP_alloc_unbound      6
+#define EVTCHNOP_bind_ipi           7
+#define EVTCHNOP_bind_vcpu          8
+#define EVTCHNOP_unmask             9
+#define EVTCHNSTAT_closed           0
+#define EVTCHNSTAT_unbound          1
+#define EVTCHNSTAT_interdomain      2
+#define EVTCHNSTAT_pirq             3
+#define EVTCHNSTAT_virq             4
+#define EVTCHNSTAT_ipi              5
+/* 2-level ABI: one bit per port in shared_info, 32 words of 32 bits (PV32) */
+#define NR_EVENT_CHANNELS           (32 * 32)
+
+/* VIRQs: xen/include/public/xen.h */
+#define VIRQ_TIMER          0           /* per vCPU: the timer hypercalls' event */
+#define VIRQ_DEBUG          1           /* per vCPU */
+#define VIRQ_CONSOLE        2           /* global */
+
+/* ------------------------------------------------------------------------
+ * xen/include/public/vcpu.h
+ * ------------------------------------------------------------------------ */
+#define VCPUOP_initialise                   0
+#define VCPUOP_up                           1
+#define VCPUOP_down                         2
+#define VCPUOP_is_up                        3
+#define VCPUOP_get_runstate_info            4
+#define VCPUOP_register_runstate_memory_area 5
+#define VCPUOP_set_periodic_timer           6
+#define VCPUOP_stop_periodic_timer          7
+#define VCPUOP_set_singleshot_timer         8
+#define VCPUOP_stop_singleshot_timer        9
+#define VCPUOP_register_vcpu_info           10
+#define RUNSTATE_running    0
+#define RUNSTATE_runnable   1
+#define RUNSTATE_blocked    2
+#define RUNSTATE_offline    3
+
+/* vcpu_guest_context.flags: xen/include/public/arch-x86/xen.h */
+#define VGCF_i387_valid     (1 << 0)
+#define VGCF_in_kernel      (1 << 2)
 
 /* ------------------------------------------------------------------------
  * trap_info.flags: xen/include/public/arch-x86/xen.h (TI_SET_DPL, TI_SET_IF)
@@ -252,7 +308,10 @@
  * Error numbers: xen/include/public/errno.h (returned negated)
  * ------------------------------------------------------------------------ */
 #define XEN_EPERM           1
+#define XEN_ENOENT          2
 #define XEN_EFAULT          14
+#define XEN_EBUSY           16
+#define XEN_EEXIST          17
 #define XEN_EINVAL          22
 #define XEN_ENOSYS          38
 
@@ -427,6 +486,125 @@ struct xen_platform_parameters {
     uint32_t virt_start;        /* PV32: start of the Xen-owned area */
 };
 typedef char xen_capabilities_info_t[1024];
+
+/* xen/include/public/event_channel.h (sizes are the same on every ABI) */
+typedef uint32_t evtchn_port_t;
+struct evtchn_alloc_unbound {
+    domid_t dom, remote_dom;    /* IN: DOMID_SELF, the domain allowed to connect */
+    evtchn_port_t port;         /* OUT */
+};
+struct evtchn_bind_interdomain {
+    domid_t remote_dom;         /* IN */
+    evtchn_port_t remote_port;  /* IN: an unbound port of remote_dom */
+    evtchn_port_t local_port;   /* OUT */
+};
+struct evtchn_bind_virq {
+    uint32_t virq;              /* IN: VIRQ_* */
+    uint32_t vcpu;              /* IN: per-vCPU VIRQs on any vCPU, others on vCPU 0 */
+    evtchn_port_t port;         /* OUT */
+};
+struct evtchn_bind_ipi {
+    uint32_t vcpu;              /* IN: the vCPU the port notifies */
+    evtchn_port_t port;         /* OUT */
+};
+struct evtchn_port_op {         /* struct evtchn_close / evtchn_send / evtchn_unmask */
+    evtchn_port_t port;
+};
+struct evtchn_bind_vcpu {
+    evtchn_port_t port;
+    uint32_t vcpu;
+};
+struct evtchn_status {
+    domid_t dom;                /* IN */
+    evtchn_port_t port;         /* IN */
+    uint32_t status;            /* OUT: EVTCHNSTAT_* */
+    uint32_t vcpu;              /* OUT: the vCPU it notifies */
+    union {
+        struct { domid_t dom; } unbound;
+        struct { domid_t dom; evtchn_port_t port; } interdomain;
+        uint32_t pirq;
+        uint32_t virq;
+    } u;
+};
+XEN_STATIC_ASSERT(sizeof(struct evtchn_alloc_unbound) == 8);
+XEN_STATIC_ASSERT(sizeof(struct evtchn_bind_interdomain) == 12);
+XEN_STATIC_ASSERT(sizeof(struct evtchn_status) == 24);
+XEN_STATIC_ASSERT(__builtin_offsetof(struct evtchn_status, u.interdomain.port) == 20);
+
+/* xen/include/public/sched.h: struct sched_poll (PV32: 16 bytes) */
+struct sched_poll {
+    evtchn_port_t *ports;
+    unsigned int nr_ports;
+    uint64_t timeout;           /* absolute system time in ns; 0 = none */
+};
+XEN_STATIC_ASSERT(sizeof(struct sched_poll) == 16);
+
+/* xen/include/public/vcpu.h */
+struct vcpu_runstate_info {
+    int state;                  /* RUNSTATE_* */
+    uint64_t state_entry_time;
+    uint64_t time[4];           /* ns spent in each state */
+};
+XEN_STATIC_ASSERT(sizeof(struct vcpu_runstate_info) == 44);
+struct vcpu_register_runstate_memory_area {
+    union { struct vcpu_runstate_info *v; uint64_t p; } addr;
+};
+struct vcpu_set_periodic_timer {
+    uint64_t period_ns;
+};
+struct vcpu_set_singleshot_timer {
+    uint64_t timeout_abs_ns;    /* absolute system time */
+    uint32_t flags;
+};
+XEN_STATIC_ASSERT(sizeof(struct vcpu_set_singleshot_timer) == 12);
+struct vcpu_register_vcpu_info {
+    uint64_t mfn;               /* frame of the new vcpu_info */
+    uint32_t offset;            /* in that frame; 64 bytes must fit */
+    uint32_t rsvd;
+};
+XEN_STATIC_ASSERT(sizeof(struct vcpu_register_vcpu_info) == 16);
+
+/* xen/include/public/arch-x86/xen-x86_32.h: struct cpu_user_regs (68 bytes) */
+struct cpu_user_regs {
+    uint32_t ebx, ecx, edx, esi, edi, ebp, eax;
+    uint16_t error_code, entry_vector;
+    uint32_t eip;
+    uint16_t cs;
+    uint8_t saved_upcall_mask, _pad0;
+    uint32_t eflags;
+    uint32_t esp;
+    uint16_t ss, _pad1;
+    uint16_t es, _pad2;
+    uint16_t ds, _pad3;
+    uint16_t fs, _pad4;
+    uint16_t gs, _pad5;
+};
+XEN_STATIC_ASSERT(sizeof(struct cpu_user_regs) == 68);
+
+/* xen/include/public/arch-x86/xen.h: struct vcpu_guest_context (PV32, 2800 bytes),
+ * the initial state of a vCPU for VCPUOP_initialise */
+struct vcpu_guest_context {
+    uint8_t fpu_ctxt[512];      /* FXSAVE image, used with VGCF_i387_valid */
+    uint32_t flags;             /* VGCF_* */
+    struct cpu_user_regs user_regs;
+    struct trap_info trap_ctxt[256];    /* indexed by vector */
+    uint32_t ldt_base, ldt_ents;
+    uint32_t gdt_frames[16], gdt_ents;  /* MFNs of the GDT pages */
+    uint32_t kernel_ss, kernel_sp;      /* stack_switch */
+    uint32_t ctrlreg[8];                /* CR3 in [3], as xen_pfn_to_cr3() */
+    uint32_t debugreg[8];
+    uint32_t event_callback_cs, event_callback_eip;
+    uint32_t failsafe_callback_cs, failsafe_callback_eip;
+    uint32_t vm_assist;
+};
+XEN_STATIC_ASSERT(__builtin_offsetof(struct vcpu_guest_context, user_regs) == 516);
+XEN_STATIC_ASSERT(__builtin_offsetof(struct vcpu_guest_context, trap_ctxt) == 584);
+XEN_STATIC_ASSERT(__builtin_offsetof(struct vcpu_guest_context, ldt_base) == 2632);
+XEN_STATIC_ASSERT(__builtin_offsetof(struct vcpu_guest_context, gdt_frames) == 2640);
+XEN_STATIC_ASSERT(__builtin_offsetof(struct vcpu_guest_context, kernel_ss) == 2708);
+XEN_STATIC_ASSERT(__builtin_offsetof(struct vcpu_guest_context, ctrlreg) == 2716);
+XEN_STATIC_ASSERT(__builtin_offsetof(struct vcpu_guest_context, event_callback_cs) == 2780);
+XEN_STATIC_ASSERT(sizeof(struct vcpu_guest_context) == 2800);
 
 /*
  * Frame built by pvdemo's asm stubs in head.S for exceptions and callbacks

@@ -1,7 +1,22 @@
-"""grant_table_op, version 1 basics: xen/common/grant_table.c, public/grant_table.h.
+"""grant_table_op, version 1 basics: xen/common/grant_table.c, xen/common/compat/grant_table.c
+(a 32-bit PV guest goes through the compat layer), public/grant_table.h.
 
-setup_table hands out Xen-heap frames shared with the guest (the guest maps them
-itself), query_size reports them, set_version/get_version accept version 1.
+* The table exists from domain creation with INITIAL_NR_GRANT_FRAMES = 1 frame, version 1
+  (grant_table_init, gnttab_grow_table(d, 0)), at most 64 frames (opt_max_grant_frames).
+  The toolstack seeds the reserved entries 0 (console) and 1 (xenstore) with
+  GTF_permit_access for the backend domain 0 and the ring's frame
+  (tools/libs/guest/xg_dom_boot.c xc_dom_gnttab_seed).
+* setup_table (compat_grant_table_op + gnttab_setup_table): count 0 does nothing, count > 1
+  is -EINVAL; the frame list must lie in guest space (-EFAULT). Another domain is
+  GNTST_bad_domain, domain 0 GNTST_permission_denied (XSM_TARGET); more than the maximum
+  GNTST_general_error; else the table grows to nr_frames and their frame numbers are written
+  (a fault there: GNTST_bad_virt_addr). The whole compat struct is copied back.
+  The frames are Xen heap pages shared writable with the guest, which maps them itself.
+* query_size (native, count must be 1): current and maximum frames.
+* set_version: 1 is accepted; 2 is -ENOSYS, as Xen with max_version 1 answers ("behave as
+  before set_version was introduced"); anything else -EINVAL. The struct is written back
+  with the current version. get_version: -ESRCH for an unknown domain, -EPERM for
+  domain 0 (XSM_TARGET), else the version field.
 """
 
 from __future__ import annotations
@@ -16,21 +31,49 @@ from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.mm import Sharing
 
 if TYPE_CHECKING:
+    from xenwb.hypervisor.domain import Domain
     from xenwb.hypervisor.vcpu import Vcpu
 
-EINVAL, EFAULT, ENOSYS = -Errno.EINVAL, -Errno.EFAULT, -Errno.ENOSYS
+EINVAL, EFAULT, ENOSYS, ESRCH, EPERM = -Errno.EINVAL, -Errno.EFAULT, -Errno.ENOSYS, -Errno.ESRCH, -Errno.EPERM
 GNTST_okay, GNTST_general_error, GNTST_bad_domain = 0, -1, -2
-MAX_GRANT_FRAMES = 64
+GNTST_bad_virt_addr, GNTST_permission_denied = -5, -8
+MAX_GRANT_FRAMES = 64             # opt_max_grant_frames
+INITIAL_NR_GRANT_FRAMES = 1
+GTF_permit_access = 1
+GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE = 0, 1
+BACKEND_DOMID = 0
 
 
-def _frames(vcpu: Vcpu, n: int) -> list[int]:
-    dom = vcpu.domain
+def grant_frames(dom: Domain, n: int = INITIAL_NR_GRANT_FRAMES) -> list[int]:
+    """The domain's grant-table frames (MFNs), grown to at least n (gnttab_grow_table).
+    Creating the first frame seeds the toolstack's reserved entries."""
     frames: list[int] = dom.extra.setdefault("grant_frames", [])  # type: ignore[assignment]
+    n = max(n, INITIAL_NR_GRANT_FRAMES)
     while len(frames) < n:
         mfn = dom.mem.alloc_xen_frame()
+        dom.mem.write(mfn << 12, bytes(4096))
         dom.mm.share(mfn, Sharing.shared_rw)
         frames.append(mfn)
+        if len(frames) == 1:
+            _seed(dom, mfn)
     return frames
+
+
+def _seed(dom: Domain, mfn: int) -> None:
+    """xc_dom_gnttab_seed: grant_entry_v1 {u16 flags; u16 domid; u32 frame}."""
+    for ref, frame in ((GNTTAB_RESERVED_CONSOLE, getattr(dom, "console_mfn", None)),
+                       (GNTTAB_RESERVED_XENSTORE, getattr(dom, "store_mfn", None))):
+        if frame is not None:
+            dom.mem.write((mfn << 12) + 8 * ref, struct.pack("<HHI", GTF_permit_access, BACKEND_DOMID, frame))
+
+
+def _target(dom: Domain, domid: int) -> str:
+    """rcu_lock_domain_by_any_id + xsm XSM_TARGET: 'self', 'denied' (domain 0) or 'none'."""
+    if domid in (C.DOMID_SELF, dom.domid):
+        return "self"
+    if domid == BACKEND_DOMID:
+        return "denied"
+    return "none"
 
 
 @hypercall(C.Hypercall.grant_table_op, decoder=lambda v, cmd, uop, count, *_: {
@@ -41,40 +84,66 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
     L = dom.abi
     try:
         if cmd == GnttabOp.setup_table:
-            for i in range(count):
-                a = L.gnttab_setup_table.parse(vcpu.read_virt(uop + i * L.gnttab_setup_table.size(),
-                                                              L.gnttab_setup_table.size()))
-                if a.dom not in (C.DOMID_SELF, dom.domid):
-                    a.status = GNTST_bad_domain
-                elif a.nr_frames > MAX_GRANT_FRAMES:
-                    a.status = GNTST_general_error
-                else:
-                    frames = _frames(vcpu, a.nr_frames)[: a.nr_frames]
-                    vcpu.write_virt(a.frame_list, struct.pack(f"<{len(frames)}I", *frames))
-                    a.status = GNTST_okay
-                vcpu.write_virt(uop + i * L.gnttab_setup_table.size(), bytes(a))
+            if count & 0x80000000 or count > 1:
+                return EINVAL
+            if count == 0:
+                return 0
+            size = L.gnttab_setup_table.size()
+            a = L.gnttab_setup_table.parse(vcpu.read_virt(uop, size))
+            if a.frame_list + 4 * a.nr_frames > dom.geo.hv_start:     # compat_handle_okay
+                return EFAULT
+            who = _target(dom, a.dom)
+            if who == "none":
+                a.status = GNTST_bad_domain
+            elif who == "denied":
+                a.status = GNTST_permission_denied
+            elif a.nr_frames > MAX_GRANT_FRAMES:
+                a.status = GNTST_general_error
+            else:
+                frames = grant_frames(dom, a.nr_frames)[: a.nr_frames]
+                a.status = GNTST_okay
+                try:
+                    if frames:
+                        vcpu.write_virt(a.frame_list, struct.pack(f"<{len(frames)}I", *frames))
+                except GuestFault:
+                    a.status = GNTST_bad_virt_addr
+            vcpu.write_virt(uop, bytes(a))
             return 0
         if cmd == GnttabOp.query_size:
-            for i in range(count):
-                a = L.gnttab_query_size.parse(vcpu.read_virt(uop + i * 16, 16))
-                if a.dom not in (C.DOMID_SELF, dom.domid):
-                    a.status = GNTST_bad_domain
-                else:
-                    a.nr_frames = len(dom.extra.get("grant_frames", [])) or 1
-                    a.max_nr_frames = MAX_GRANT_FRAMES
-                    a.status = GNTST_okay
-                vcpu.write_virt(uop + i * 16, bytes(a))
+            if count != 1:
+                return EINVAL
+            size = L.gnttab_query_size.size()
+            a = L.gnttab_query_size.parse(vcpu.read_virt(uop, size))
+            who = _target(dom, a.dom)
+            if who == "none":
+                a.status = GNTST_bad_domain
+            elif who == "denied":
+                a.status = GNTST_permission_denied
+            else:
+                a.nr_frames = len(grant_frames(dom))
+                a.max_nr_frames = MAX_GRANT_FRAMES
+                a.status = GNTST_okay
+            vcpu.write_virt(uop, bytes(a))
             return 0
         if cmd == GnttabOp.set_version:
-            v = vcpu.read_u32(uop)
-            if v != 1:
-                return EINVAL if v not in (1, 2) else -Errno.EOPNOTSUPP
-            dom.extra["gnttab_version"] = 1
-            return 0
-        if cmd == GnttabOp.get_version:
-            a = L.gnttab_get_version.parse(vcpu.read_virt(uop, 8))
+            a = L.gnttab_set_version.parse(vcpu.read_virt(uop, 4))
+            if a.version == 1:
+                rc = 0
+                grant_frames(dom)
+                dom.extra["gnttab_version"] = 1
+            else:
+                rc = ENOSYS if a.version == 2 else EINVAL
             a.version = dom.extra.get("gnttab_version", 1)  # type: ignore[assignment]
             vcpu.write_virt(uop, bytes(a))
+            return rc
+        if cmd == GnttabOp.get_version:
+            a = L.gnttab_get_version.parse(vcpu.read_virt(uop, 8))
+            who = _target(dom, a.dom)
+            if who == "none":
+                return ESRCH
+            if who == "denied":
+                return EPERM
+            vcpu.write_u32(uop + 4, dom.extra.get("gnttab_version", 1))  # type: ignore[arg-type]
             return 0
     except GuestFault:
         return EFAULT

@@ -1,4 +1,14 @@
-"""sched_op, sched_op_compat, set_timer_op: xen/common/sched/core.c, public/sched.h."""
+"""sched_op, sched_op_compat, set_timer_op, and the vcpu timers and blocking they rest on.
+
+Sources: xen/common/sched/core.c (do_sched_op, vcpu_block, vcpu_block_enable_events, do_poll,
+vcpu_unblock, poll_timer_fn, do_set_timer_op, vcpu_periodic_timer_work,
+vcpu_set_periodic_timer, vcpu_singleshot_timer_fn), xen/common/event_channel.c
+(evtchn_check_pollers), xen/arch/x86/domain.c (vcpu_kick), public/sched.h.
+
+Time is the vcpu's virtual clock (xenwb/hypervisor/time.py): NOW() for a vcpu is the time its
+own clock shows. The run loop (xenwb/machine.py) asks `timer_deadlines` where to stop a vcpu
+and calls `fire_timers` when its clock has reached them.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +21,148 @@ from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
 
 if TYPE_CHECKING:
+    from xenwb.hypervisor.domain import Domain
     from xenwb.hypervisor.vcpu import Vcpu
 
 EINVAL, EFAULT, EPERM, ENOSYS = -Errno.EINVAL, -Errno.EFAULT, -Errno.EPERM, -Errno.ENOSYS
-MAX_POLL_PORTS = 128
+MAX_POLL_PORTS = 128               # do_poll: "Fairly arbitrary limit"
+SET_TIMER_OP_FALLBACK_NS = 100_000_000   # do_set_timer_op: huge or negative -> NOW() + 100 ms
 
 
+# ---------------------------------------------------------------- blocking and waking
+def local_events_need_delivery(v: Vcpu) -> bool:
+    """asm/event.h: evtchn_upcall_pending && !evtchn_upcall_mask."""
+    return bool(v.upcall_pending) and not v.upcall_mask
+
+
+def _set_state(v: Vcpu, state) -> None:
+    from xenwb.hypervisor.vcpus import account_runstate
+    v.state = state
+    account_runstate(v.domain, v)
+
+
+def vcpu_block(v: Vcpu) -> bool:
+    """vcpu_block: block, unless an event is deliverable (checked /after/ blocking, so a
+    wake-up cannot be lost). True when the vcpu really blocked."""
+    from xenwb.hypervisor.vcpu import VcpuState
+    if local_events_need_delivery(v):
+        return False
+    _set_state(v, VcpuState.blocked)
+    v.cpu.uc.emu_stop()
+    v.domain.trace.emit(v, "sched", "block", polling=v.poll_ports is not None,
+                        poll_ports=list(v.poll_ports or ()), poll_timeout=v.poll_deadline)
+    return True
+
+
+def vcpu_wake(v: Vcpu) -> None:
+    """vcpu_wake: the vcpu becomes runnable. An idle vcpu's clock catches up with the time
+    of the vcpu that woke it (idle time passes at once, costing no host time)."""
+    from xenwb.hypervisor.vcpu import VcpuState
+    dom = v.domain
+    cur = dom.current
+    if cur is not None and cur is not v:
+        dom.time.advance_to(v, dom.time.now(cur))
+    _set_state(v, VcpuState.running)
+    dom.trace.emit(v, "sched", "wake")
+
+
+def vcpu_unblock(v: Vcpu) -> None:
+    """vcpu_unblock: a blocked vcpu (in SCHEDOP_block or SCHEDOP_poll) wakes; its polling
+    period ends. A vcpu that is down stays down (_VPF_down)."""
+    from xenwb.hypervisor.vcpu import VcpuState
+    if v.state is not VcpuState.blocked:
+        return
+    v.poll_ports = None
+    v.poll_deadline = None
+    vcpu_wake(v)
+
+
+def vcpu_kick(v: Vcpu) -> None:
+    """vcpu_kick (arch/x86/domain.c): unblock; a running vcpu notices the event on its next
+    return to guest context (the start of its next turn, or the end of this hypercall)."""
+    vcpu_unblock(v)
+
+
+def evtchn_check_pollers(dom: Domain, port: int) -> None:
+    """evtchn_check_pollers: wake each vcpu polling this port, or polling several ports
+    (poll_evtchn = -1 then: any newly pending port wakes it)."""
+    for v in dom.vcpus:
+        ports = v.poll_ports
+        if ports is not None and (len(ports) != 1 or ports[0] == port):
+            vcpu_unblock(v)
+
+
+# ---------------------------------------------------------------- timers
+def send_timer_event(v: Vcpu) -> None:
+    """send_timer_event -> send_guest_vcpu_virq(v, VIRQ_TIMER)."""
+    v.domain.evtchn.send_virq(v, C.Virq.TIMER)  # type: ignore[attr-defined]
+
+
+def periodic_timer_work(v: Vcpu) -> None:
+    """vcpu_periodic_timer_work_locked: if the period has elapsed since the last event,
+    send one and restart the period from now."""
+    if not v.periodic_period:
+        return
+    now = v.domain.time.now(v)
+    if now >= v.periodic_last + v.periodic_period:
+        send_timer_event(v)
+        v.periodic_last = now
+    v.periodic_next = v.periodic_last + v.periodic_period
+
+
+def set_periodic_timer(v: Vcpu, period: int) -> None:
+    """vcpu_set_periodic_timer: 0 stops it; a new period is checked against the last event."""
+    v.periodic_period = period
+    periodic_timer_work(v)
+
+
+def fire_timers(v: Vcpu) -> bool:
+    """Run the timers of v that are due at v's clock: the periodic timer, the single-shot
+    timer (vcpu_singleshot_timer_fn) and the SCHEDOP_poll timeout (poll_timer_fn).
+    True when something fired."""
+    from xenwb.hypervisor.vcpu import VcpuState
+    now = v.domain.time.now(v)
+    fired = False
+    if v.periodic_period and now >= v.periodic_last + v.periodic_period:
+        periodic_timer_work(v)
+        fired = True
+    if v.singleshot_deadline is not None and v.singleshot_deadline <= now:
+        v.singleshot_deadline = None
+        send_timer_event(v)
+        fired = True
+    if v.poll_ports is not None and v.poll_deadline is not None and v.poll_deadline <= now \
+            and v.state is VcpuState.blocked:
+        vcpu_unblock(v)
+        fired = True
+    return fired
+
+
+def timer_deadlines(v: Vcpu, *, effective: bool = False) -> list[tuple[int, str]]:
+    """(time, kind) of v's armed timers. With effective=True only timers whose firing can
+    change something: a VIRQ_TIMER with no port bound goes nowhere, a poll timeout always
+    wakes its poller."""
+    out: list[tuple[int, str]] = []
+    timer_bound = not effective or v.domain.evtchn.virq_bound(C.Virq.TIMER, v.id)  # type: ignore[attr-defined]
+    if timer_bound:
+        if v.periodic_period:
+            out.append((v.periodic_last + v.periodic_period, "periodic"))
+        if v.singleshot_deadline is not None:
+            out.append((v.singleshot_deadline, "singleshot"))
+    if v.poll_ports is not None and v.poll_deadline is not None:
+        out.append((v.poll_deadline, "poll"))
+    return out
+
+
+# ---------------------------------------------------------------- SCHEDOP_block / poll
 def do_block(vcpu: Vcpu) -> int:
-    """SCHEDOP_block: enable event delivery, then block unless an event is pending."""
+    """SCHEDOP_block -> vcpu_block_enable_events: clear evtchn_upcall_mask, then block."""
     vcpu.upcall_mask = 0
-    if vcpu.upcall_pending:
-        return 0
-    vcpu.domain.block(vcpu)
+    vcpu_block(vcpu)
     return 0
 
 
 def do_poll(vcpu: Vcpu, arg: int) -> int:
+    """SCHEDOP_poll (do_poll; compat_sched_op translates the 16-byte PV32 struct)."""
     dom = vcpu.domain
     L = dom.abi.sched_poll
     try:
@@ -35,21 +171,26 @@ def do_poll(vcpu: Vcpu, arg: int) -> int:
         return EFAULT
     if p.nr_ports > MAX_POLL_PORTS:
         return EINVAL
-    try:
-        ports = struct.unpack(f"<{p.nr_ports}I", vcpu.read_virt(p.ports, 4 * p.nr_ports)) if p.nr_ports else ()
-    except GuestFault:
+    if p.ports + 4 * p.nr_ports > dom.geo.hv_start:      # guest_handle_okay
         return EFAULT
+    if local_events_need_delivery(vcpu):
+        return 0
     ev = dom.evtchn  # type: ignore[attr-defined]
-    for port in ports:
-        if port >= ev.nr_ports:
+    ports: list[int] = []
+    for i in range(p.nr_ports):
+        try:
+            port = struct.unpack("<I", vcpu.read_virt(p.ports + 4 * i, 4))[0]
+        except GuestFault:
+            return EFAULT
+        # evtchn_port_poll: -EINVAL for an invalid or unusable port, else its pending bit
+        if not ev.valid(port) or not ev.ports[port].usable:
             return EINVAL
-    if any(ev.is_pending(port) for port in ports):
-        return 0
-    if vcpu.upcall_pending and not vcpu.upcall_mask:
-        return 0
-    if p.timeout and p.timeout <= dom.time.now(vcpu):
-        return 0
-    dom.poll(vcpu, list(ports), p.timeout)
+        if ev.is_pending(port):
+            return 0
+        ports.append(port)
+    vcpu.poll_ports = ports
+    vcpu.poll_deadline = p.timeout or None
+    vcpu_block(vcpu)
     return 0
 
 
@@ -61,12 +202,18 @@ def shutdown(vcpu: Vcpu, reason: int) -> int:
     return 0
 
 
+def do_yield(vcpu: Vcpu) -> int:
+    """vcpu_yield: give up the rest of this turn. The scheduler runs the vcpu whose clock is
+    furthest behind next, which may be this one again (as on Xen with an idle pCPU)."""
+    vcpu.cpu.uc.emu_stop()
+    return 0
+
+
 @hypercall(C.Hypercall.sched_op, decoder=lambda v, cmd, arg, *_: decode_sched(v, cmd, arg))
 def do_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     dom = vcpu.domain
     if cmd == SchedOp.yield_:
-        dom.yield_vcpu(vcpu)
-        return 0
+        return do_yield(vcpu)
     if cmd == SchedOp.block:
         return do_block(vcpu)
     if cmd == SchedOp.shutdown:
@@ -103,6 +250,8 @@ def decode_sched(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
         elif cmd == SchedOp.poll:
             p = vcpu.domain.abi.sched_poll.parse(vcpu.read_virt(arg, vcpu.domain.abi.sched_poll.size()))
             out.update(nr_ports=p.nr_ports, timeout=p.timeout, ports_ptr=f"{p.ports:#x}")
+            if p.nr_ports <= MAX_POLL_PORTS:
+                out["ports"] = list(struct.unpack(f"<{p.nr_ports}I", vcpu.read_virt(p.ports, 4 * p.nr_ports)))
     except GuestFault:
         out["arg"] = f"{arg:#x} (unreadable)"
     return out
@@ -110,9 +259,9 @@ def decode_sched(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
 
 @hypercall(C.Hypercall.sched_op_compat, decoder=lambda v, cmd, arg, *_: {"cmd": cmd, "arg": arg})
 def do_sched_op_compat(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
+    """do_sched_op_compat: yield, block, shutdown(reason in arg); anything else -ENOSYS."""
     if cmd == SchedOp.yield_:
-        vcpu.domain.yield_vcpu(vcpu)
-        return 0
+        return do_yield(vcpu)
     if cmd == SchedOp.block:
         return do_block(vcpu)
     if cmd == SchedOp.shutdown:
@@ -122,15 +271,17 @@ def do_sched_op_compat(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
 
 @hypercall(C.Hypercall.set_timer_op, decoder=lambda v, lo, hi, *_: {"deadline_ns": lo | (hi << 32)})
 def do_set_timer_op(vcpu: Vcpu, lo: int, hi: int, *_: int) -> int:
-    """One-shot VIRQ_TIMER at an absolute system time; 0 cancels; a deadline that is
-    negative or absurdly far (> 2^50 ns ahead) becomes now + 100 ms."""
-    deadline = lo | (hi << 32)
-    dom = vcpu.domain
-    if deadline == 0:
+    """do_set_timer_op: a one-shot VIRQ_TIMER at an absolute system time (lo, hi); 0 stops
+    it; a negative deadline, or one more than 2^50 ns ahead, becomes NOW() + 100 ms."""
+    timeout = lo | (hi << 32)
+    if timeout & (1 << 63):
+        timeout -= 1 << 64                  # s_time_t
+    if timeout == 0:
         vcpu.singleshot_deadline = None
         return 0
-    now = dom.time.now(vcpu)
-    if deadline & (1 << 63) or deadline - now > (1 << 50):
-        deadline = now + 100_000_000
-    vcpu.singleshot_deadline = deadline
+    now = vcpu.domain.time.now(vcpu)
+    offset = timeout - now
+    if timeout < 0 or (offset > 0 and (offset >> 50) & 0xFFFFFFFF):
+        timeout = now + SET_TIMER_OP_FALLBACK_NS
+    vcpu.singleshot_deadline = timeout
     return 0

@@ -1,4 +1,5 @@
-"""vcpu_op: xen/common/domain.c (common_vcpu_op) and xen/arch/x86/domain.c (arch_do_vcpu_op)."""
+"""vcpu_op: xen/common/domain.c (common_vcpu_op), common/compat/domain.c, arch/x86/x86_64/domain.c
+(compat_vcpu_op) and xen/arch/x86/domain.c (arch_do_vcpu_op)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ if TYPE_CHECKING:
 
 EINVAL, EFAULT, ENOENT, EEXIST, EBUSY, ENOSYS, ETIME = (
     -Errno.EINVAL, -Errno.EFAULT, -Errno.ENOENT, -Errno.EEXIST, -Errno.EBUSY, -Errno.ENOSYS, -Errno.ETIME)
-MIN_PERIOD_NS = 1_000_000
+MIN_PERIOD_NS = 1_000_000          # MILLISECS(1)
+STIME_DELTA_MAX = (1 << 62) - 1     # xen/include/xen/time.h
 
 
 def _rd(vcpu: Vcpu, arg: int, L):
@@ -23,50 +25,57 @@ def _rd(vcpu: Vcpu, arg: int, L):
 
 @hypercall(C.Hypercall.vcpu_op, decoder=lambda v, cmd, vid, arg, *_: decode_vcpu_op(v, cmd, vid, arg))
 def do_vcpu_op(vcpu: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
+    """compat_vcpu_op (arch/x86/x86_64/domain.c) -> compat_common_vcpu_op
+    (common/compat/domain.c) -> common_vcpu_op (common/domain.c)."""
+    from xenwb.hypervisor.hypercalls import sched
+    from xenwb.hypervisor.vcpu import VcpuState
     dom = vcpu.domain
     if vcpuid >= len(dom.vcpus):
-        return ENOENT
+        return ENOENT                          # domain_vcpu() == NULL
     target = dom.vcpus[vcpuid]
     L = dom.abi
     try:
-        if cmd == VcpuOp.is_up:
-            from xenwb.hypervisor.vcpu import VcpuState
-            return 0 if target.state is VcpuState.down else 1
         if cmd == VcpuOp.initialise:
             return dom.vcpu_initialise(target, arg)
         if cmd == VcpuOp.up:
-            return dom.vcpu_up(target)
+            from xenwb.hypervisor.vcpus import vcpu_up
+            return vcpu_up(dom, target, vcpu)
         if cmd == VcpuOp.down:
             return dom.vcpu_down(target)
+        if cmd == VcpuOp.is_up:
+            return 0 if target.state is VcpuState.down else 1
         if cmd == VcpuOp.get_runstate_info:
             vcpu.write_virt(arg, bytes(dom.runstate(target)))
             return 0
         if cmd == VcpuOp.register_runstate_memory_area:
+            # compat: a 32-bit handle; the whole area must be below the hypervisor range
             a = _rd(vcpu, arg, L.vcpu_register_runstate_memory_area)
-            target.runstate_area = a.addr or None
+            addr = a.addr & 0xFFFFFFFF
+            if addr + L.vcpu_runstate_info.size() > dom.geo.hv_start:
+                return EFAULT
+            target.runstate_area = addr or None
             dom.update_runstate_area(target)
             return 0
         if cmd == VcpuOp.set_periodic_timer:
-            if target is not vcpu:
-                return EINVAL
             p = _rd(vcpu, arg, L.vcpu_set_periodic_timer).period_ns
-            if p < MIN_PERIOD_NS:
+            if p < MIN_PERIOD_NS or p > STIME_DELTA_MAX:
                 return EINVAL
-            vcpu.periodic_period = p
-            vcpu.periodic_next = dom.time.now(vcpu) + p
+            sched.set_periodic_timer(target, p)
             return 0
         if cmd == VcpuOp.stop_periodic_timer:
-            if target is not vcpu:
-                return EINVAL
-            vcpu.periodic_period = 0
+            sched.set_periodic_timer(target, 0)
             return 0
         if cmd == VcpuOp.set_singleshot_timer:
             if target is not vcpu:
                 return EINVAL
             t = _rd(vcpu, arg, L.vcpu_set_singleshot_timer)
-            now = dom.time.now(vcpu)
-            # current Xen fires at once when the deadline has passed (VCPU_SSHOTTMR_future ignored)
-            vcpu.singleshot_deadline = max(t.timeout_abs_ns, now)
+            if t.timeout_abs_ns < dom.time.now(vcpu):
+                # "the timeout has already expired: just inject the event"
+                # (VCPU_SSHOTTMR_future and its -ETIME are gone from current Xen)
+                vcpu.singleshot_deadline = None
+                sched.send_timer_event(vcpu)
+                return 0
+            vcpu.singleshot_deadline = t.timeout_abs_ns
             return 0
         if cmd == VcpuOp.stop_singleshot_timer:
             if target is not vcpu:
@@ -79,10 +88,12 @@ def do_vcpu_op(vcpu: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
         if cmd == VcpuOp.send_nmi:
             return dom.unimplemented("vcpu_op send_nmi")
         if cmd == VcpuOp.get_physid:
-            return EINVAL        # no physical CPU ids for a domU
+            return EINVAL        # only the hardware domain's pinned vcpus have one
+        if cmd in (13, 14, 15):  # register_vcpu_time_memory_area, *_phys_area
+            return dom.unimplemented(f"vcpu_op command {cmd}")
     except GuestFault:
         return EFAULT
-    return dom.unimplemented(f"vcpu_op command {cmd}")
+    return ENOSYS
 
 
 def decode_vcpu_op(vcpu: Vcpu, cmd: int, vid: int, arg: int) -> dict[str, Any]:

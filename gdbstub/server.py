@@ -1,0 +1,218 @@
+"""The TCP server: one gdb at a time, any number one after the other.
+
+``serve_machine`` is what ``xenwb run GUEST --gdb [HOST:]PORT [--wait]`` calls: it builds the
+Debugger, finishes the start-of-day ring transition (so a halted guest sits on its entry
+point), listens (127.0.0.1 unless an address is given explicitly), and serves gdb
+connections until the guest has shut down or crashed (and a connected gdb was told), gdb
+kills it, or the workbench is interrupted. Between connections the guest keeps running.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+from typing import TYPE_CHECKING, TextIO
+
+from gdbstub.session import GdbSession
+from xenwb.debug import Debugger, StopKind
+
+if TYPE_CHECKING:
+    from xenwb.machine import Machine, RunResult
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 1234
+
+
+def parse_address(text: str | None) -> tuple[str, int]:
+    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT``; no host means 127.0.0.1."""
+    if text is None or text == "":
+        return DEFAULT_HOST, DEFAULT_PORT
+    host, port_s = DEFAULT_HOST, text
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1: end + 2] != ":":
+            raise ValueError(f"bad address {text!r}: use [V6ADDR]:PORT")
+        host, port_s = text[1:end], text[end + 2:]
+    elif ":" in text:
+        host, _, port_s = text.rpartition(":")
+        host = host or DEFAULT_HOST
+    try:
+        port = int(port_s, 10)
+    except ValueError:
+        raise ValueError(f"bad port in {text!r} (want [HOST:]PORT)") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class GdbServer:
+    def __init__(self, debugger: Debugger, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+        self.dbg = debugger
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, stype, proto, _, addr = infos[0]
+        self.sock = socket.socket(family, stype, proto)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(addr)
+        self.sock.listen(1)
+        self.address = self.sock.getsockname()[:2]
+        self._stop_r, self._stop_w = os.pipe()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._stopping = False
+        self.sessions = 0
+        self.session: GdbSession | None = None
+        self.dbg.add_listener(self._on_stop)
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def _on_stop(self, ev) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass
+
+    def shutdown(self) -> None:
+        """Stop serving (any thread, or a signal handler)."""
+        self._stopping = True
+        try:
+            os.write(self._stop_w, b"!")
+        except OSError:
+            pass
+        if self.session is not None:
+            self.session.abort()
+
+    def serve(self) -> str:
+        """Serve connections one after the other. Returns why it ended: finished,
+        killed, or shutdown."""
+        while True:
+            if self._stopping:
+                return "shutdown"
+            if self.dbg.finished:
+                return "killed" if self.dbg.killed else "finished"
+            ready, _, _ = select.select([self.sock, self._stop_r, self._wake_r], [], [])
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+                self.dbg.take_stop()          # nobody attached: the stop is nobody's business
+                self._idle_stop()
+            if self._stop_r in ready:
+                return "shutdown"
+            if self.sock not in ready:
+                continue
+            try:
+                conn, _peer = self.sock.accept()
+            except OSError:
+                continue
+            self.sessions += 1
+            self.session = GdbSession(conn, self.dbg, stop_fd=self._stop_r)
+            try:
+                outcome = self.session.run()
+            finally:
+                self.session = None
+            if outcome == "killed":
+                return "killed"
+            if outcome == "shutdown":
+                return "shutdown"
+
+    def _idle_stop(self) -> None:
+        """A stop with no gdb attached (e.g. the session's last request raced its
+        disconnect): the guest keeps running unless it is gone."""
+        if not self.dbg.running and not self.dbg.finished:
+            self.dbg.clear_all()
+            self.dbg.resume("continue")
+
+    def close(self) -> None:
+        self.dbg.remove_listener(self._on_stop)
+        for fd in (self._stop_r, self._stop_w, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def serve_machine(machine: Machine, address: str | None = None, *, wait: bool = False,
+                  log: TextIO | None = None) -> RunResult:
+    """Run a machine under the gdb stub until the guest is gone (see the module doc)."""
+    from xenwb.machine import RunResult, StopReason
+    log = log or sys.stderr
+    host, port = parse_address(address)
+    dbg = Debugger(machine)
+    dbg.enter_guest()
+    server = GdbServer(dbg, host, port)
+    h, p = server.address
+    shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+    note = "; the guest waits for gdb (continue to start it)" if wait else ""
+    print(f"xenwb: gdb stub listening on {shown}{note}", file=log, flush=True)
+    if not is_loopback(h):
+        print(f"xenwb: warning: the gdb stub on {h} accepts connections from the network; "
+              "anyone who reaches it controls the guest", file=log, flush=True)
+    old: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, lambda *_: server.shutdown())
+    try:
+        if not wait:
+            dbg.resume("continue")
+        why = server.serve()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if dbg.running:
+            dbg.interrupt()
+            dbg.wait(5)
+        server.close()
+    dom = machine.domain
+    if why == "killed" or dbg.killed:
+        return RunResult(StopReason.requested, "killed by gdb")
+    if dom.crash_report is not None:
+        return RunResult(StopReason.crash, str(dom.crash_report))
+    if dom.shutdown_reason is not None:
+        from xenwb.abi import constants as C
+        try:
+            name = C.ShutdownReason(dom.shutdown_reason).name
+        except ValueError:
+            name = f"reason {dom.shutdown_reason}"
+        return RunResult(StopReason.shutdown, name)
+    last = dbg.last_stop
+    if last.kind is StopKind.limit:
+        reason = StopReason.time_limit if "second" in last.detail else StopReason.instruction_limit
+        return RunResult(reason, last.detail)
+    return RunResult(StopReason.requested, "interrupted")
+
+
+class GdbRun:
+    """For the CLI: looks like a xenwb.session.Session whose run() serves gdb."""
+
+    def __init__(self, session, address: str | None, *, wait: bool = False) -> None:
+        self.session = session
+        self.address = address
+        self.wait = wait
+
+    @property
+    def machine(self) -> Machine:
+        return self.session.machine
+
+    def run(self, until: object = "shutdown") -> RunResult:
+        return serve_machine(self.session.machine, self.address, wait=self.wait)
+
+    def close(self) -> None:
+        self.session.close()
