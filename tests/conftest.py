@@ -15,6 +15,7 @@ GUEST_BUILDS = {
     "crash": ("hlt", ("NO_TRAPS=1",)),
     "ptwr": ("ptwr", ()),
     "failsafe": ("failsafe", ()),
+    "failsafe-reload": ("failsafe", ("RELOAD=1",)),
     "user82": ("user82", ()),
 }
 

@@ -197,6 +197,19 @@ def test_failsafe_callback_on_bad_iret_selector(guests) -> None:
     assert hv.u32(g.symbols["frame_esp"]) == g.symbols["stack_top"] - 28
 
 
+def test_failsafe_callback_when_segments_cannot_be_reloaded(guests) -> None:
+    """domain.c load_segments: when Xen switches back to a vcpu whose %fs names a descriptor
+    that is no longer present, it bounces to the failsafe callback, %fs in the frame."""
+    g = guests["failsafe-reload"]
+    hv, out = boot(g.path)
+    text = finish(hv, out)
+    assert text == "failsafe callback\n"
+    assert words(hv, g.symbols["rcs"], 2) == [0, 0]       # update_va_mapping, update_descriptor
+    ds, es, fs, gs, eip, csw, eflags = words(hv, g.symbols["frame"], 7)
+    assert (ds, es, fs, gs) == (KDS, KDS, 0x11, 0)
+    assert eip == g.symbols["after_iret"] and csw & 0xFFFF == KCS
+
+
 def test_int82_from_user_mode_is_gp(guests) -> None:
     g = guests["user82"]
     hv, out = boot(g.path)

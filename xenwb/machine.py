@@ -23,7 +23,7 @@ from xenwb.builder import BuildConfig, build_domain
 from xenwb.errors import XenwbError
 from xenwb.hypervisor.domain import Domain
 from xenwb.hypervisor.hypercalls.sched import fire_timers, timer_deadlines
-from xenwb.hypervisor.traps import DomainCrash, deliver_event_upcall
+from xenwb.hypervisor.traps import DomainCrash, deliver_event_upcall, reload_segments
 from xenwb.hypervisor.vcpu import Vcpu, VcpuState
 from xenwb.hypervisor.vcpus import update_vcpu_time
 from xenwb.layout import BootLayout
@@ -57,6 +57,7 @@ class Machine:
         self.domain, self.layout = build_domain(
             self.image, BuildConfig(memory_mib=memory_mib, cmdline=cmdline, module=module, vcpus=vcpus))
         self._next = 0
+        self._last_run: Vcpu | None = None   # the vcpu the (single) physical cpu ran last
         self.stop_requested = False
         from xenwb.commands import core_registry
         self.commands = core_registry()   # shared by gdb's monitor, the TUI, the CLI and plugins
@@ -196,11 +197,15 @@ class Machine:
         if v.runstate_area:
             dom.update_runstate_area(v)
         try:
+            if (self._last_run is not v or v.rescheduled) and v.cpu.cpl:
+                reload_segments(v)              # Xen's load_segments when it switches to v
             deliver_event_upcall(v)
         except DomainCrash as e:
             dom.crash(v, str(e))
             dom.current = None
             return
+        v.rescheduled = False
+        self._last_run = v
         try:
             v.cpu.run()
         except UcError as e:

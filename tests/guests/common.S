@@ -16,6 +16,7 @@
 #define __HYPERVISOR_vm_assist         21
 #define __HYPERVISOR_iret              23
 #define __HYPERVISOR_sched_op          29
+#define __HYPERVISOR_update_descriptor 10
 #define __HYPERVISOR_callback_op       30
 
 #define FLAT_KERNEL_CS 0xE019

@@ -3,6 +3,11 @@
  * not-present code segment): Xen bounces to the failsafe callback with DS, ES, FS, GS below
  * the usual frame (x86_64/compat/entry.S compat_failsafe_callback).  The callback copies the
  * 7-word frame to `frame` and powers off.
+ *
+ * With RELOAD: %fs holds GDT entry 2 (a present ring-1 data segment); update_descriptor makes
+ * it not present, then SCHEDOP_yield lets Xen switch away. When it switches back,
+ * load_segments cannot reload %fs (xen/arch/x86/domain.c) and bounces to the failsafe
+ * callback with the selectors below the frame.
  */
 #include "common.S"
 
@@ -29,10 +34,33 @@ _start:
         movl    $2, %esi
         HCALL   __HYPERVISOR_update_va_mapping
         movl    %eax, rcs
-        movl    $gdt_mfn, %ebx                  /* set_gdt(&mfn, 2 entries) */
-        movl    $2, %ecx
+        movl    $gdt_mfn, %ebx                  /* set_gdt(&mfn, 3 entries) */
+        movl    $3, %ecx
         HCALL   __HYPERVISOR_set_gdt
         movl    %eax, rcs+4
+#ifdef RELOAD
+        movl    $0x11, %eax                     /* GDT entry 2, RPL 1 */
+        movl    %eax, %fs
+        xorl    %eax, %eax
+        movl    %eax, %gs
+        movl    gdt_mfn, %ebx                   /* update_descriptor(maddr of entry 2, 0) */
+        shll    $12, %ebx
+        addl    $16, %ebx
+        xorl    %ecx, %ecx
+        movl    $0x0000ffff, %edx               /* the same descriptor with P clear */
+        movl    $0x00cf3200, %esi
+        HCALL   __HYPERVISOR_update_descriptor
+        movl    %eax, rcs+4
+        movl    $0, %ebx                        /* SCHEDOP_yield */
+        xorl    %ecx, %ecx
+        .globl iret_call
+iret_call:
+        HCALL   __HYPERVISOR_sched_op
+        .globl after_iret
+after_iret:
+        PRINT   bad_msg, bad_end-bad_msg
+        POWEROFF
+#else
         movl    $FLAT_USER_DS, %eax             /* recognisable selectors in the frame */
         movl    %eax, %fs
         xorl    %eax, %eax
@@ -47,6 +75,7 @@ iret_call:
 after_iret:
         PRINT   bad_msg, bad_end-bad_msg
         POWEROFF
+#endif
 
         .globl failsafe
 failsafe:
@@ -84,7 +113,8 @@ bad_end:
 gdt_page:
         .quad   0
         .quad   0x00cf3a000000ffff              /* code, DPL 1, P = 0 */
-        .fill   4096 - 16, 1, 0
+        .quad   0x00cfb2000000ffff              /* data, DPL 1, P = 1 */
+        .fill   4096 - 24, 1, 0
 
         .bss
         .balign 16

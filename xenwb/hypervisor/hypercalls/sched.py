@@ -48,6 +48,7 @@ def vcpu_block(v: Vcpu) -> bool:
     if local_events_need_delivery(v):
         return False
     _set_state(v, VcpuState.blocked)
+    v.rescheduled = True        # on real Xen another domain runs meanwhile: segments reload
     v.cpu.uc.emu_stop()
     v.domain.trace.emit(v, "sched", "block", polling=v.poll_ports is not None,
                         poll_ports=list(v.poll_ports or ()), poll_timeout=v.poll_deadline)
@@ -205,6 +206,7 @@ def shutdown(vcpu: Vcpu, reason: int) -> int:
 def do_yield(vcpu: Vcpu) -> int:
     """vcpu_yield: give up the rest of this turn. The scheduler runs the vcpu whose clock is
     furthest behind next, which may be this one again (as on Xen with an idle pCPU)."""
+    vcpu.rescheduled = True
     vcpu.cpu.uc.emu_stop()
     return 0
 
