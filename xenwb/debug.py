@@ -194,6 +194,74 @@ class Debugger:
         self._skip_entry: set[int] = set()
         self._syscall_nr: dict[int, int] = {}         # vcpu -> hypercall of its syscall stop
         self._held_states: dict[int, VcpuState] = {}
+        self._register_commands()
+
+    # -- monitor commands ---------------------------------------------------------------------
+    def _register_commands(self) -> None:
+        reg = getattr(self.machine, "commands", None)
+        if reg is None:
+            return
+        reg.register("debug stop", self._cmd_stop,
+                     "why the machine stopped (at a hypercall catchpoint: the call named and decoded)", plugin="debug")
+        reg.register("debug points", self._cmd_points,
+                     "the breakpoints, watchpoints and hypercall catchpoints in place", plugin="debug")
+
+    def _cmd_stop(self, machine: Machine, args: list[str]):
+        import json
+
+        from xenwb.abi.constants import errno_name, hypercall_name
+        from xenwb.commands import Result
+        from xenwb.hypervisor.hypercalls import decode_args
+        ev = self._last
+        data: dict[str, object] = {"kind": ev.kind.value, "vcpu": ev.vcpu, "running": self._running}
+        where = ""
+        if ev.vcpu is not None and ev.vcpu < len(self.vcpus) and not self._running:
+            v = self.vcpu(ev.vcpu)
+            r = v.cpu.regs()
+            sym = self.domain.symbolize(r["eip"])
+            data["eip"] = f"{r['eip']:#010x}"
+            data["symbol"] = sym
+            where = f" at {r['eip']:#010x}{f' <{sym}>' if sym else ''}"
+            if ev.nr is not None:
+                data["hypercall"] = {"nr": ev.nr, "name": hypercall_name(ev.nr)}
+                if ev.kind is StopKind.syscall_entry:
+                    data["args"] = decode_args(v, ev.nr, (r["ebx"], r["ecx"], r["edx"], r["esi"], r["edi"]))
+                else:
+                    ret = r["eax"] - (1 << 32) if r["eax"] & 0x80000000 else r["eax"]
+                    data["ret"], data["errno"] = ret, errno_name(ret)
+        if ev.addr is not None:
+            data["address"] = f"{ev.addr:#x}"
+        if ev.detail:
+            data["detail"] = ev.detail
+        if self._running:
+            text = "running"
+        elif ev.nr is not None:
+            name = f"hypercall {ev.nr} ({hypercall_name(ev.nr)})"
+            if ev.kind is StopKind.syscall_entry:
+                text = f"vcpu{ev.vcpu} on entry to {name}{where}: {json.dumps(data.get('args'), default=str)}"
+            else:
+                err = f" {data['errno']}" if data.get("errno") else ""
+                text = f"vcpu{ev.vcpu} on return from {name}{where}: {data['ret']}{err}"
+        else:
+            what = ev.kind.value + (f" {ev.addr:#x}" if ev.addr is not None else "")
+            text = f"vcpu{ev.vcpu} stopped: {what}{where}" + (f" ({ev.detail})" if ev.detail else "")
+        return Result(data, text)
+
+    def _cmd_points(self, machine: Machine, args: list[str]):
+        from xenwb.abi.constants import hypercall_name
+        from xenwb.commands import Result, table
+        rows = []
+        for addr, kinds in sorted(self._bp_kinds.items()):
+            for k in sorted(kinds):
+                rows.append({"type": "breakpoint" if k == "sw" else "hw-breakpoint", "where": f"{addr:#010x}",
+                             "symbol": self.domain.symbolize(addr)})
+        for w in self._watch.values():
+            rows.append({"type": f"watch ({w.kind})", "where": f"{w.va:#010x}+{w.length}",
+                         "symbol": self.domain.symbolize(w.va)})
+        if self._catch is not None:
+            what = ", ".join(f"{n} ({hypercall_name(n)})" for n in sorted(self._catch)) or "every hypercall"
+            rows.append({"type": "catch hypercall", "where": what, "symbol": None})
+        return Result(rows, table(rows, ["type", "where", "symbol"]))
 
     # -- state ----------------------------------------------------------------------------
     @property

@@ -22,19 +22,18 @@ Subscriber = Callable[[Event], None]
 class TraceBus:
     def __init__(self) -> None:
         self.subscribers: list[Subscriber] = []
+        self.active = False          # cheap test for the hot paths: does anyone listen?
         self.seq = 0
         self.decoder: Callable[..., Any] | None = None   # set by the hypervisor: argument decoding
 
-    @property
-    def active(self) -> bool:
-        return bool(self.subscribers)
-
     def subscribe(self, fn: Subscriber) -> None:
         self.subscribers.append(fn)
+        self.active = True
 
     def unsubscribe(self, fn: Subscriber) -> None:
         if fn in self.subscribers:
             self.subscribers.remove(fn)
+        self.active = bool(self.subscribers)
 
     def _emit(self, vcpu: Vcpu | None, kind: str, name: str, time_ns: int | None = None, **fields: Any) -> None:
         if time_ns is None:

@@ -43,7 +43,8 @@ _REG = {
 }
 REG_IDS = _REG
 HYPERCALL_REGS = [X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
-                  X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_CS]
+                  X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_CS, X.UC_X86_REG_EIP,
+                  X.UC_X86_REG_ESP]
 CR0_PE, CR0_MP, CR0_TS, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 8, 0x10, 0x20, 1 << 16, 1 << 31
 CR4_PAE = 1 << 5
 MSR_EFER = 0xC0000080
@@ -172,7 +173,7 @@ class Cpu:
         return out
 
     def hypercall_regs(self) -> list[int]:
-        """EAX, EBX, ECX, EDX, ESI, EDI, CS in one call (the hot path)."""
+        """EAX, EBX, ECX, EDX, ESI, EDI, CS, EIP, ESP in one call (the hot path)."""
         return self._hypercall_regs.read()
 
     def set_eax(self, value: int) -> None:

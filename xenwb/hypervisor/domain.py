@@ -13,7 +13,7 @@ from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, ShutdownReason, hypercall_name
 from xenwb.abi.structs import PV32
 from xenwb.hypervisor.hypercalls import decode_args, load_all
-from xenwb.hypervisor.memory import MachineMemory, PhysMap
+from xenwb.hypervisor.memory import GuestFault, MachineMemory, PhysMap
 from xenwb.hypervisor.mm import MM
 from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime
 from xenwb.hypervisor.traps import DomainCrash
@@ -132,6 +132,7 @@ class Domain(SchedulingMixin):
         self.start_info_va = 0
         self.extra: dict[str, object] = {}
         self.current: Vcpu | None = None
+        self._stub_cache: dict[int, bool] = {}     # return address after `int $0x82` -> in a stub?
         self.free_frames: list[int] = []
 
     # -- helpers --------------------------------------------------------------------
@@ -158,12 +159,12 @@ class Domain(SchedulingMixin):
         if nr == C.Hypercall.iret:
             self.time.charge(vcpu, HYPERCALL_COST_NS)
             from xenwb.hypervisor.traps import do_iret
-            eip = vcpu.cpu.eip - 2
             if self.trace.active:
-                self.trace.emit_hypercall(vcpu, nr, args, 0, eip, {})
+                self.trace.emit_hypercall(vcpu, nr, args, 0, vals[7] - 2, {})
             do_iret(vcpu)
             return
-        ret = self.call(vcpu, nr, args, eip=self.caller_eip(vcpu) if self.trace.active else 0)
+        ret = self.call(vcpu, nr, args,
+                        eip=self.caller_eip(vcpu, vals[7], vals[8]) if self.trace.active else 0)
         vcpu.cpu.set_eax(ret)
 
     def call(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], *, eip: int,
@@ -192,18 +193,21 @@ class Domain(SchedulingMixin):
                                       time_ns=t0, duration_ns=vcpu.clock.units - t0)
         return ret
 
-    def caller_eip(self, vcpu: Vcpu) -> int:
+    def caller_eip(self, vcpu: Vcpu, eip: int | None = None, esp: int | None = None) -> int:
         """Where a hypercall came from: the `int $0x82` itself, or, inside a hypercall-page
         stub (`mov $n,%eax; int $0x82; ret`), the return address the caller pushed."""
-        eip = vcpu.cpu.eip
-        try:
+        if eip is None:
+            eip = vcpu.cpu.eip
+        stub = self._stub_cache.get(eip)
+        if stub is None:
             code = vcpu.debug_read(eip - 7, 8)
-        except Exception:
-            return eip - 2
-        if len(code) == 8 and code[0] == 0xB8 and code[5:7] == b"\xcd\x82" and code[7] == 0xC3:
+            stub = len(code) == 8 and code[0] == 0xB8 and code[5:7] == b"\xcd\x82" and code[7] == 0xC3
+            if len(self._stub_cache) < 4096:
+                self._stub_cache[eip] = stub
+        if stub:
             try:
-                return vcpu.read_u32(vcpu.cpu.reg("esp"))
-            except Exception:
+                return vcpu.read_u32(vcpu.cpu.reg("esp") if esp is None else esp)
+            except GuestFault:
                 return eip - 2
         return eip - 2
 
@@ -224,6 +228,7 @@ class Domain(SchedulingMixin):
         if not self.vcpus:
             self.mem.write(mfn << 12, bytes(page))
         self.hypercall_page_mfn = mfn
+        self._stub_cache.clear()
         return True
 
     # -- end of life ----------------------------------------------------------------------

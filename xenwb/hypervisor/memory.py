@@ -38,10 +38,7 @@ class RamRegion:
     base: int        # machine address
     buf: mmap.mmap
     view: memoryview
-
-    @property
-    def size(self) -> int:
-        return len(self.buf)
+    size: int
 
     def ptr(self) -> int:
         return ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
@@ -59,7 +56,7 @@ class MachineMemory:
 
     def _add(self, base: int, size: int) -> RamRegion:
         buf = mmap.mmap(-1, size)
-        r = RamRegion(base, buf, memoryview(buf))
+        r = RamRegion(base, buf, memoryview(buf), size)
         self.regions.append(r)
         return r
 

@@ -17,7 +17,7 @@ from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu
 from xenwb.hypervisor.memory import GuestFault
-from xenwb.hypervisor.paging import translate, walk
+from xenwb.hypervisor.paging import translate
 from xenwb.hypervisor.xenarea import PERDOMAIN_VA
 from xenwb.vclock import VClock
 
@@ -66,6 +66,7 @@ class Vcpu:
         self.gdt_ents = 0
         self.ldt_base = self.ldt_ents = 0
         self.cr3_mfn = 0
+        self._vcpu_info_maddr = 0
         self.vcpu_info_maddr = (domain.shared_info_mfn << 12) + 64 * vcpu_id
         self.in_multicall = False
         self.pending_iret_target: dict[int, int] | None = None
@@ -142,6 +143,15 @@ class Vcpu:
         return True
 
     def _on_interrupt(self, uc, intno: int, _ud) -> None:
+        if intno == 0x82:                       # the hot path: a hypercall from the kernel
+            vals = self.cpu.hypercall_regs()
+            if vals[6] & 3 == 1:
+                try:
+                    self.domain.hypercall(self, vals)
+                    self._after_guest_exit()
+                except traps.DomainCrash as e:
+                    self.domain.crash(self, str(e))
+                return
         self._guarded(f"interrupt {intno:#x}", self._interrupt, intno)
 
     def _interrupt(self, intno: int) -> None:
@@ -225,7 +235,7 @@ class Vcpu:
     # -- vcpu_info -------------------------------------------------------------
     @property
     def upcall_mask(self) -> int:
-        return self.domain.mem.read(self.vcpu_info_maddr + 1, 1)[0]
+        return self._vi_view[self._vi_off + 1]
 
     @upcall_mask.setter
     def upcall_mask(self, v: int) -> None:
@@ -235,9 +245,19 @@ class Vcpu:
             self.domain.trace.emit_mask(self, old, v & 1)
 
     @property
+    def vcpu_info_maddr(self) -> int:
+        """Machine address of this vcpu's vcpu_info (shared_info slot, or where
+        VCPUOP_register_vcpu_info moved it)."""
+        return self._vcpu_info_maddr
+
+    @vcpu_info_maddr.setter
+    def vcpu_info_maddr(self, maddr: int) -> None:
+        self._vcpu_info_maddr = maddr
+        self._vi_view, self._vi_off = self.domain.mem._where(maddr, 64)   # checked on every exit
+
+    @property
     def upcall_pending(self) -> int:
-        view, off = self.domain.mem._where(self.vcpu_info_maddr, 1)
-        return view[off]
+        return self._vi_view[self._vi_off]
 
     @upcall_pending.setter
     def upcall_pending(self, v: int) -> None:
@@ -291,15 +311,16 @@ class Vcpu:
     def debug_read(self, va: int, n: int) -> bytes:
         """Debugger read: any mapped byte, hypervisor range included; stops at a hole."""
         mem = self.domain.mem
+        mode = self.domain.mode
         out = bytearray()
         pos = 0
         while pos < n:
             cur = (va + pos) & 0xFFFFFFFF
             chunk = min(n - pos, 4096 - (cur & 0xFFF))
-            w = walk(mem, self.domain.mode, self.cr3_mfn, cur)
-            if not w.mapped or not mem.valid(w.maddr, chunk):
+            maddr = translate(mem, mode, self.cr3_mfn, cur)
+            if maddr is None or not mem.valid(maddr, chunk):
                 break
-            out += mem.read(w.maddr, chunk)
+            out += mem.read(maddr, chunk)
             pos += chunk
         return bytes(out)
 
