@@ -158,18 +158,18 @@ def serve_machine(machine: Machine, address: str | None = None, *, wait: bool = 
     dbg = Debugger(machine)
     dbg.enter_guest()
     server = GdbServer(dbg, host, port)
-    h, p = server.address
-    shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
-    note = "; the guest waits for gdb (continue to start it)" if wait else ""
-    print(f"xenwb: gdb stub listening on {shown}{note}", file=log, flush=True)
-    if not is_loopback(h):
-        print(f"xenwb: warning: the gdb stub on {h} accepts connections from the network; "
-              "anyone who reaches it controls the guest", file=log, flush=True)
     old: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM):       # before anyone learns the port
             old[sig] = signal.signal(sig, lambda *_: server.shutdown())
     try:
+        h, p = server.address
+        shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+        note = "; the guest waits for gdb (continue to start it)" if wait else ""
+        print(f"xenwb: gdb stub listening on {shown}{note}", file=log, flush=True)
+        if not is_loopback(h):
+            print(f"xenwb: warning: the gdb stub on {h} accepts connections from the network; "
+                  "anyone who reaches it controls the guest", file=log, flush=True)
         if not wait:
             dbg.resume("continue")
         why = server.serve()

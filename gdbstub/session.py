@@ -73,7 +73,6 @@ class GdbSession:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._thread_list_sent = False
         self.stats: dict[bytes, list[float]] | None = {} if os.environ.get("XENWB_GDB_STATS") else None
         self.dbg.add_listener(self._on_stop)
 
@@ -295,6 +294,17 @@ class GdbSession:
             return ev.vcpu if ev.vcpu is not None and ev.vcpu < len(self.machine.vcpus) else 0
         return vid
 
+    def _mem_vcpu(self) -> int:
+        """The vcpu whose pagetables translate memory accesses: the selected one, or, when it
+        has none yet (a vcpu that is down), the first that has."""
+        vid = self._vcpu_id(self.g_thread)
+        vcpus = self.machine.vcpus
+        if not vcpus[vid].cr3_mfn:
+            for v in vcpus:
+                if v.cr3_mfn:
+                    return v.id
+        return vid
+
     def _regs_of(self, vid: int) -> list[bytes]:
         regs = self._regs.get(vid)
         if regs is None:
@@ -359,12 +369,12 @@ class GdbSession:
         addr, length = self._addr_len(pkt[1:])
         if length == 0:
             return E_INVAL
-        data = self.dbg.read_memory(self._vcpu_id(self.g_thread), addr, min(length, MAX_MEMORY_READ))
+        data = self.dbg.read_memory(self._mem_vcpu(), addr, min(length, MAX_MEMORY_READ))
         return tohex(data) if data else E_FAULT
 
     def _write(self, addr: int, data: bytes) -> bytes:
         try:
-            self.dbg.write_memory(self._vcpu_id(self.g_thread), addr, data)
+            self.dbg.write_memory(self._mem_vcpu(), addr, data)
         except GuestFault:
             return E_FAULT
         return b"OK"
@@ -469,7 +479,6 @@ class GdbSession:
                 return self._xfer(threads_xml(self.machine.vcpus), offlen)
             return b""
         if pkt == b"qfThreadInfo":
-            self._thread_list_sent = True
             return b"m" + b",".join(b"%x" % tid_of(v.id) for v in self.machine.vcpus)
         if pkt == b"qsThreadInfo":
             return b"l"
@@ -551,8 +560,8 @@ class GdbSession:
     def _resume(self, mode: str, vid: int | None = None, *, start: int = 0, end: int = 0,
                 run: set[int] | None = None) -> None:
         self._regs.clear()
-        self.waiting = True
         self.dbg.resume(mode, vid, start=start, end=end, run=run)
+        self.waiting = True              # the stop (a fast step's already) is reported by _pump
 
     def _set_pc(self, text: bytes) -> None:
         if text:

@@ -282,20 +282,23 @@ def _console_port(dom: Domain) -> int:
 
 # ---------------------------------------------------------------- console input from the host
 class ConsoleInput:
-    """Where user input for the console comes from; the machine asks between vcpu turns.
+    """Where user input for the console comes from; the machine asks between vcpu turns,
+    when the guest has read everything given so far.
 
     next_chunk() returns bytes to queue now (b"" for none yet, None once the source has
-    ended); `interactive` says that the user may still type even when a run would otherwise
-    end as a hang (a guest blocked on its console event)."""
+    ended). wait() is used only when every vcpu is blocked for good and the guest has read
+    all its input: a guest waiting for a key. Host time passes there, virtual time does not,
+    so waiting changes nothing the guest can see."""
 
-    interactive = False
+    interactive = False     # a person types: waiting is worth it even before the guest read anything
 
     def next_chunk(self) -> bytes | None:
         return None
 
-    def wait(self, seconds: float) -> bool:
-        """Block up to `seconds` of host time for input (only used while every vcpu is blocked)."""
-        return False
+    def wait(self, seconds: float) -> bool | None:
+        """Block up to `seconds` of host time: True when input is ready, False on timeout,
+        None when no more input will come."""
+        return None
 
     def close(self) -> None:
         pass
@@ -329,7 +332,7 @@ class StreamInput(ConsoleInput):
         self.fd = fd
         self.buf = bytearray()
         self.eof = False
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.thread = threading.Thread(target=self._reader, name="xenwb-stdin", daemon=True)
         self.thread.start()
 
@@ -343,8 +346,11 @@ class StreamInput(ConsoleInput):
             with self.lock:
                 if not data:
                     self.eof = True
-                    return
-                self.buf += data
+                else:
+                    self.buf += data
+                self.lock.notify_all()
+            if not data:
+                return
 
     def next_chunk(self) -> bytes | None:
         with self.lock:
@@ -358,6 +364,13 @@ class StreamInput(ConsoleInput):
                 self.buf.clear()
                 return chunk or None
             return b""
+
+    def wait(self, seconds: float) -> bool | None:
+        with self.lock:
+            self.lock.wait_for(lambda: b"\n" in self.buf or self.eof, seconds)
+            if b"\n" in self.buf or (self.eof and self.buf):
+                return True
+            return None if self.eof else False
 
 
 class TerminalInput(ConsoleInput):
@@ -390,8 +403,10 @@ class TerminalInput(ConsoleInput):
             return None
         return data.replace(b"\n", b"\r")       # Enter, as a serial terminal sends it
 
-    def wait(self, seconds: float) -> bool:
+    def wait(self, seconds: float) -> bool | None:
         import select
+        if self.ended:
+            return None
         return bool(select.select([self.fd], [], [], seconds)[0])
 
     def close(self) -> None:
@@ -400,8 +415,9 @@ class TerminalInput(ConsoleInput):
 
 
 def stdin_input() -> ConsoleInput | None:
-    """The console input source for `xenwb run`: the terminal, a pipe or a file on stdin
-    (None for anything else, such as /dev/null)."""
+    """The console input source for `xenwb run`: the terminal (when the console is shown on it
+    too and the workbench runs in the foreground), a pipe or a file on stdin (None for anything
+    else, such as /dev/null)."""
     import os
     import stat
     import sys
@@ -414,6 +430,8 @@ def stdin_input() -> ConsoleInput | None:
         try:
             if os.tcgetpgrp(fd) != os.getpgrp():
                 return None             # in the background: the terminal belongs to someone else
+            if not os.isatty(sys.stdout.fileno()):
+                return None             # the console is not on the terminal: nobody types at it
             return TerminalInput(fd)
         except Exception:  # noqa: BLE001 - no usable terminal: no input
             return None

@@ -188,15 +188,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         session.record(args.trace)
     session.machine.set_limits(args.max_instructions, int(args.timeout * 1e9) if args.timeout else None)
     from xenwb.backends import stdin_input  # console input: a terminal, a pipe or a file (issue 7)
-    session.machine.input_source = stdin_input()
+    console_in = session.machine.input_source = stdin_input()
     try:
         if args.gdb is not None:               # gdb remote stub (gdbstub/, issue 4)
             from gdbstub.server import GdbRun
             return _run_and_report(args, GdbRun(session, args.gdb, wait=args.wait), "shutdown")
         return _run_and_report(args, session, "shutdown")
     finally:
-        if session.machine.input_source is not None:
-            session.machine.input_source.close()
+        if console_in is not None:
+            console_in.close()
 
 
 def cmd_shell(args: argparse.Namespace) -> int:

@@ -298,13 +298,21 @@ class Machine:
             cb.pump()
 
     def _wait_console_input(self) -> bool:
-        """Every vcpu is blocked for good, but the user may still type: wait for a key
-        (host time passes, virtual time does not). False when there is nobody to wait for."""
+        """Every vcpu is blocked for good and the guest has read all its console input: wait
+        for more (host time passes, virtual time does not). A pipe is waited for only once
+        the guest has read some input (otherwise it is a hang, as without input). False when
+        no input will come."""
         src = self.input_source
-        if src is None or not src.interactive:
+        cb = self.domain.console_backend  # type: ignore[attr-defined]
+        if src is None or cb.pending_input or not cb.input_idle():
+            return False
+        if not src.interactive and not cb.input_total:
             return False
         while not self.stop_requested:
-            if src.wait(0.2):
+            ready = src.wait(0.2)
+            if ready is None:
+                return False
+            if ready:
                 self._pump_console()
                 return True
         return True

@@ -298,7 +298,7 @@ class XenStore:
 
     def _create(self, tree: Tree, path: str, domid: int) -> tuple[Node, list[str]]:
         """construct_node: create path and missing parents (write access to the nearest
-        existing ancestor needed)."""
+        existing ancestor needed); returns the node and the paths created."""
         node = tree.root
         cur = ""
         created: list[str] = []
@@ -328,9 +328,9 @@ class XenStore:
             node.value = value
             node.gen = self._next_gen()
             return [path]
-        node, created = self._create(tree, path, domid)
+        node, _ = self._create(tree, path, domid)
         node.value = value
-        return created
+        return [path]                 # one event, for the path written (do_write)
 
     def _mkdir(self, tree: Tree, path: str, domid: int) -> list[str]:
         node = tree.get(path)
@@ -338,7 +338,8 @@ class XenStore:
             if not perm_for(node, domid) & PERM_WRITE:
                 raise XsError("EACCES")
             return []
-        return self._create(tree, path, domid)[1]
+        self._create(tree, path, domid)
+        return [path]
 
     def _rm(self, tree: Tree, path: str, domid: int) -> list[str]:
         if path == "/":
@@ -660,9 +661,15 @@ class XenStore:
                 node = self.tree.get(path)
                 if (None if node is None else node.gen) != gen:
                     raise XsError("EAGAIN")
+            # replay the transaction's operations on a copy of the database, then install it
+            trial = Tree(copy.deepcopy(self.tree.root))
             changed: list[tuple[str, bool]] = []
-            for op, args in t.ops:
-                changed += [(c, op == "rm") for c in self._apply(self.tree, op, args, domid)]
+            try:
+                for op, args in t.ops:
+                    changed += [(c, op == "rm") for c in self._apply(trial, op, args, domid)]
+            except XsError:
+                raise XsError("EAGAIN") from None
+            self.tree.root = trial.root
             self._fire(changed)
             return mtype, b"OK\0"
         if mtype == T.GET_FEATURE:

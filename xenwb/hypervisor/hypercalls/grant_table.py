@@ -143,7 +143,7 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
                 return ESRCH
             if who == "denied":
                 return EPERM
-            vcpu.write_u32(uop + 4, dom.extra.get("gnttab_version", 1))  # type: ignore[arg-type]
+            vcpu.write_virt(uop + 4, struct.pack("<I", dom.extra.get("gnttab_version", 1)))
             return 0
     except GuestFault:
         return EFAULT
