@@ -60,8 +60,12 @@ def is_loopback(host: str) -> bool:
 
 
 class GdbServer:
-    def __init__(self, debugger: Debugger, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, debugger: Debugger, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+                 resume_when_idle: bool = True) -> None:
         self.dbg = debugger
+        # Standalone, a stop with no gdb attached is nobody's business and the guest runs on;
+        # under the TUI the user at the terminal owns such stops.
+        self.resume_when_idle = resume_when_idle
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, stype, proto, _, addr = infos[0]
         self.sock = socket.socket(family, stype, proto)
@@ -132,7 +136,7 @@ class GdbServer:
     def _idle_stop(self) -> None:
         """A stop with no gdb attached (e.g. the session's last request raced its
         disconnect): the guest keeps running unless it is gone."""
-        if not self.dbg.running and not self.dbg.finished:
+        if self.resume_when_idle and not self.dbg.running and not self.dbg.finished:
             self.dbg.clear_all()
             self.dbg.resume("continue")
 

@@ -28,6 +28,7 @@ from xenwb.xenstore import HEADER, XENSTORE_PAYLOAD_MAX, XenStore, seed_domain
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
 
+
 class ConsoleBackend:
     def __init__(self, dom: Domain, port: int) -> None:
         self.dom = dom
@@ -72,7 +73,6 @@ class ConsoleBackend:
             self._set("in_prod", prod + n)
             self.dom.evtchn.notify_guest(self.port)  # type: ignore[attr-defined]
         return n
-
 
     # -- user input, paced by the machine ------------------------------------------------
     def queue_input(self, data: bytes) -> None:

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shell", help="full-screen workbench: console, hypercalls, vcpus, disassembly, commands")
     _add_boot_options(p)
     p.add_argument("--run", action="store_true", help="start the guest at once")
+    p.add_argument("--gdb", nargs="?", const="127.0.0.1:1234", metavar="[HOST:]PORT",
+                   help="also serve gdb on this address (default 127.0.0.1:1234)")
 
     p = sub.add_parser("examples", help="list the bundled example guests (building them)")
     p.add_argument("--no-build", action="store_true", help="list without building")
@@ -207,7 +209,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
         raise XenwbError("xenwb shell needs a terminal (use xenwb run / xenwb trace in scripts)")
     session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=load_module(args.module),
                       vcpus=args.vcpus, plugins=ALL_PLUGINS)
-    shell = Shell(session)
+    shell = Shell(session, gdb_address=args.gdb)
     if args.run:
         shell.ctl.cont()
     shell.run()

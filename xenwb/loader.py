@@ -89,6 +89,8 @@ class GuestImage:
     l1_mfn_valid: list[tuple[int, int]] = field(default_factory=list)
     symbols: list[Symbol] = field(default_factory=list)
     _sym_addrs: list[int] = field(default_factory=list, repr=False)
+    _lines: list[tuple[int, str, int]] | None = field(default=None, repr=False)
+    _line_addrs: list[int] = field(default_factory=list, repr=False)
 
     # -- derived ---------------------------------------------------------------
     @property
@@ -143,6 +145,20 @@ class GuestImage:
             return None
         sym, off = hit
         return f"{sym.name}+{off:#x}" if off else sym.name
+
+    def line_at(self, addr: int) -> tuple[str, int, int, int] | None:
+        """(file, line, start, end) of the source line whose code holds addr (DWARF .debug_line)."""
+        if self._lines is None:
+            self._lines = _line_table(self.path)
+            self._line_addrs = [e[0] for e in self._lines]
+        i = bisect.bisect_right(self._line_addrs, addr) - 1
+        if i < 0 or i + 1 >= len(self._lines):
+            return None
+        start, file, line = self._lines[i]
+        end = self._lines[i + 1][0]
+        if not start <= addr < end or end - start > 0x10000:
+            return None
+        return file, line, start, end
 
     def lookup(self, name: str) -> Symbol | None:
         for s in self.symbols:
@@ -439,3 +455,32 @@ def _symbols(elf: ELFFile) -> list[Symbol]:
         if prev is None or (s["st_size"] and not prev.size) or (s["st_info"]["bind"] == "STB_GLOBAL" and not prev.size):
             syms[addr] = Symbol(addr, s["st_size"], s.name)
     return sorted(syms.values(), key=lambda s: s.address)
+
+
+def _line_table(path: Path) -> list[tuple[int, str, int]]:
+    """Sorted (address, file, line) rows of the DWARF line programs, one per address."""
+    rows: dict[int, tuple[str, int]] = {}
+    try:
+        with open(path, "rb") as fh:
+            elf = ELFFile(fh)
+            if not elf.has_dwarf_info():
+                return []
+            dwarf = elf.get_dwarf_info()
+            for cu in dwarf.iter_CUs():
+                lp = dwarf.line_program_for_CU(cu)
+                if lp is None:
+                    continue
+                files = lp["file_entry"]
+                for entry in lp.get_entries():
+                    st = entry.state
+                    if st is None or not st.is_stmt and not st.end_sequence:
+                        continue
+                    if st.end_sequence:
+                        rows.setdefault(st.address, ("", 0))
+                        continue
+                    idx = st.file - 1 if lp.header["version"] < 5 else st.file
+                    name = files[idx].name.decode() if 0 <= idx < len(files) else "?"
+                    rows[st.address] = (name, st.line)
+    except (ELFError, OSError, KeyError, IndexError, ValueError):
+        return []
+    return sorted((a, f, ln) for a, (f, ln) in rows.items())

@@ -17,10 +17,11 @@ from prompt_toolkit.application import Application
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.data_structures import Point
 from prompt_toolkit.document import Document
+from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
-from prompt_toolkit.layout import HSplit, Layout, VSplit, Window
+from prompt_toolkit.layout import ConditionalContainer, HSplit, Layout, VSplit, Window
 from prompt_toolkit.layout.controls import FormattedTextControl
 from prompt_toolkit.styles import Style
 from prompt_toolkit.widgets import Frame, TextArea
@@ -40,71 +41,161 @@ TAIL = 400
 
 
 class Controller:
-    """Runs the machine in a background thread; the UI thread only reads and asks."""
+    """Drives the machine through the debug layer shared with the gdb stub, so stops made
+    from gdb or from the shell are one and the same. The machine runs in the debugger's
+    background thread; the UI thread only asks and reads."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, gdb_address: str | None = None) -> None:
+        from gdbstub.server import GdbServer, parse_address
+        from xenwb.debug import Debugger
         self.session = session
         self.machine = session.machine
-        self.thread: threading.Thread | None = None
-        self.last_result: Any = None
-        self.error: str | None = None
         self.tail: deque[dict[str, Any]] = deque(maxlen=TAIL)
         self.selected = 0
-        self.changed = threading.Event()
+        self.last_stop: Any = None
+        self.error: str | None = None
+        self.on_change: Any = None
         self.machine.domain.trace.subscribe(self._on_event)
+        self.dbg = Debugger(self.machine)
+        self.dbg.enter_guest()
+        self.dbg.add_listener(self._on_stop)
+        host, port = parse_address(gdb_address) if gdb_address else ("127.0.0.1", 0)
+        self.server = GdbServer(self.dbg, host, port, resume_when_idle=False)
+        self.server_thread = threading.Thread(target=self.server.serve, name="xenwb-gdb", daemon=True)
+        self.server_thread.start()
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         if ev["kind"] in ("hypercall", "fault", "crash", "shutdown", "upcall"):
             self.tail.append(ev)
 
+    def _on_stop(self, ev: Any) -> None:          # any thread
+        self.last_stop = ev
+        for w in self.session.writers:
+            w.flush()
+        if ev.vcpu is not None and 0 <= ev.vcpu < len(self.machine.vcpus):
+            self.selected = ev.vcpu
+        if self.on_change is not None:
+            self.on_change()
+
     @property
     def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        return self.dbg.running
 
-    def cont(self, until: Any = "shutdown") -> str:
-        if self.running:
+    def cont(self) -> str:
+        if self.dbg.running:
             return "already running"
-        if self.machine.domain.finished:
+        if self.dbg.finished:
             return "the domain has ended"
-
-        def body() -> None:
-            try:
-                self.last_result = self.session.run(until)
-            except Exception as e:  # shown in the status line, never a traceback on the screen
-                self.error = f"{type(e).__name__}: {e}"
-            self.changed.set()
-
-        self.thread = threading.Thread(target=body, name="xenwb-machine", daemon=True)
-        self.thread.start()
+        self.dbg.resume("continue")
         return "running"
 
     def stop(self) -> str:
-        if not self.running:
+        if not self.dbg.running:
             return "not running"
-        self.machine.stop()
-        self.thread.join(timeout=5)
+        self.dbg.interrupt()
         return "stopped"
 
+    def stepi(self, n: int = 1) -> str:
+        for _ in range(n):
+            if self.dbg.running or self.dbg.finished:
+                break
+            self.dbg.resume("step", self.selected)
+            self.dbg.wait(30)
+        return self.where()
+
+    def step(self, n: int = 1) -> str:
+        """Source-line step: run the vcpu while its EIP stays in the current line's code."""
+        img = self.machine.image
+        for _ in range(n):
+            if self.dbg.running or self.dbg.finished:
+                break
+            eip = self.machine.vcpus[self.selected].cpu.eip
+            line = img.line_at(eip)
+            if line is None:
+                self.dbg.resume("step", self.selected)
+            else:
+                self.dbg.resume("range", self.selected, start=line[2], end=line[3])
+            self.dbg.wait(30)
+        return self.where()
+
+    def where(self) -> str:
+        v = self.machine.vcpus[self.selected]
+        eip = v.cpu.eip
+        sym = self.machine.domain.symbolize(eip)
+        line = self.machine.image.line_at(eip)
+        src = f" at {line[0]}:{line[1]}" if line else ""
+        return f"vcpu{v.id} eip {eip:#010x}" + (f" <{sym}>" if sym else "") + src
+
     def wait(self, timeout: float | None = None) -> None:
-        if self.thread is not None:
-            self.thread.join(timeout)
+        self.dbg.wait(timeout)
+
+    def close(self) -> None:
+        if self.dbg.running:
+            self.dbg.interrupt()
+        self.server.shutdown()
+        self.server_thread.join(timeout=5)
+        self.server.close()
 
     def status(self) -> str:
         m = self.machine
         dom = m.domain
-        if self.running:
+        ev = self.last_stop
+        if self.dbg.running:
             state = "running"
         elif dom.crash_report is not None:
             state = "crashed"
         elif dom.shutdown_reason is not None:
-            state = f"shut down ({self.last_result.detail if self.last_result else dom.shutdown_reason})"
-        elif self.last_result is not None:
-            state = f"stopped ({self.last_result.reason.value})"
+            state = f"shut down ({dom.shutdown_reason})"
+        elif ev is not None:
+            state = f"stopped ({ev.kind.value}{f' {ev.detail}' if ev.detail else ''})"
         else:
             state = "stopped (not started)"
+        gdb = f" | gdb stub {self.server.address[0]}:{self.server.port}"
+        if self.server.session is not None:
+            gdb += " (attached)"
         return (f" {state} | vcpu{self.selected} | virtual time {m.now() / 1e9:.6f} s | "
-                f"{dom.stats['hypercalls']} hypercalls | {dom.stats['faults']} faults"
+                f"{dom.stats['hypercalls']} hypercalls | {dom.stats['faults']} faults{gdb}"
                 + (f" | {self.error}" if self.error else ""))
+
+
+class GdbPane:
+    """The real gdb, driven through its machine interface (pygdbmi), attached to the
+    workbench's own stub with the guest ELF's symbols."""
+
+    def __init__(self, elf: str, port: int) -> None:
+        from pygdbmi.gdbcontroller import GdbController
+        self.lines: deque[str] = deque(maxlen=1000)
+        self.ctl = GdbController(command=["gdb", "--nx", "--quiet", "--interpreter=mi3", elf])
+        self._collect(self.ctl.write("-gdb-set pagination off", timeout_sec=5, raise_error_on_timeout=False))
+        self._collect(self.ctl.write(f"-target-select remote 127.0.0.1:{port}", timeout_sec=15,
+                                     raise_error_on_timeout=False))
+
+    def execute(self, cmd: str, timeout: float = 10.0) -> None:
+        self.lines.append(f"(gdb) {cmd}")
+        quoted = cmd.replace("\\", "\\\\").replace('"', '\\"')
+        self._collect(self.ctl.write(f'-interpreter-exec console "{quoted}"', timeout_sec=timeout,
+                                     raise_error_on_timeout=False))
+
+    def poll(self) -> None:
+        self._collect(self.ctl.get_gdb_response(timeout_sec=0, raise_error_on_timeout=False))
+
+    def _collect(self, responses: list[dict[str, Any]]) -> None:
+        for r in responses or []:
+            kind, payload = r.get("type"), r.get("payload")
+            if kind in ("console", "target", "output") and isinstance(payload, str):
+                self.lines.extend(payload.expandtabs(4).rstrip("\n").splitlines() or [""])
+            elif kind == "result" and r.get("message") == "error" and isinstance(payload, dict):
+                self.lines.append(f"error: {payload.get('msg', '')}")
+            elif kind == "notify" and r.get("message") == "stopped" and isinstance(payload, dict):
+                frame = payload.get("frame", {})
+                self.lines.append(f"[stopped: {payload.get('reason', '')} at {frame.get('addr', '?')} "
+                                  f"{frame.get('func', '')}]")
+
+    def close(self) -> None:
+        try:
+            self.ctl.exit()
+        except Exception:
+            pass
 
 
 class CommandCompleter(Completer):
@@ -132,10 +223,11 @@ class CommandCompleter(Completer):
 
 
 class Shell:
-    def __init__(self, session: Session, *, input=None, output=None) -> None:
+    def __init__(self, session: Session, *, input=None, output=None, gdb_address: str | None = None) -> None:
         self.session = session
-        self.ctl = Controller(session)
+        self.ctl = Controller(session, gdb_address)
         self.machine = session.machine
+        self.gdb: GdbPane | None = None
         self.output_lines: list[str] = ["xenwb shell: type 'help' for commands, F2 for guest console input, "
                                         "Ctrl-C to stop the guest, 'quit' to leave."]
         self.console_mode = False
@@ -144,7 +236,9 @@ class Shell:
                                 completer=CommandCompleter(self), complete_while_typing=False,
                                 accept_handler=self._accept)
         self.app = Application(layout=self._layout(), key_bindings=self._keys(), style=STYLE, full_screen=True,
-                               refresh_interval=0.25, input=input, output=output, mouse_support=False)
+                               refresh_interval=0.25, input=input, output=output, mouse_support=False,
+                               before_render=lambda app: self._poll_gdb())
+        self.ctl.on_change = self.app.invalidate      # thread-safe: redraw when the machine stops
 
     # layout ---------------------------------------------------------------------------
     def _prompt(self):
@@ -157,11 +251,14 @@ class Shell:
         vcpu = Window(FormattedTextControl(self._vcpu_text), wrap_lines=False)
         disas = Window(FormattedTextControl(self._disas_text), wrap_lines=False)
         out = Window(_following(self._output_text), wrap_lines=True)
+        gdb = Window(_following(self._gdb_text), wrap_lines=True)
         status = Window(FormattedTextControl(lambda: [("class:status", self.ctl.status())]), height=1)
         body = HSplit([
             VSplit([Frame(console, title="guest console"), Frame(vcpu, title="vcpu", width=44)]),
             VSplit([Frame(tail, title="hypercalls"), Frame(disas, title="disassembly", width=56)]),
-            Frame(out, title="output", height=12),
+            VSplit([Frame(out, title="output"),
+                    ConditionalContainer(Frame(gdb, title="gdb"), filter=Condition(lambda: self.gdb is not None))],
+                   height=12),
             status,
             self.cmdline,
         ])
@@ -236,6 +333,13 @@ class Shell:
     def _output_text(self):
         return "\n".join(self.output_lines[-200:])
 
+    def _gdb_text(self):
+        return "\n".join(list(self.gdb.lines)[-200:]) if self.gdb is not None else ""
+
+    def _poll_gdb(self) -> None:
+        if self.gdb is not None:
+            self.gdb.poll()
+
     # commands -------------------------------------------------------------------------
     def say(self, text: str) -> None:
         self.output_lines.extend(text.splitlines() or [""])
@@ -267,19 +371,36 @@ class Shell:
             m.domain.console_backend.feed(text.encode())  # type: ignore[attr-defined]
 
     def execute(self, line: str) -> None:
-        ok, text = self.machine.commands.execute(self.machine, line)
+        try:
+            ok, text = self.machine.commands.execute(self.machine, line)
+        except Exception as e:       # a failing command must never take the screen down
+            ok, text = False, f"{type(e).__name__}: {e}"
         self.say(text if ok else f"error: {text}")
 
     def quit(self) -> None:
-        if self.ctl.running:
-            self.ctl.stop()
-        self.app.exit()
+        if self.app.is_running:
+            self.app.exit()
+
+    def shutdown(self) -> None:
+        if self.gdb is not None:
+            self.gdb.close()
+            self.gdb = None
+        self.ctl.close()
+        self.session.close()
 
     def _register_shell_commands(self) -> None:
         reg = self.machine.commands
         reg.register("run", lambda m, a: Result(None, self.ctl.cont()), "start or continue the guest")
         reg.register("continue", lambda m, a: Result(None, self.ctl.cont()), "continue the guest")
         reg.register("stop", lambda m, a: Result(None, self.ctl.stop()), "stop the guest")
+        reg.register("stepi", self._cmd_stepi, "execute N instructions on the selected vcpu", "[N]")
+        reg.register("step", self._cmd_step, "run the selected vcpu to the next source line, N times", "[N]")
+        reg.register("break", self._cmd_break, "breakpoint at a symbol or address", "SYMBOL|ADDR")
+        reg.register("watch", self._cmd_watch, "watchpoint on guest memory (default: write)",
+                     "ADDR|SYMBOL [LEN] [--read|--access]")
+        reg.register("delete", self._cmd_delete, "remove a breakpoint/watchpoint, or all", "[SYMBOL|ADDR|all]")
+        reg.register("info breakpoints", self._cmd_points, "breakpoints and watchpoints in place")
+        reg.register("gdb", self._cmd_gdb, "run a command in the real gdb attached to this guest", "COMMAND...")
         reg.register("regs", self._cmd_regs, "registers of the selected vcpu")
         reg.register("vcpu", self._cmd_vcpu, "select a vcpu", "N")
         reg.register("x", self._cmd_x, "examine guest memory (virtual addresses)", "ADDR|SYMBOL [COUNT]")
@@ -287,6 +408,78 @@ class Shell:
         reg.register("trace save", self._cmd_trace_save, "write the trace from now on to FILE", "FILE")
         reg.register("console", self._cmd_console, "send text to the guest console", "TEXT")
         reg.register("quit", lambda m, a: Result(None, self.quit() or "bye"), "leave the shell")
+
+    def _cmd_stepi(self, m, args) -> Result:
+        self._require_stopped()
+        n = parse_int(args[0], "N") if args else 1
+        where = self.ctl.stepi(n)
+        return Result({"where": where}, where)
+
+    def _cmd_step(self, m, args) -> Result:
+        self._require_stopped()
+        n = parse_int(args[0], "N") if args else 1
+        where = self.ctl.step(n)
+        return Result({"where": where}, where)
+
+    def _points_arg(self, m, args) -> tuple[int, list[str]]:
+        if not args:
+            raise CommandError("an address or symbol is needed")
+        return self._addr(m, args[0]), args[1:]
+
+    def _cmd_break(self, m, args) -> Result:
+        addr, _ = self._points_arg(m, args)
+        self.ctl.dbg.insert_breakpoint(addr)
+        sym = m.domain.symbolize(addr)
+        return Result({"breakpoint": addr}, f"breakpoint at {addr:#010x}" + (f" <{sym}>" if sym else ""))
+
+    def _cmd_watch(self, m, args) -> Result:
+        addr, rest = self._points_arg(m, args)
+        kind = "read" if "--read" in rest else "access" if "--access" in rest else "write"
+        nums = [a for a in rest if not a.startswith("--")]
+        length = parse_int(nums[0], "LEN") if nums else 4
+        sym = m.image.lookup(args[0])
+        if sym is not None and sym.size and not nums:
+            length = sym.size
+        self.ctl.dbg.insert_watchpoint(addr, length, kind)
+        return Result({"watchpoint": addr, "length": length, "kind": kind},
+                      f"{kind} watchpoint on {addr:#010x}+{length}")
+
+    def _cmd_delete(self, m, args) -> Result:
+        dbg = self.ctl.dbg
+        if not args or args[0] == "all":
+            for a, kinds in list(dbg.breakpoints().items()):
+                for k in kinds:
+                    dbg.remove_breakpoint(a, hardware=(k == "hw"))
+            for w in list(dbg.watchpoints()):
+                dbg.remove_watchpoint(w.va, w.length, w.kind)
+            return Result({"deleted": "all"}, "all breakpoints and watchpoints deleted")
+        addr = self._addr(m, args[0])
+        gone = dbg.remove_breakpoint(addr) or dbg.remove_breakpoint(addr, hardware=True)
+        for w in list(dbg.watchpoints()):
+            if w.va == addr:
+                gone = dbg.remove_watchpoint(w.va, w.length, w.kind) or gone
+        if not gone:
+            raise CommandError(f"nothing set at {addr:#x}")
+        return Result({"deleted": addr}, f"deleted at {addr:#010x}")
+
+    def _cmd_points(self, m, args) -> Result:
+        rows = [{"type": "breakpoint", "address": f"{a:#010x}", "symbol": m.domain.symbolize(a)}
+                for a in sorted(self.ctl.dbg.breakpoints())]
+        rows += [{"type": f"{w.kind} watchpoint", "address": f"{w.va:#010x}+{w.length}",
+                  "symbol": m.domain.symbolize(w.va)} for w in self.ctl.dbg.watchpoints()]
+        return Result(rows, table(rows) if rows else "no breakpoints or watchpoints")
+
+    def _cmd_gdb(self, m, args) -> Result:
+        if not args:
+            raise CommandError("usage: gdb COMMAND (e.g. gdb bt, gdb list, gdb p checks_run)")
+        if self.gdb is None:
+            if self.ctl.server.session is not None:
+                raise CommandError("another gdb is attached to the stub; detach it first")
+            if self.ctl.running:
+                self.ctl.stop()
+            self.gdb = GdbPane(str(m.image.path), self.ctl.server.port)
+        self.gdb.execute(" ".join(args))
+        return Result({"gdb": list(self.gdb.lines)[-40:]}, "(see the gdb pane)")
 
     def _cmd_regs(self, m, args) -> Result:
         self._require_stopped()
@@ -353,9 +546,7 @@ class Shell:
         try:
             self.app.run()      # prompt_toolkit restores the terminal however run() ends
         finally:
-            if self.ctl.running:
-                self.ctl.stop()
-            self.session.close()
+            self.shutdown()
 
 
 def _following(get_text) -> FormattedTextControl:
