@@ -86,12 +86,15 @@ def cpuid_leaf(vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]
     return 0, 0, 0, 0
 
 
+CPUID_TRAP_COST_NS = 1000   # a faulting CPUID and Xen's emulation of it take about a microsecond
+
+
 def cpuid(vcpu: Vcpu) -> None:
-    uc = vcpu.cpu.uc
-    leaf, sub = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
-    a, b, c, d = cpuid_leaf(vcpu, leaf, sub)
-    uc.reg_write_batch([(X.UC_X86_REG_EAX, a), (X.UC_X86_REG_EBX, b), (X.UC_X86_REG_ECX, c),
-                        (X.UC_X86_REG_EDX, d)])
+    """CPUID against the domain policy (Xen with CPUID faulting: every CPUID traps)."""
+    cpu = vcpu.cpu
+    leaf, sub = cpu.cpuid_in.read()
+    cpu.cpuid_out.write(*cpuid_leaf(vcpu, leaf, sub))
+    vcpu.clock.units += CPUID_TRAP_COST_NS
 
 
 def invalid_opcode(vcpu: Vcpu) -> bool:

@@ -126,11 +126,10 @@ class Vcpu:
     def _on_rdtsc(self, rdtscp: bool = False) -> int:
         """RDTSC/RDTSCP answered from the vcpu's virtual clock (1 tick per ns)."""
         tsc = self.domain.time.tsc(self)
-        uc = self.cpu.uc
-        uc.reg_write(X.UC_X86_REG_EAX, tsc & 0xFFFFFFFF)
-        uc.reg_write(X.UC_X86_REG_EDX, (tsc >> 32) & 0xFFFFFFFF)
         if rdtscp:
-            uc.reg_write(X.UC_X86_REG_ECX, self.tsc_aux)
+            self.cpu.tscp_out.write(tsc & 0xFFFFFFFF, (tsc >> 32) & 0xFFFFFFFF, self.tsc_aux)
+        else:
+            self.cpu.tsc_out.write(tsc & 0xFFFFFFFF, (tsc >> 32) & 0xFFFFFFFF)
         return 1
 
     def _invalid(self) -> None:
