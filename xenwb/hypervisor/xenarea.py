@@ -41,7 +41,12 @@ XENWB_GATE_SEL = 0xE078                 # DPL3 call gate, present only while arm
 GDT_LIMIT = XENWB_GATE_SEL + 7
 
 TSS_PAGE = 14 + 1                       # page index within a vcpu area (after the GDT)
+STACK_PAGE = TSS_PAGE + 1               # the call gate's ring-0 stack
 FRAME_OFFSET = 0x100                    # iret frame inside the TSS page
+# The TSS (ESP0/SS0) and the iret frame sit on a page mapped read-only: a ring-1 guest
+# reaches supervisor pages, and a TSS it could write would let it aim the gate's ring-0
+# stack pushes anywhere. The stack page itself is writable, and what the guest leaves
+# there is overwritten by the push and never read.
 STUB_OFFSET = 0x100                     # ring-0 stubs in the trampoline page, 16 bytes each
 
 L1_M2P_FLAGS = C._PAGE_PRESENT | C._PAGE_USER | C._PAGE_ACCESSED
@@ -159,6 +164,9 @@ class XenArea:
     def stub_va(self, vcpu: int) -> int:
         return TRAMPOLINE_VA + STUB_OFFSET + 16 * vcpu
 
+    def stack_va(self, vcpu: int) -> int:
+        return PERDOMAIN_VA + self.vcpu_page(vcpu, STACK_PAGE) * 4096
+
     def frame_maddr(self, vcpu: int) -> int:
         return (self.vcpu_tss[vcpu] << 12) + FRAME_OFFSET
 
@@ -172,7 +180,8 @@ class XenArea:
         for page in range(14):
             self._map_perdomain(self.vcpu_page(vcpu, page), self.zero_page, HV_RO)
         self._map_perdomain(self.vcpu_page(vcpu, 14), xen_gdt, HV_RO)
-        self._map_perdomain(self.vcpu_page(vcpu, TSS_PAGE), tss, HV_RW)
+        self._map_perdomain(self.vcpu_page(vcpu, TSS_PAGE), tss, HV_RO)
+        self._map_perdomain(self.vcpu_page(vcpu, STACK_PAGE), self.mem.alloc_xen_frame(), HV_RW)
         descs = dict(C.XEN_FLAT_DESCRIPTORS)
         descs[XENWB_RING0_CS] = seg_descriptor(0, 0xFFFFF, 0xB, 0)
         descs[XENWB_RING0_DS] = seg_descriptor(0, 0xFFFFF, 0x3, 0)
@@ -181,7 +190,7 @@ class XenArea:
         for sel, d in descs.items():
             self.mem.write_u64((xen_gdt << 12) + (sel & 0xFF8) , d)
         # TSS: ESP0 / SS0 for the call gate's stack switch
-        self.mem.write(tss << 12, struct.pack("<III", 0, self.tss_va(vcpu) + 0x1000, XENWB_RING0_DS))
+        self.mem.write(tss << 12, struct.pack("<III", 0, self.stack_va(vcpu) + 0x1000, XENWB_RING0_DS))
         stub = bytes([0xBC]) + struct.pack("<I", self.tss_va(vcpu) + FRAME_OFFSET) + bytes([0xCF])
         self.mem.write((self.trampoline << 12) + STUB_OFFSET + 16 * vcpu, stub)
 
