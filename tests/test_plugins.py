@@ -275,3 +275,29 @@ def test_plugins_enable_disable(booted: Session) -> None:
 
 def test_struct_pack_roundtrip() -> None:
     assert struct.calcsize("<Q") == PV32.mmu_update.size() // 2
+
+
+def test_same_results_from_gdb_monitor() -> None:
+    """A plugin command through gdb's `monitor` (qRcmd) gives what Python gives."""
+    from gdbstub.client import XenwbProcess
+    with Session("pvdemo-pae", console=lambda b: None) as s:
+        s.run(until="finish")
+        expected = s.command("hypercalls summary").text
+        finish = s.image.lookup("finish").address
+    p = XenwbProcess("pvdemo-pae", wait=True, extra=["--plugin", "all", "--quiet"])
+    try:
+        with p.client() as c:
+            assert c.request(b"Z0,%x,1" % finish) == b"OK"
+            assert c.request(b"c", timeout=60).startswith(b"T05")
+            assert c.monitor("hypercalls summary").rstrip("\n") == expected
+            c.request(b"z0,%x,1" % finish)
+            c.send_raw(rsp_frame(b"D"))
+        code, out, _err = p.finish(60)
+        assert code == 0 and "checks passed" in out
+    finally:
+        p.kill()
+
+
+def rsp_frame(payload: bytes) -> bytes:
+    from gdbstub.rsp import frame
+    return frame(payload)
