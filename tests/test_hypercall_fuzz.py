@@ -53,7 +53,8 @@ def test_random_hypercall_arguments(guest: str) -> None:
                 assert "internal error" not in str(e), f"hypercall {nr} {[hex(a) for a in args]}: {e}"
                 break
             calls += 1
-            assert -4096 < ret < 1 << 32, (nr, args, ret)
+            if nr != 9:                           # get_debugreg returns register contents
+                assert -4096 < ret < 1 << 32, (nr, args, ret)
             if m.domain.finished:
                 break
     assert calls > 1000
