@@ -127,6 +127,8 @@ class Cpu:
         self.pae = pae
         self.ring_switches = 0
         self._hypercall_regs = RegBatch(uc, HYPERCALL_REGS)
+        self.continuation_out = RegBatch(uc, [X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
+                                              X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EIP])
         # fixed register sets of the instruction hooks (the binding's calls cost microseconds)
         self.cpuid_in = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
         self.cpuid_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX])

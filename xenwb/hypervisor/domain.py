@@ -139,11 +139,17 @@ class Domain(SchedulingMixin):
     def symbolize(self, addr: int) -> str | None:
         return self.image.symbolize(addr) if self.image.symbols else None
 
+    MAX_WARNINGS = 32
+
     def unimplemented(self, what: str) -> int:
-        """An unimplemented hypercall or sub-op: -ENOSYS, said once on stderr."""
-        if what not in self._warned:
+        """An unimplemented hypercall or sub-op: -ENOSYS, said once on stderr (and at most
+        MAX_WARNINGS different ones, so a hostile guest cannot flood the terminal)."""
+        if what not in self._warned and len(self._warned) <= self.MAX_WARNINGS:
             self._warned.add(what)
-            print(f"xenwb: unimplemented {what}: returning -ENOSYS", file=sys.stderr)
+            if len(self._warned) > self.MAX_WARNINGS:
+                print("xenwb: more unimplemented calls: no longer reported (see the trace)", file=sys.stderr)
+            else:
+                print(f"xenwb: unimplemented {what}: returning -ENOSYS", file=sys.stderr)
         return ENOSYS
 
     def console_write(self, vcpu: Vcpu | None, data: bytes) -> None:
@@ -165,6 +171,11 @@ class Domain(SchedulingMixin):
             return
         ret = self.call(vcpu, nr, args,
                         eip=self.caller_eip(vcpu, vals[7], vals[8]) if self.trace.active else 0)
+        if vcpu.continuation is not None:       # preempted: the guest re-executes int $0x82
+            cont = (tuple(vcpu.continuation) + (0,) * 5)[:5]
+            vcpu.continuation = None
+            vcpu.cpu.continuation_out.write(*(a & 0xFFFFFFFF for a in cont), vals[7] - 2)
+            return
         vcpu.cpu.set_eax(ret)
 
     def call(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], *, eip: int,

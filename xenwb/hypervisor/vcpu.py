@@ -72,6 +72,7 @@ class Vcpu:
         self.pending_iret_target: dict[int, int] | None = None
         self.stop_requested = False
         self.rescheduled = False        # Xen would reload its segments (load_segments) on resume
+        self.continuation: tuple[int, ...] | None = None   # set by a preempted hypercall
         # timers (xen/arch/x86/pv/domain.c: a 10 ms periodic VIRQ_TIMER from the start)
         self.periodic_period = 10_000_000
         self.periodic_last = 0               # v->periodic_last_event

@@ -29,6 +29,18 @@ class Entry:
 
 TABLE: dict[int, Entry] = {}
 
+# Work a single trap does on a guest-sized list before it is preempted, as Xen's
+# hypercall_preempt_check() would: the rest runs when the guest re-executes the call.
+PREEMPT_BATCH = 512
+
+
+def create_continuation(vcpu: Vcpu, *args: int) -> int:
+    """hypercall_create_continuation: leave EAX (the hypercall number) as it is, put
+    `args` in EBX..EDI and move EIP back onto `int $0x82`, so the guest traps again and
+    the call goes on where it stopped. Never inside a multicall (entries run to the end)."""
+    vcpu.continuation = args
+    return 0
+
 
 def hypercall(nr: int, decoder: Decoder | None = None) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno
-from xenwb.hypervisor.hypercalls import hypercall
+from xenwb.hypervisor.hypercalls import PREEMPT_BATCH, create_continuation, hypercall
 from xenwb.hypervisor.memory import GuestFault
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ def do_console_io(vcpu: Vcpu, cmd: int, count: int, buf: int, *_: int) -> int:
     if cmd == C.CONSOLEIO_write:
         pos = 0
         while pos < count:
+            if pos >= PREEMPT_BATCH * 128 and not vcpu.in_multicall:
+                # console.c: hypercall_create_continuation(__HYPERVISOR_console_io, "iih", ...)
+                return create_continuation(vcpu, cmd, count - pos, buf + pos)
             chunk = min(count - pos, 128)   # console.c copies in 128-byte pieces
             try:
                 data = vcpu.read_virt(buf + pos, chunk)

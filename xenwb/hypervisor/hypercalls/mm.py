@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, MmuextCmd
-from xenwb.hypervisor.hypercalls import hypercall
+from xenwb.hypervisor.hypercalls import PREEMPT_BATCH, create_continuation, hypercall
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.mm import MMError, PageType
 from xenwb.hypervisor.paging import decode_flags, walk
@@ -28,6 +28,16 @@ def _foreigndom_ok(fd: int) -> bool:
     dom = fd & 0xFFFF
     pt_owner = fd >> 16
     return dom in (C.DOMID_SELF, 1) and pt_owner in (0, 2)   # domain 1 is this domU
+
+
+def _resumed_done(vcpu: Vcpu, count: int, done_ptr: int) -> int:
+    """A continuation (count has MMU_UPDATE_PREEMPTED) goes on counting from *done."""
+    if count & MMU_UPDATE_PREEMPTED and done_ptr:
+        try:
+            return vcpu.read_u32(done_ptr)
+        except GuestFault:
+            return 0
+    return 0
 
 
 def _write_done(vcpu: Vcpu, done_ptr: int, n: int) -> None:
@@ -89,13 +99,17 @@ def machphys_update(vcpu: Vcpu, ptr: int, val: int) -> int:
 def do_mmu_update(vcpu: Vcpu, reqs: int, count: int, done_ptr: int, foreigndom: int, *_: int) -> int:
     if vcpu.in_multicall and count & MMU_UPDATE_PREEMPTED:
         return EINVAL
+    done = _resumed_done(vcpu, count, done_ptr)
     count &= ~MMU_UPDATE_PREEMPTED
     if not _foreigndom_ok(foreigndom):
         return ESRCH
     L = vcpu.domain.abi.mmu_update
-    done = 0
     rc = 0
     for i in range(count):
+        if i == PREEMPT_BATCH and not vcpu.in_multicall:
+            _write_done(vcpu, done_ptr, done)
+            return create_continuation(vcpu, reqs + i * 16, (count - i) | MMU_UPDATE_PREEMPTED, done_ptr,
+                                       foreigndom)
         try:
             req = L.parse(vcpu.read_virt(reqs + i * 16, 16))
         except GuestFault:
@@ -336,14 +350,18 @@ def set_ldt(vcpu: Vcpu, base: int, ents: int) -> int:
 def do_mmuext_op(vcpu: Vcpu, ops: int, count: int, done_ptr: int, foreigndom: int, *_: int) -> int:
     if vcpu.in_multicall and count & MMU_UPDATE_PREEMPTED:
         return EINVAL
+    done = _resumed_done(vcpu, count, done_ptr)
     count &= ~MMU_UPDATE_PREEMPTED
     if not _foreigndom_ok(foreigndom):
         return ESRCH
     L = vcpu.domain.abi.mmuext_op
     size = L.size()
-    done = 0
     rc = 0
     for i in range(count):
+        if i == PREEMPT_BATCH and not vcpu.in_multicall:
+            _write_done(vcpu, done_ptr, done)
+            return create_continuation(vcpu, ops + i * size, (count - i) | MMU_UPDATE_PREEMPTED, done_ptr,
+                                       foreigndom)
         try:
             op = L.parse(vcpu.read_virt(ops + i * size, size))
         except GuestFault:

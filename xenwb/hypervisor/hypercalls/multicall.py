@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, hypercall_name
-from xenwb.hypervisor.hypercalls import decode_args, hypercall
+from xenwb.hypervisor.hypercalls import PREEMPT_BATCH, create_continuation, decode_args, hypercall
 from xenwb.hypervisor.memory import GuestFault
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
     vcpu.in_multicall = True
     try:
         for i in range(nr):
+            if i == PREEMPT_BATCH:
+                # multicall.c: hypercall_create_continuation(__HYPERVISOR_multicall, "hi", list, nr - i)
+                return create_continuation(vcpu, calls + i * size, nr - i)
             addr = calls + i * size
             try:
                 e = L.parse(vcpu.read_virt(addr, size))
