@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import pytest
 from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.key_binding.key_processor import KeyPress
+from prompt_toolkit.keys import Keys
 from prompt_toolkit.output import DummyOutput
 
 from xenwb.session import ALL_PLUGINS, Session
@@ -162,3 +164,24 @@ def test_shell_in_a_real_terminal(tmp_path) -> None:
         wait_for("SHELL-EXITED-0")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], check=False)
+
+
+GRUB = "/usr/lib/grub-xen/grub-i386-xen.bin"
+
+
+@pytest.mark.skipif(not os.path.exists(GRUB), reason="grub-xen-host is not installed")
+def test_console_input_reaches_the_guest() -> None:
+    """F2 turns the command line into the guest's console: GRUB runs what is typed."""
+    async def script(shell: Shell, type_line) -> None:
+        type_line("run")
+        await _until(lambda: "grub>" in shell._console_text(), 60)
+        shell.app.key_processor.feed(KeyPress(Keys.F2))
+        shell.app.key_processor.process_keys()
+        await _until(lambda: shell.console_mode)
+        type_line("echo hello from the shell")
+        await _until(lambda: "\nhello from the shell" in shell._console_text(), 60)
+        shell.console_mode = False
+        type_line("stop")
+        await _until(lambda: not shell.ctl.running)
+
+    _drive(script, guest=GRUB)
