@@ -301,3 +301,25 @@ def test_same_results_from_gdb_monitor() -> None:
 def rsp_frame(payload: bytes) -> bytes:
     from gdbstub.rsp import frame
     return frame(payload)
+
+
+@pytest.mark.skipif(not Path("/usr/lib/grub-xen/grub-i386-xen.bin").exists(), reason="grub-xen-host not installed")
+def test_killed_capture_is_valid(tmp_path: Path) -> None:
+    """kill -9 during a capture: every line written is a whole event (flushed each vcpu turn)."""
+    import signal
+    import time
+    out = tmp_path / "k.jsonl"
+    grub = "/usr/lib/grub-xen/grub-i386-xen.bin"
+    p = subprocess.Popen([sys.executable, "-m", "xenwb", "trace", grub, "-o", str(out)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and (not out.exists() or out.read_text().count("\n") < 60):
+            time.sleep(0.1)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+    lines = out.read_text().splitlines()
+    assert len(lines) >= 60
+    evs = [json.loads(line) for line in lines]
+    assert [e["seq"] for e in evs] == list(range(len(evs)))

@@ -58,6 +58,7 @@ class Machine:
             self.image, BuildConfig(memory_mib=memory_mib, cmdline=cmdline, module=module, vcpus=vcpus))
         self._next = 0
         self._last_run: Vcpu | None = None   # the vcpu the (single) physical cpu ran last
+        self.turn_hooks: list = []     # called after every vcpu turn (trace writers flush there)
         self.stop_requested = False
         from xenwb.commands import core_registry
         self.commands = core_registry()   # shared by gdb's monitor, the TUI, the CLI and plugins
@@ -222,6 +223,8 @@ class Machine:
             dom.update_runstate_area(v)         # and on schedule-out
         self._fire_timers(v)
         dom.current = None
+        for fn in self.turn_hooks:
+            fn()
 
     def _idle_jump(self) -> RunResult | None:
         """Every vcpu is blocked: idle time passes at once. The blocked vcpus' clocks jump to

@@ -85,6 +85,8 @@ class Session:
 
     def close(self) -> None:
         for w in self.writers:
+            if w.flush_pending in self.machine.turn_hooks:
+                self.machine.turn_hooks.remove(w.flush_pending)
             w.close()
         self.writers.clear()
 
@@ -117,6 +119,8 @@ class Session:
         """Write every (filtered) event from now on to a JSONL or Perfetto file."""
         w = open_writer(path, fmt)
         self.writers.append(w)
+        # flushed after every vcpu turn: a killed run loses at most one turn's events
+        self.machine.turn_hooks.append(w.flush_pending)
         return w
 
     @property

@@ -51,6 +51,11 @@ class TraceWriter:
         except OSError as e:
             raise XenwbError(f"{self.path}: trace write failed: {e.strerror or e}") from None
 
+    def flush_pending(self) -> None:
+        """Flush if anything was written since the last flush (cheap when nothing was)."""
+        if self._pending:
+            self.flush()
+
     def flush(self) -> None:
         try:
             self.fh.flush()
