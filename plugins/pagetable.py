@@ -17,7 +17,7 @@ from plugins.api import Plugin
 from xenwb.abi import constants as C
 from xenwb.commands import CommandError, Result, parse_int, table
 from xenwb.hypervisor.mm import PageType
-from xenwb.hypervisor.paging import decode_flags, walk
+from xenwb.hypervisor.paging import walk
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -228,5 +228,3 @@ def _va(m: Machine, text: str) -> int:
         return sym.address
     return parse_int(text, "VA") & 0xFFFFFFFF
 
-
-__all__ = ["decode_flags"]

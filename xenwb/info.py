@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from xenwb.abi.elfnotes import ElfNote
 from xenwb.examples import resolve_guest
 from xenwb.layout import compute_layout
 from xenwb.loader import GuestImage, load_guest
@@ -53,5 +52,3 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(describe(img, args.memory, size))
     return 0
 
-
-__all__ = ["ElfNote", "describe"]

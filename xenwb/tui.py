@@ -594,5 +594,3 @@ def main_shell(session: Session) -> int:
     Shell(session).run()
     return 0
 
-
-__all__ = ["Shell", "Controller", "table"]

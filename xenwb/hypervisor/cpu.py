@@ -21,7 +21,6 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import MachineMemory
 from xenwb.hypervisor.xenarea import (
     GDT_LIMIT,
@@ -32,7 +31,6 @@ from xenwb.hypervisor.xenarea import (
     XenArea,
 )
 
-GPRS = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")
 _REG = {
     "eax": X.UC_X86_REG_EAX, "ebx": X.UC_X86_REG_EBX, "ecx": X.UC_X86_REG_ECX, "edx": X.UC_X86_REG_EDX,
     "esi": X.UC_X86_REG_ESI, "edi": X.UC_X86_REG_EDI, "ebp": X.UC_X86_REG_EBP, "esp": X.UC_X86_REG_ESP,
@@ -41,7 +39,6 @@ _REG = {
     "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS,
     "cr0": X.UC_X86_REG_CR0, "cr2": X.UC_X86_REG_CR2, "cr3": X.UC_X86_REG_CR3, "cr4": X.UC_X86_REG_CR4,
 }
-REG_IDS = _REG
 HYPERCALL_REGS = [X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
                   X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_CS, X.UC_X86_REG_EIP,
                   X.UC_X86_REG_ESP]
@@ -228,10 +225,3 @@ class Cpu:
         """Run until a hook or the clock stops the engine."""
         self.uc.emu_start(self.eip, EXIT_ADDRESS)
 
-
-def cpl_of(cs: int) -> int:
-    return cs & 3
-
-
-KERNEL_RPL = 1
-TRAP_NAMES = C.TRAP_NAMES

@@ -47,7 +47,6 @@ class Sharing(enum.IntEnum):
 
     owned = 0
     shared_rw = 1       # shared_info, grant frames: Xen-heap pages the guest maps writable
-    shared_ro = 2       # the M2P: mappable read-only
 
 
 @dataclass(slots=True)
@@ -90,7 +89,6 @@ class MM:
         self.owned: set[int] = set()
         self.nx_ok = self.mode.pte_size == 8
         self.last_error = ""
-        self.on_l1_change = None   # hook for TLB flush bookkeeping
 
     # -- ownership ---------------------------------------------------------------
     def page(self, mfn: int) -> PageInfo:
@@ -280,8 +278,6 @@ class MM:
                 self.put_page(mfn)
                 raise self._fail(EBUSY, f"mfn {mfn:#x} cannot be mapped writable "
                                         f"(it is a {self.page(mfn).type.name} page)") from None
-        elif self.page(mfn).sharing == Sharing.owned:
-            pass
         self.page(mfn).referrers.add(table)
 
     def put_page_from_l1e(self, pte: int, table: int) -> None:

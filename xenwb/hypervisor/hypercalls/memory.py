@@ -9,7 +9,6 @@ from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, MemOp
 from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
-from xenwb.hypervisor.mm import PageType
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -168,5 +167,3 @@ def decode_memory_op(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
         out["arg"] += " (unreadable)"
     return out
 
-
-__all__ = ["PageType"]
