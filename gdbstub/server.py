@@ -1,10 +1,11 @@
 """The TCP server: one gdb at a time, any number one after the other.
 
-``serve_machine`` is what ``xenwb run GUEST --gdb [HOST:]PORT [--wait]`` calls: it builds the
-Debugger, finishes the start-of-day ring transition (so a halted guest sits on its entry
-point), listens (127.0.0.1 unless an address is given explicitly), and serves gdb
-connections until the guest has shut down or crashed (and a connected gdb was told), gdb
-kills it, or the workbench is interrupted. Between connections the guest keeps running.
+``serve`` is what ``xenwb run GUEST --gdb [HOST:]PORT [--wait]`` calls: it listens
+(127.0.0.1 unless an address is given explicitly) and serves gdb connections on the
+session's Controller until the guest has shut down (and a connected gdb was told), gdb
+kills it, or the workbench is interrupted. Between connections the guest keeps running. A
+crash (or a limit) is kept for inspection, as QEMU's -no-shutdown does: the stub goes on
+serving until a gdb that saw it detaches or kills, or the workbench is interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, TextIO
 
 from gdbstub.session import GdbSession
-from xenwb.debug import Debugger, StopKind
+from xenwb.control import Controller, StopKind
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine, RunResult
@@ -60,12 +61,13 @@ def is_loopback(host: str) -> bool:
 
 
 class GdbServer:
-    def __init__(self, debugger: Debugger, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+    def __init__(self, debugger: Controller, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  resume_when_idle: bool = True) -> None:
         self.dbg = debugger
         # Standalone, a stop with no gdb attached is nobody's business and the guest runs on;
         # under the TUI the user at the terminal owns such stops.
         self.resume_when_idle = resume_when_idle
+        debugger.idle_on_hang = True        # a guest that hangs idles until gdb interrupts it
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, stype, proto, _, addr = infos[0]
         self.sock = socket.socket(family, stype, proto)
@@ -79,6 +81,7 @@ class GdbServer:
         self._stopping = False
         self.sessions = 0
         self.session: GdbSession | None = None
+        self.postmortem_seen = False
         self.dbg.add_listener(self._on_stop)
 
     @property
@@ -109,6 +112,8 @@ class GdbServer:
                 return "shutdown"
             if self.dbg.finished:
                 return "killed" if self.dbg.killed else "finished"
+            if self.postmortem_seen and not self.dbg.running:
+                return "postmortem"          # a gdb saw the crash and left: nothing more to serve
             ready, _, _ = select.select([self.sock, self._stop_r, self._wake_r], [], [])
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
@@ -127,6 +132,8 @@ class GdbServer:
             try:
                 outcome = self.session.run()
             finally:
+                if self.session is not None and self.session.saw_postmortem:
+                    self.postmortem_seen = True
                 self.session = None
             if outcome == "killed":
                 return "killed"
@@ -135,8 +142,9 @@ class GdbServer:
 
     def _idle_stop(self) -> None:
         """A stop with no gdb attached (e.g. the session's last request raced its
-        disconnect): the guest keeps running unless it is gone."""
-        if self.resume_when_idle and not self.dbg.running and not self.dbg.finished:
+        disconnect): the guest keeps running unless it is gone or crashed (then it waits,
+        inspectable, for a gdb)."""
+        if self.resume_when_idle and not self.dbg.running and not self.dbg.finished and not self.dbg.postmortem:
             self.dbg.clear_all()
             self.dbg.resume("continue")
 
@@ -153,19 +161,23 @@ class GdbServer:
             pass
 
 
-def serve_machine(machine: Machine, address: str | None = None, *, wait: bool = False,
-                  log: TextIO | None = None) -> RunResult:
+def serve(ctl: Controller, address: str | None = None, *, wait: bool = False,
+          log: TextIO | None = None) -> RunResult:
     """Run a machine under the gdb stub until the guest is gone (see the module doc)."""
     from xenwb.machine import RunResult, StopReason
     log = log or sys.stderr
     host, port = parse_address(address)
-    dbg = Debugger(machine)
-    dbg.enter_guest()
-    server = GdbServer(dbg, host, port)
+    machine = ctl.machine
+    server = GdbServer(ctl, host, port)
     old: dict[int, object] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):       # before anyone learns the port
             old[sig] = signal.signal(sig, lambda *_: server.shutdown())
+
+    def announce_postmortem(ev) -> None:
+        if ev.kind in (StopKind.crashed, StopKind.limit) and server.session is None:
+            print(f"xenwb: {ev.detail}; kept for inspection: attach gdb to {shown} (Ctrl-C ends)",
+                  file=log, flush=True)
     try:
         h, p = server.address
         shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
@@ -174,18 +186,20 @@ def serve_machine(machine: Machine, address: str | None = None, *, wait: bool = 
         if not is_loopback(h):
             print(f"xenwb: warning: the gdb stub on {h} accepts connections from the network; "
                   "anyone who reaches it controls the guest", file=log, flush=True)
+        ctl.add_listener(announce_postmortem)
         if not wait:
-            dbg.resume("continue")
+            ctl.resume("continue")
         why = server.serve()
     finally:
+        ctl.remove_listener(announce_postmortem)
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        if dbg.running:
-            dbg.interrupt()
-            dbg.wait(5)
+        if ctl.running:
+            ctl.interrupt()
+            ctl.wait(5)
         server.close()
     dom = machine.domain
-    if why == "killed" or dbg.killed:
+    if why == "killed" or ctl.killed:
         return RunResult(StopReason.requested, "killed by gdb")
     if dom.crash_report is not None:
         return RunResult(StopReason.crash, str(dom.crash_report))
@@ -196,7 +210,7 @@ def serve_machine(machine: Machine, address: str | None = None, *, wait: bool = 
         except ValueError:
             name = f"reason {dom.shutdown_reason}"
         return RunResult(StopReason.shutdown, name)
-    last = dbg.last_stop
+    last = ctl.last_stop
     if last.kind is StopKind.limit:
         reason = StopReason.time_limit if "second" in last.detail else StopReason.instruction_limit
         return RunResult(reason, last.detail)
@@ -216,7 +230,7 @@ class GdbRun:
         return self.session.machine
 
     def run(self, until: object = "shutdown") -> RunResult:
-        return serve_machine(self.session.machine, self.address, wait=self.wait)
+        return serve(self.session.controller, self.address, wait=self.wait)
 
     def close(self) -> None:
         self.session.close()

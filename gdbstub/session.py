@@ -1,9 +1,11 @@
 """One gdb connection: acknowledgments, packet dispatch, stop replies.
 
-The session runs in the server's thread; the machine runs in the Debugger's background
-thread (or, for a single step, synchronously in this one). While gdb waits for a stop
-reply the session watches both the socket (for Ctrl-C) and a wake-up pipe the Debugger's
-stop listener writes to. Every packet gets an answer: errors are ``E NN`` replies and
+The session runs in the server's thread; the machine runs in the Controller's background
+thread, never in this one, so the session always hears gdb (a Ctrl-C reaches a running
+guest at once, whatever loop it spins in). While gdb waits for a stop reply the session
+watches both the socket (for Ctrl-C) and a wake-up pipe the Controller's stop listener
+writes to. Bytes are handled in the order they arrived: a 0x03 that follows a `c` in the
+same TCP segment interrupts the run that `c` started. Every packet gets an answer: errors are ``E NN`` replies and
 unknown or unsupported packets the empty reply; nothing a peer sends can raise out of here.
 """
 
@@ -23,11 +25,12 @@ from gdbstub import rsp
 from gdbstub.rsp import Event, fromhex, parse_hex, tohex
 from gdbstub.target import EBP, EIP, ESP, G_SIZE, REGISTERS, TARGET_XML, RegisterError, RegisterFile
 from gdbstub.threads import ALL, ANY, describe, parse_tid, threads_xml, tid_of, vcpu_of
-from xenwb.debug import DebugError, StopEvent, StopKind
+from xenwb.control import POSTMORTEM_KINDS, DebugError, StopEvent, StopKind
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.traps import set_guest_regs
 
 if TYPE_CHECKING:
-    from xenwb.debug import Debugger
+    from xenwb.control import Controller
 
 PACKET_SIZE = 0x20000            # what qSupported announces (bytes of payload we accept)
 MAX_MEMORY_READ = PACKET_SIZE // 2 - 16
@@ -54,7 +57,7 @@ def _log(msg: str) -> None:
 class GdbSession:
     """Serves one connected gdb until it detaches, kills, disconnects or the server stops."""
 
-    def __init__(self, sock: socket.socket, debugger: Debugger, *, stop_fd: int | None = None) -> None:
+    def __init__(self, sock: socket.socket, debugger: Controller, *, stop_fd: int | None = None) -> None:
         self.sock = sock
         self.dbg = debugger
         self.machine = debugger.machine
@@ -74,6 +77,7 @@ class GdbSession:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.stats: dict[bytes, list[float]] | None = {} if os.environ.get("XENWB_GDB_STATS") else None
+        self.saw_postmortem = False      # this gdb was shown a crash or limit stop
         self.dbg.add_listener(self._on_stop)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -150,6 +154,8 @@ class GdbSession:
 
     def _pump(self) -> None:
         if self.waiting:
+            if self.queue and self.queue[0].kind == "interrupt":
+                self._handle(self.queue.popleft())
             ev = self.dbg.take_stop()
             if ev is not None:
                 self.waiting = False
@@ -226,8 +232,11 @@ class GdbSession:
                 self._send_raw(self.last_sent)
             return
         if kind == "interrupt":
-            if self.waiting:
+            # in order: an interrupt queued behind a resume packet stops what it started
+            if self.waiting and not self.queue:
                 self.dbg.interrupt()
+            else:
+                self.queue.append(ev)
             return
         if kind == "bad_checksum":
             if self.ack:
@@ -241,6 +250,10 @@ class GdbSession:
     def _handle(self, ev: Event) -> None:
         if ev.kind == "oversized":
             self.send(b"")
+            return
+        if ev.kind == "interrupt":
+            if self.waiting or self.dbg.running:
+                self.dbg.interrupt()
             return
         pkt = ev.payload
         t0 = time.perf_counter() if self.stats is not None else 0.0
@@ -558,15 +571,15 @@ class GdbSession:
 
     # -- resuming --------------------------------------------------------------------------------------
     def _resume(self, mode: str, vid: int | None = None, *, start: int = 0, end: int = 0,
-                run: set[int] | None = None) -> None:
+                run: set[int] | None = None, signal: int = 0) -> None:
         self._regs.clear()
-        self.dbg.resume(mode, vid, start=start, end=end, run=run)
+        self.dbg.resume(mode, vid, start=start, end=end, run=run, signal=signal)
         self.waiting = True              # the stop (a fast step's already) is reported by _pump
 
     def _set_pc(self, text: bytes) -> None:
         if text:
             vid = self._vcpu_id(self.c_thread)
-            self.machine.vcpus[vid].cpu.eip = parse_hex(text)
+            set_guest_regs(self.machine.vcpus[vid], eip=parse_hex(text))
 
     def h_c(self, pkt: bytes) -> None:
         self._set_pc(pkt[1:])
@@ -577,16 +590,16 @@ class GdbSession:
         self._resume("step", self._vcpu_id(self.c_thread))
 
     def h_C(self, pkt: bytes) -> None:
-        _sig, _, addr = pkt[1:].partition(b";")
-        parse_hex(_sig)
+        sig, _, addr = pkt[1:].partition(b";")
+        signal = parse_hex(sig)
         self._set_pc(addr)
-        self._resume("continue")
+        self._resume("continue", signal=signal)
 
     def h_S(self, pkt: bytes) -> None:
-        _sig, _, addr = pkt[1:].partition(b";")
-        parse_hex(_sig)
+        sig, _, addr = pkt[1:].partition(b";")
+        signal = parse_hex(sig)
         self._set_pc(addr)
-        self._resume("step", self._vcpu_id(self.c_thread))
+        self._resume("step", self._vcpu_id(self.c_thread), signal=signal)
 
     def _vcont(self, spec: bytes) -> bytes | None:
         """Per-thread actions; the leftmost action that applies to a vcpu wins."""
@@ -620,13 +633,20 @@ class GdbSession:
         steppers = [v for v, (a, _) in per.items() if a in b"sS"]
         rangers = [v for v, (a, _) in per.items() if a == b"r"]
         runners = {v for v, (a, _) in per.items() if a in b"cC"}
-        if steppers:
-            self._resume("step", steppers[0])
-        elif rangers:
-            lo, hi = (int(x, 16) for x in per[rangers[0]][1].split(b","))
-            self._resume("range", rangers[0], start=lo, end=hi)
+        signals = [parse_hex(args) for a, args in per.values() if a in b"CS" and args]
+        signal = signals[0] if signals else 0
+        if steppers or rangers:
+            # the other vcpus run on as the schedule has it unless gdb keeps them stopped
+            # (scheduler-locking: no continue action for them)
+            vid = steppers[0] if steppers else rangers[0]
+            others = None if len(runners) + 1 >= nv else {vid} | runners
+            if steppers:
+                self._resume("step", vid, run=others, signal=signal)
+            else:
+                lo, hi = (int(x, 16) for x in per[vid][1].split(b","))
+                self._resume("range", vid, start=lo, end=hi, run=others, signal=signal)
         elif runners:
-            self._resume("continue", None, run=None if len(runners) == nv else runners)
+            self._resume("continue", None, run=None if len(runners) == nv else runners, signal=signal)
         else:
             return b"OK"                    # only 't' (stop) actions: everything is stopped already
         return None
@@ -635,8 +655,10 @@ class GdbSession:
     def _stop_reply(self, ev: StopEvent) -> bytes:
         if ev.kind is StopKind.exited:
             return b"W%02x" % (ev.code & 0xFF)
-        if ev.final:
-            return b"X%02x" % (ev.code & 0xFF)
+        if ev.final or (ev.kind in POSTMORTEM_KINDS and self.dbg.finished):
+            return b"X%02x" % (ev.signal if ev.kind in POSTMORTEM_KINDS else ev.code & 0xFF)
+        if ev.kind in POSTMORTEM_KINDS:
+            self.saw_postmortem = True   # a stop like a fatal signal: inspectable until detach or kill
         vid = ev.vcpu if ev.vcpu is not None and ev.vcpu < len(self.machine.vcpus) else 0
         regs = self._regs_of(vid)
         out = [b"T%02xthread:%x;%02x:%s;%02x:%s;%02x:%s;" % (
@@ -655,7 +677,7 @@ class GdbSession:
         self._regs.clear()
         if ev.vcpu is not None and ev.vcpu < len(self.machine.vcpus):
             self.g_thread = self.c_thread = tid_of(ev.vcpu)
-        if ev.kind in (StopKind.crashed, StopKind.error, StopKind.limit) and ev.detail:
+        if ev.kind in (StopKind.crashed, StopKind.error, StopKind.limit, StopKind.hang) and ev.detail:
             self.send(b"O" + tohex(f"xenwb: {ev.detail.rstrip()}\n".encode()))
         self.send(self._stop_reply(ev))
 

@@ -29,8 +29,12 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
+from xenwb.hypervisor.traps import guest_regs, set_guest_regs
+
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
+
+FRAMED = ("eip", "eflags", "cs", "ss", "esp")   # in the trampoline's frame during a ring transition
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,10 @@ class RegisterFile:
             out[i] = raw[self.SLOT * k: self.SLOT * k + r.size]
         out[ORIG_EAX] = struct.pack("<I", orig_eax & 0xFFFFFFFF)
         out[REGNUM["cr2"]] = struct.pack("<I", getattr(vcpu, "cr2", 0) & 0xFFFFFFFF)
+        guest, pending = guest_regs(vcpu)
+        if pending:          # inside a ring transition: show the state the guest resumes with
+            for name in FRAMED:
+                out[REGNUM[name]] = struct.pack("<I", guest[name] & 0xFFFFFFFF)
         return out
 
     def write(self, vcpu: Vcpu, regnum: int, data: bytes, current: bytes | None = None) -> None:
@@ -193,7 +201,10 @@ class RegisterFile:
                         raise RegisterError(f"{r.name}: selector {v:#x} out of range")
                     if r.name in ("cs", "ss"):
                         raise RegisterError(f"{r.name} cannot be changed by the debugger (privilege level)")
-                uc.reg_write(r.uc_id, v)
+                if r.name in FRAMED:
+                    set_guest_regs(vcpu, **{r.name: v})
+                else:
+                    uc.reg_write(r.uc_id, v)
             elif r.kind == "fp80":
                 uc.reg_write(r.uc_id, (int.from_bytes(data[:8], "little"), int.from_bytes(data[8:10], "little")))
             elif r.kind == "vec128":

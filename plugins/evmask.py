@@ -2,17 +2,15 @@
 each vcpu, the history of mask changes with call sites, and the longest masked windows.
 
 Guests flip evtchn_upcall_mask with plain stores (Linux's xen_irq_disable), which the
-hypervisor never sees; the plugin hooks writes to each vcpu's mask byte (a unicorn
-write hook limited to those bytes, in machine addresses) and merges them with the
-hypervisor's own changes (upcall delivery, iret, block) from the trace.
+hypervisor never sees: the core observes them while the trace has listeners
+(hypervisor/upcall_mask.py) and publishes them, like the hypervisor's own changes (upcall
+delivery, iret, block), as "mask" events, which this plugin keeps.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from typing import TYPE_CHECKING, Any
-
-from unicorn import UC_HOOK_MEM_WRITE
 
 from plugins.api import Plugin
 from xenwb.commands import CommandError, Result, parse_int, table
@@ -34,44 +32,13 @@ class EventMaskPlugin(Plugin):
         self.history: deque[dict[str, Any]] = deque(maxlen=100_000)
         self.windows: list[dict[str, Any]] = []
         self.masked_since: dict[int, tuple[int, int | None]] = {}
-        self._hooks: dict[int, tuple[int, int]] = {}      # vcpu -> (hook handle, maddr)
 
-    # hooks ------------------------------------------------------------------------------
     def on_enable(self) -> None:
         for v in self.machine.vcpus:
             if v.upcall_mask:
                 self.masked_since[v.id] = (self.machine.domain.time.now(v), None)
-            self._hook(v)
-
-    def on_disable(self) -> None:
-        for vid, (h, _) in list(self._hooks.items()):
-            self.machine.vcpus[vid].cpu.uc.hook_del(h)
-        self._hooks.clear()
-
-    def _hook(self, v: Vcpu) -> None:
-        old = self._hooks.pop(v.id, None)
-        if old is not None:
-            v.cpu.uc.hook_del(old[0])
-        maddr = v.vcpu_info_maddr + 1
-        h = v.cpu.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write, v, maddr - 7, maddr)
-        self._hooks[v.id] = (h, maddr)
-
-    def _on_write(self, uc, access, address, size, value, v: Vcpu) -> None:
-        maddr = self._hooks[v.id][1]
-        if not address <= maddr < address + size:
-            return
-        new = (value >> (8 * (maddr - address))) & 0xFF
-        old = self.machine.domain.mem.read(maddr, 1)[0]
-        if (new & 1) != (old & 1):
-            eip = v.cpu.eip
-            # published on the trace bus, so writers and other plugins see guest-side changes too
-            self.machine.domain.trace.emit(v, "mask", "upcall_mask", old=old & 1, new=new & 1, eip=eip,
-                                           symbol=self.machine.domain.symbolize(eip), by="guest")
 
     def on_event(self, ev: dict[str, Any]) -> None:
-        if ev["kind"] == "vcpu" and ev["name"] == "register_vcpu_info":
-            self._hook(self.machine.vcpus[ev["target"]])
-            return
         if ev["kind"] == "mask":
             v = self.machine.vcpus[ev["vcpu"]]
             self._record(v, ev["old"], ev["new"], ev.get("eip"), ev.get("by", "xen"), ev["time_ns"])

@@ -209,12 +209,12 @@ def test_catch_hypercall_as_syscall(launch):
     stop = g.cont()
     assert stop["reason"] == "syscall-entry" and stop["syscall-number"] == "18", stop
     assert g.value("$eax") == "18"
-    why = g.console("monitor debug stop")
+    why = g.console("monitor why")
     assert "on entry to hypercall 18 (console_io)" in why and "\"cmd\": \"write\"" in why, why
     stop = g.cont()
     assert stop["reason"] == "syscall-return" and stop["syscall-number"] == "18", stop
     assert g.value("$eax") == "0"                                   # CONSOLEIO_write's result
-    assert "on return from hypercall 18 (console_io)" in g.console("monitor debug stop")
+    assert "on return from hypercall 18 (console_io)" in g.console("monitor why")
     g.run("delete")
     expect_normal_end(g, p)
 
@@ -222,7 +222,7 @@ def test_catch_hypercall_as_syscall(launch):
 def test_monitor_commands(launch):
     p, g = launch()
     text = g.console("monitor help")
-    for cmd in ("help", "info vcpus", "xen version", "debug stop"):
+    for cmd in ("help", "info vcpus", "xen version", "why"):
         assert cmd in text, text
     assert "xen-3.0" in g.console("monitor xen version")
     assert "running" in g.console("monitor info vcpus")

@@ -243,7 +243,7 @@ def test_breakpoints_steps_watch_catch_raw(xenwb):
         assert c.request(b"z4,%x,4" % var) == b"OK"
         # hypercall catchpoints: console_io (18) entry then return
         assert c.request(b"QCatchSyscalls:1;12") == b"OK"
-        assert "catch hypercall  18 (console_io)" in c.monitor("debug points")
+        assert "catch hypercall console_io" in c.monitor("info breakpoints")
         stop = c.request(b"c")
         assert b"syscall_entry:12;" in stop, stop
         regs = bytes.fromhex(c.request(b"g").decode())
@@ -309,7 +309,7 @@ def test_interrupt_and_reconnect(xenwb):
         _run_to_end(c, p)
 
 
-def test_crash_is_X_and_kill_ends_the_run(xenwb):
+def test_crash_is_a_postmortem_stop_then_X_and_kill_ends_the_run(xenwb):
     p = xenwb()
     with p.client() as c:
         c.no_ack()
@@ -317,9 +317,13 @@ def test_crash_is_X_and_kill_ends_the_run(xenwb):
         c.send_raw(rsp.frame(b"vCont;c"))
         out = c.read_packet()
         assert out.startswith(b"O") and b"domain crashed" in bytes.fromhex(out[1:].decode()), out
-        assert c.read_packet() == b"X0b"
-        assert c.request(b"?") == b"X0b"
-        assert c.request(b"g").startswith(b"E")                  # the guest is gone
+        stop = c.read_packet()
+        assert stop.startswith(b"T0b"), stop                     # SIGSEGV, like a fatal fault: inspectable
+        assert c.request(b"?").startswith(b"T0b")
+        regs = bytes.fromhex(c.request(b"g").decode())
+        assert regs[32:36] == bytes.fromhex("00100000")           # EIP where it crashed (0x1000)
+        assert "domain crashed" in c.monitor("why")
+        assert c.request(b"vCont;c") == b"X0b"                   # going on after it ends the domain
     rc, _, err = p.finish()
     assert rc == 1 and "crash" in err, err
     p = xenwb()

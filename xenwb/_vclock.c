@@ -1,13 +1,23 @@
 /*
- * Native unicorn block hook that drives xenwb's virtual clock.
+ * Native unicorn hooks that drive xenwb's virtual clock and its exact instruction stops.
  *
  * Guest time must come from execution, deterministically, and cheaply: unicorn's
  * instruction counting (emu_start count=) costs about half the emulation speed and
- * a Python block hook ten times more. This hook runs in C on every translation
+ * a Python block hook ten times more. The block hook runs in C on every translation
  * block: it adds the block's size in bytes to a counter (one "unit" per byte of
- * guest code executed) and stops the engine once a deadline is reached (a timer or
- * the end of a vcpu's scheduling quantum). Python reads and writes the struct
- * through ctypes.
+ * guest code) and stops the engine at a block boundary once a deadline is reached
+ * (a timer or the end of a vcpu's scheduling quantum).
+ *
+ * A block is counted when it is entered. When execution leaves it part way (a stop
+ * before one of its instructions, a fault), the bytes not executed are given back by
+ * vclock_settle (Python calls it with the pc at which the block was left), so the
+ * clock counts exactly the bytes of the instructions that completed, whatever the
+ * translation cache holds and wherever a debugger stopped: stops are invisible.
+ *
+ * The optional instruction hook counts instructions exactly and stops the engine
+ * before the instruction whose number reaches insn_deadline (single steps, stops
+ * right after a watched access, --max-instructions). Instructions in the hypervisor's
+ * own range [skip_lo, skip_hi) (ring-transition stubs) are neither counted nor stopped at.
  */
 #include <Python.h>
 #include <stdint.h>
@@ -15,40 +25,66 @@
 typedef int (*uc_stop_fn)(void *uc);
 
 struct vclock {
-    uint64_t units;      /* bytes of guest code executed so far */
-    uint64_t deadline;   /* stop the engine when units reaches this */
-    uc_stop_fn stop;     /* uc_emu_stop, passed in from Python */
-    uint64_t stops;      /* how many times the deadline stopped the engine */
-    uint64_t insns;      /* instructions executed, counted only while insn_hook is installed */
-    uint64_t insn_deadline;
+    uint64_t units;         /* bytes of guest code executed so far */
+    uint64_t deadline;      /* stop at the first block entered with units >= deadline */
+    uc_stop_fn stop;        /* uc_emu_stop, passed in from Python */
+    uint64_t stops;         /* how many times the deadline stopped the engine */
+    uint64_t insns;         /* instructions started, counted only while insn_hook is installed */
+    uint64_t insn_deadline; /* stop before the instruction that would make insns exceed this */
+    uint64_t last_addr;     /* the last block counted ... */
+    uint64_t last_size;     /* ... and its size (0: nothing to give back) */
+    uint64_t skip_lo;       /* hypervisor code: not counted as guest instructions */
+    uint64_t skip_hi;
+    uint64_t insn_stops;    /* how many times insn_deadline stopped the engine */
 };
 
 static void vclock_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
 {
     struct vclock *c = (struct vclock *)user_data;
-    (void)address;
-    c->units += size;
+    /* A stop requested here happens before the block's first instruction runs. */
     if (c->units >= c->deadline) {
         c->deadline = UINT64_MAX;
         c->stops++;
+        c->last_size = 0;
         c->stop(uc);
+        return;
     }
+    c->units += size;
+    c->last_addr = address;
+    c->last_size = size;
 }
 
-/* Optional exact instruction counter (a code hook: costs about half the speed). */
 static void vclock_insn_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
 {
     struct vclock *c = (struct vclock *)user_data;
-    (void)address;
     (void)size;
-    /* The hook runs before the instruction; stopping here means it does not run,
-     * so it is counted only when it will execute. */
+    if (address - c->skip_lo < c->skip_hi - c->skip_lo)
+        return;
+    /* The hook runs before the instruction: stopping here means it does not run. */
     if (c->insns >= c->insn_deadline) {
         c->insn_deadline = UINT64_MAX;
+        c->insn_stops++;
         c->stop(uc);
         return;
     }
     c->insns++;
+}
+
+/* A code hook that does nothing: unicorn brings the guest pc up to date before every
+ * instruction a code hook covers, which memory hooks otherwise do not reliably see. */
+static void pc_sync_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    (void)uc;
+    (void)address;
+    (void)size;
+    (void)user_data;
+}
+
+static PyObject *pc_sync_hook_address(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromVoidPtr((void *)pc_sync_hook);
 }
 
 static PyObject *insn_hook_address(PyObject *self, PyObject *noargs)
@@ -68,11 +104,12 @@ static PyObject *hook_address(PyObject *self, PyObject *noargs)
 static PyMethodDef methods[] = {
     {"hook_address", hook_address, METH_NOARGS, "Address of the C block hook."},
     {"insn_hook_address", insn_hook_address, METH_NOARGS, "Address of the C instruction hook."},
+    {"pc_sync_hook_address", pc_sync_hook_address, METH_NOARGS, "Address of the no-op pc-sync code hook."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_vclock", "Native virtual-clock block hook for unicorn.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_vclock", "Native virtual-clock hooks for unicorn.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__vclock(void)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from xenwb.hypervisor.vcpu import Vcpu, VcpuState
 from xenwb.hypervisor.vcpus import update_vcpu_time
 from xenwb.layout import BootLayout
 from xenwb.loader import GuestImage, load_guest
-from xenwb.vclock import NEVER
 
 QUANTUM_NS = 1_000_000          # at most 1 ms of virtual time per turn
 
@@ -48,6 +48,14 @@ class RunResult:
     detail: str = ""
 
 
+@dataclass
+class Turn:
+    """The vcpu running now and when its turn ends (a quantum, or the next timer)."""
+
+    vcpu: Vcpu
+    deadline: int
+
+
 class Machine:
     def __init__(self, guest: str | Path | GuestImage, *, memory_mib: int = 64, cmdline: str = "",
                  module: bytes | None = None, vcpus: int = 1) -> None:
@@ -59,7 +67,10 @@ class Machine:
         self._next = 0
         self._last_run: Vcpu | None = None   # the vcpu the (single) physical cpu ran last
         self.turn_hooks: list = []     # called after every vcpu turn (trace writers flush there)
+        self.resume_hooks: list = []   # called whenever the machine starts running again
         self.stop_requested = False
+        self.stop_check: Callable[[], bool] | None = None   # a front end's extra stop condition
+        self.turn: Turn | None = None
         from xenwb.commands import core_registry
         self.commands = core_registry()   # shared by gdb's monitor, the TUI, the CLI and plugins
         self.max_instructions: int | None = None
@@ -82,12 +93,12 @@ class Machine:
     def set_limits(self, max_instructions: int | None = None, timeout_ns: int | None = None) -> None:
         self.max_instructions = max_instructions
         self.timeout_ns = timeout_ns
-        if max_instructions is not None:
-            for v in self.vcpus:
-                v.clock.count_instructions()
+        for v in self.vcpus:
+            v.cpu.need_exact("limit", max_instructions is not None)
 
     def stop(self) -> None:
-        """Ask a running machine to stop at the next opportunity (any thread)."""
+        """Ask a running machine to stop at the next opportunity (any thread). The stop is
+        invisible to the guest: the turn it interrupts goes on at the next run()."""
         self.stop_requested = True
         for v in self.vcpus:
             v.cpu.uc.emu_stop()
@@ -128,15 +139,28 @@ class Machine:
 
     # -- running -----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Run until shutdown, crash, hang, a limit, or stop().
+        """Run until shutdown, crash, hang, a limit, or a requested stop.
 
         Each vcpu has its own virtual clock. The runnable vcpu whose clock is furthest behind
-        runs next (ties: round-robin by id), for one quantum (QUANTUM_NS of virtual time) or
-        until it blocks, yields, or a timer falls due; blocked vcpus' timers fire when the
-        running vcpu's clock reaches them. The interleaving depends only on the guest, so
-        the same run gives the same interleaving. When every vcpu is blocked, idle time
-        passes at once: the clocks jump to the next timer that can wake someone; if there
-        is none, the run ends as a hang."""
+        runs next (ties: round-robin by id) for one turn: one quantum (QUANTUM_NS of virtual
+        time) or until it blocks, yields, or a timer falls due; blocked vcpus' timers fire
+        when the running vcpu's clock reaches them. The interleaving depends only on the
+        guest, so the same run gives the same interleaving. When every vcpu is blocked, idle
+        time passes at once: the clocks jump to the next timer that can wake someone; if
+        there is none, the run ends as a hang.
+
+        A requested stop (stop(), a breakpoint, a step, `stop_check`) leaves the current
+        turn open: the next run() continues it where it stopped, with the same deadline and
+        without redoing the turn's schedule-in work, so stopping is invisible to the guest."""
+        for fn in self.resume_hooks:
+            fn()
+        try:
+            return self._run()
+        finally:
+            for fn in self.turn_hooks:          # trace writers flush at every stop too
+                fn()
+
+    def _run(self) -> RunResult:
         dom = self.domain
         self.stop_requested = False
         while True:
@@ -144,25 +168,35 @@ class Machine:
                 return RunResult(StopReason.crash, str(dom.crash_report))
             if dom.shutdown_reason is not None:
                 return RunResult(StopReason.shutdown, _reason_name(dom.shutdown_reason))
-            if self.stop_requested:
+            if self.stop_requested or (self.stop_check is not None and self.stop_check()):
                 return RunResult(StopReason.requested)
             if self.max_instructions is not None and self.instructions() >= self.max_instructions:
                 return RunResult(StopReason.instruction_limit, f"{self.instructions()} instructions")
             if self.timeout_ns is not None and self.now() >= self.timeout_ns:
                 return RunResult(StopReason.time_limit, f"{self.now() / 1e9:.3f} virtual seconds")
-            self._pump_console()            # console input enters between turns only (issue 7)
-            runnable = [v for v in self.vcpus if v.state is VcpuState.running]
-            if not runnable:
-                stop = self._idle_jump()
-                if stop is not None:
-                    if stop.reason is StopReason.hang and self._wait_console_input():
-                        continue
-                    return stop
-                continue
-            v = self._pick(runnable)
-            if self._fire_blocked(dom.time.now(v)):
-                continue
-            self._run_vcpu(v, several=len(runnable) > 1)
+            if self.turn is None:
+                self._pump_console()            # console input enters between turns only (issue 7)
+                runnable = [v for v in self.vcpus if v.state is VcpuState.running]
+                if not runnable:
+                    stop = self._idle_jump()
+                    if stop is not None:
+                        if stop.reason is StopReason.hang and self._wait_console_input():
+                            continue
+                        return stop
+                    continue
+                v = self._pick(runnable)
+                if self._fire_blocked(dom.time.now(v)):
+                    continue
+                if not self._begin_turn(v):
+                    continue
+                if self.stop_check is not None and self.stop_check():
+                    continue                    # e.g. a step that ends on the upcall just delivered
+            self._continue_turn()
+
+    @property
+    def current_vcpu(self) -> Vcpu | None:
+        """The vcpu whose turn is open (stopped mid-turn), if any."""
+        return self.turn.vcpu if self.turn is not None else None
 
     def _pick(self, runnable: list[Vcpu]) -> Vcpu:
         n = len(self.vcpus)
@@ -171,17 +205,17 @@ class Machine:
         self._next = (v.id + 1) % n
         return v
 
-    def _run_vcpu(self, v: Vcpu, several: bool = False) -> None:
-        """One turn of v: Xen's schedule-in work (timers, vcpu_time_info, runstate area,
-        a pending event upcall), then guest code until the turn's deadline or a stop."""
+    def _begin_turn(self, v: Vcpu) -> bool:
+        """Xen's schedule-in work for v (timers, vcpu_time_info, runstate area, segment
+        reload, a pending event upcall) and the turn's deadline. False when the turn ended
+        before any guest code (the vcpu stopped running, or the domain crashed)."""
         dom = self.domain
         dom.current = v
-        dom.stopping = False
         self._futile.clear()
         self._fire_timers(v)                    # vcpu_periodic_timer_work on context switch
         if v.state is not VcpuState.running:
             dom.current = None
-            return
+            return False
         now = dom.time.now(v)
         deadline = now + QUANTUM_NS
         for u in self.vcpus:                    # own timers, and blocked vcpus' timers
@@ -191,24 +225,43 @@ class Machine:
                     deadline = min(deadline, max(t, now + 1))
         if self.timeout_ns is not None:
             deadline = min(deadline, max(self.timeout_ns, now + 1))
-        v.clock.deadline = deadline
-        if self.max_instructions is not None:
-            v.clock.insn_deadline = self.max_instructions - self.instructions() + v.clock.insns
         update_vcpu_time(dom, v)
         if v.runstate_area:
             dom.update_runstate_area(v)
+        self.turn = Turn(v, deadline)
         try:
             if (self._last_run is not v or v.rescheduled) and v.cpu.cpl:
                 reload_segments(v)              # Xen's load_segments when it switches to v
             deliver_event_upcall(v)
         except DomainCrash as e:
             dom.crash(v, str(e))
-            dom.current = None
-            return
+            self._end_turn()
+            return False
         v.rescheduled = False
         self._last_run = v
+        return True
+
+    def _continue_turn(self) -> None:
+        """Run the open turn's vcpu until its engine stops; end the turn unless the stop was
+        only requested (then it stays open, to be continued by the next run())."""
+        turn = self.turn
+        assert turn is not None
+        v = turn.vcpu
+        dom = self.domain
+        dom.current = v
+        # a time limit stops the engine without ending the turn (the next run() goes on)
+        v.clock.deadline = min(turn.deadline, self.timeout_ns if self.timeout_ns is not None else turn.deadline)
+        if self.max_instructions is not None:
+            v.clock.insn_deadline = min(v.clock.insn_deadline,
+                                        self.max_instructions - self.instructions() + v.clock.insns)
         try:
-            v.cpu.run()
+            if v.on_resume is not None:
+                work, v.on_resume = v.on_resume, None
+                work()                          # work a debugger stop deferred (e.g. a held hypercall)
+            if v.state is VcpuState.running and not dom.finished and not v.rescheduled:
+                v.cpu.run()
+        except DomainCrash as e:
+            dom.crash(v, str(e))
         except UcError as e:
             # the emulated CPU itself gave up (e.g. a fetch from a machine address with no RAM)
             dom.crash(v, f"emulated CPU error: {e}")
@@ -219,8 +272,22 @@ class Machine:
                 traceback.print_exc()
             dom.crash(v, f"xenwb internal error in a hook: {type(e).__name__}: {e} "
                          "(please report; XENWB_DEBUG=1 shows the traceback)")
+        dom.current = None
+        if (dom.finished or v.state is not VcpuState.running or v.rescheduled
+                or v.clock.units >= turn.deadline):
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        """Schedule-out work: the runstate area, the vcpu's timers due now, the turn hooks."""
+        turn = self.turn
+        self.turn = None
+        if turn is None:
+            return
+        v = turn.vcpu
+        dom = self.domain
+        dom.current = v
         if v.runstate_area:
-            dom.update_runstate_area(v)         # and on schedule-out
+            dom.update_runstate_area(v)
         self._fire_timers(v)
         dom.current = None
         for fn in self.turn_hooks:
@@ -320,36 +387,6 @@ class Machine:
                 return True
         return True
 
-    # -- debugger control (added for the gdb stub, issue 4: xenwb/debug.py drives it) ----------
-    def step_vcpu(self, v: Vcpu) -> None:
-        """Run exactly one instruction of vcpu v, with the hypervisor work it triggers (a
-        hypercall, a bounced fault), as a one-instruction turn: the same schedule-in work as
-        _run_vcpu (timers, vcpu_time_info, runstate area, a pending event upcall) unless v is
-        inside a ring transition. The caller checks domain.finished afterwards."""
-        from xenwb.hypervisor.cpu import EXIT_ADDRESS
-        dom = self.domain
-        dom.current = v
-        dom.stopping = False
-        try:
-            self._fire_timers(v)
-            if v.state is not VcpuState.running:
-                return
-            v.clock.deadline = NEVER
-            if v.cpu.eip < dom.geo.hv_start:        # not inside the transition trampoline
-                update_vcpu_time(dom, v)
-                if v.runstate_area:
-                    dom.update_runstate_area(v)
-                try:
-                    deliver_event_upcall(v)
-                except DomainCrash as e:
-                    dom.crash(v, str(e))
-                    return
-            try:
-                v.cpu.uc.emu_start(v.cpu.eip, EXIT_ADDRESS, count=1)
-            except UcError as e:
-                dom.crash(v, f"emulated CPU error: {e}")
-        finally:
-            dom.current = None
 
 def _reason_name(reason: int) -> str:
     try:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unicorn import UC_HOOK_CODE
-
 from xenwb.commands import Result
+from xenwb.control import Controller, StopEvent, StopKind
+from xenwb.debug_commands import register_debugger_commands
 from xenwb.errors import XenwbError
 from xenwb.examples import resolve_guest
 from xenwb.machine import Machine, RunResult, StopReason
@@ -71,10 +71,14 @@ class Session:
         self._queue: deque[dict[str, Any]] = deque()
         self._listening = False
         self._event_budget: int | None = None
-        self._held: list[dict[str, Any]] = []
+        self._held: list[dict[str, Any]] = []      # events past an Events stop, delivered when the machine goes on
+        self.machine.resume_hooks.append(self._release_held)
+        self._subscribed = False
         self.writers: list[TraceWriter] = []
-        self.machine.domain.trace.subscribe(self._on_event)
         self.last: RunResult | None = None
+        # the one controller every front end drives (gdb stub, shell, CLI, this API)
+        self.controller = Controller(self.machine)
+        self.debugger = register_debugger_commands(self.machine.commands, self.controller)
 
     # context manager -------------------------------------------------------------------
     def __enter__(self) -> Session:
@@ -96,18 +100,26 @@ class Session:
         if self._console_cb is not None:
             self._console_cb(data)
 
+    def _listen(self) -> None:
+        """Subscribe to the trace once something here wants events (a trace file, events(),
+        an Events stop): the machine observes more while anybody listens."""
+        if not self._subscribed:
+            self._subscribed = True
+            self.machine.domain.trace.subscribe(self._on_event)
+
     def _on_event(self, ev: dict[str, Any]) -> None:
         if self.filter is not None and ev["kind"] == "hypercall" and not self.filter.match(ev):
             return
-        if self._event_budget is not None and self._event_budget <= 0:
-            # the machine stops at its next opportunity; events until then belong to the next run
-            self._held.append(ev)
-            return
-        self._deliver(ev)
         if self._event_budget is not None:
-            self._event_budget -= 1
             if self._event_budget <= 0:
+                # the machine stops at its next opportunity (invisibly to the guest); what
+                # happens until then is delivered as soon as it goes on, before anything new
+                self._held.append(ev)
+                return
+            self._event_budget -= 1
+            if self._event_budget == 0:
                 self.machine.stop()
+        self._deliver(ev)
 
     def _deliver(self, ev: dict[str, Any]) -> None:
         for w in self.writers:
@@ -115,10 +127,16 @@ class Session:
         if self._listening:
             self._queue.append(ev)
 
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        for ev in held:
+            self._deliver(ev)
+
     def record(self, path: str, fmt: str | None = None) -> TraceWriter:
         """Write every (filtered) event from now on to a JSONL or Perfetto file."""
         w = open_writer(path, fmt)
         self.writers.append(w)
+        self._listen()
         # flushed after every vcpu turn: a killed run loses at most one turn's events
         self.machine.turn_hooks.append(w.flush_pending)
         return w
@@ -133,39 +151,51 @@ class Session:
 
     # running -----------------------------------------------------------------------------
     def run(self, until: Until = "shutdown") -> RunResult:
-        """Run until shutdown/crash/hang, or the given stop condition."""
-        hooks: list[tuple[Any, int]] = []
+        """Run until shutdown/crash/hang, or the given stop condition. A stop condition
+        stops the machine invisibly: run() again goes on as if it had not stopped."""
+        ctl = self.controller
         self._event_budget = None
-        held, self._held = self._held, []
-        for ev in held:
-            self._on_event(ev)
         old_timeout = self.machine.timeout_ns
+        temporary: int | None = None
         try:
             if isinstance(until, Events):
-                self._event_budget = until.count - len(held)
-                if self._event_budget <= 0:
-                    return self.last if self.last is not None else RunResult(StopReason.requested)
+                self._listen()
+                self._event_budget = max(1, until.count)
             elif isinstance(until, Time):
                 self.machine.timeout_ns = until.ns
             elif isinstance(until, (Symbol, int)) or (isinstance(until, str) and until != "shutdown"):
                 target = until.name if isinstance(until, Symbol) else until
                 addr = self._address(target)
-                for v in self.machine.vcpus:
-                    h = v.cpu.uc.hook_add(UC_HOOK_CODE, self._at_symbol, None, addr, addr)
-                    hooks.append((v.cpu.uc, h))
-            self.last = self.machine.run()
+                if addr not in ctl.breakpoints():
+                    ctl.insert_breakpoint(addr)
+                    temporary = addr
+            self.last = self._result(ctl.run("continue"))
+            if self.domain.finished:
+                self._release_held()            # nothing runs any more: the rest of the story
         finally:
-            for uc, h in hooks:
-                uc.hook_del(h)
+            if temporary is not None:
+                ctl.remove_breakpoint(temporary)
             self._event_budget = None
             self.machine.timeout_ns = old_timeout
             for w in self.writers:
                 w.flush()
         return self.last
 
-    def _at_symbol(self, uc, address, size, _ud) -> None:
-        uc.emu_stop()
-        self.machine.stop_requested = True
+    def _result(self, ev: StopEvent) -> RunResult:
+        """The controller's stop as a run result."""
+        k = ev.kind
+        if k is StopKind.exited:
+            return RunResult(StopReason.shutdown, ev.detail.removeprefix("shutdown (").removesuffix(")"))
+        if k is StopKind.crashed:
+            return RunResult(StopReason.crash, ev.detail)
+        if k is StopKind.hang:
+            return RunResult(StopReason.hang, ev.detail)
+        if k is StopKind.limit:
+            reason = StopReason.time_limit if "second" in ev.detail else StopReason.instruction_limit
+            return RunResult(reason, ev.detail)
+        if k is StopKind.error:
+            raise XenwbError(f"workbench error while running: {ev.detail}")
+        return RunResult(StopReason.requested, ev.describe(self.machine))
 
     def _address(self, target: str | int) -> int:
         if isinstance(target, int):
@@ -180,6 +210,7 @@ class Session:
 
     def events(self, kinds: set[str] | None = None, chunk: int = 256) -> Iterator[dict[str, Any]]:
         """Run the guest and yield its events as they happen, until it stops for good."""
+        self._listen()
         self._listening = True
         try:
             while True:

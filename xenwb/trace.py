@@ -25,15 +25,22 @@ class TraceBus:
         self.active = False          # cheap test for the hot paths: does anyone listen?
         self.seq = 0
         self.decoder: Callable[..., Any] | None = None   # set by the hypervisor: argument decoding
+        self.on_active: Callable[[bool], None] | None = None   # told when listening starts or stops
 
     def subscribe(self, fn: Subscriber) -> None:
         self.subscribers.append(fn)
-        self.active = True
+        self._set_active(True)
 
     def unsubscribe(self, fn: Subscriber) -> None:
         if fn in self.subscribers:
             self.subscribers.remove(fn)
-        self.active = bool(self.subscribers)
+        self._set_active(bool(self.subscribers))
+
+    def _set_active(self, on: bool) -> None:
+        changed = on != self.active
+        self.active = on
+        if changed and self.on_active is not None:
+            self.on_active(on)
 
     def _emit(self, vcpu: Vcpu | None, kind: str, name: str, time_ns: int | None = None, **fields: Any) -> None:
         if time_ns is None:

@@ -27,7 +27,8 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.widgets import Frame, TextArea
 
 from plugins.hypercalls import brief_args
-from xenwb.commands import CommandError, Result, parse_int, table
+from xenwb.commands import CommandError, Result
+from xenwb.disasm import disassemble
 
 if TYPE_CHECKING:
     from xenwb.session import Session
@@ -40,29 +41,30 @@ STYLE = Style.from_dict({
 TAIL = 400
 
 
-class Controller:
-    """Drives the machine through the debug layer shared with the gdb stub, so stops made
-    from gdb or from the shell are one and the same. The machine runs in the debugger's
-    background thread; the UI thread only asks and reads."""
+class ShellControl:
+    """Drives the machine through the session's Controller, shared with the gdb stub, so
+    stops made from gdb or from the shell are one and the same. The machine runs in the
+    controller's background thread; the UI thread only asks and reads."""
 
     def __init__(self, session: Session, gdb_address: str | None = None) -> None:
         from gdbstub.server import GdbServer, parse_address
-        from xenwb.debug import Debugger
         self.session = session
         self.machine = session.machine
         self.tail: deque[dict[str, Any]] = deque(maxlen=TAIL)
-        self.selected = 0
         self.last_stop: Any = None
         self.error: str | None = None
         self.on_change: Any = None
         self.machine.domain.trace.subscribe(self._on_event)
-        self.dbg = Debugger(self.machine)
-        self.dbg.enter_guest()
+        self.dbg = session.controller
         self.dbg.add_listener(self._on_stop)
         host, port = parse_address(gdb_address) if gdb_address else ("127.0.0.1", 0)
         self.server = GdbServer(self.dbg, host, port, resume_when_idle=False)
         self.server_thread = threading.Thread(target=self.server.serve, name="xenwb-gdb", daemon=True)
         self.server_thread.start()
+
+    @property
+    def selected(self) -> int:
+        return self.session.debugger.selected
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         if ev["kind"] in ("hypercall", "fault", "crash", "shutdown", "upcall"):
@@ -72,8 +74,6 @@ class Controller:
         self.last_stop = ev
         for w in self.session.writers:
             w.flush()
-        if ev.vcpu is not None and 0 <= ev.vcpu < len(self.machine.vcpus):
-            self.selected = ev.vcpu
         if self.on_change is not None:
             self.on_change()
 
@@ -95,37 +95,6 @@ class Controller:
         self.dbg.interrupt()
         return "stopped"
 
-    def stepi(self, n: int = 1) -> str:
-        for _ in range(n):
-            if self.dbg.running or self.dbg.finished:
-                break
-            self.dbg.resume("step", self.selected)
-            self.dbg.wait(30)
-        return self.where()
-
-    def step(self, n: int = 1) -> str:
-        """Source-line step: run the vcpu while its EIP stays in the current line's code."""
-        img = self.machine.image
-        for _ in range(n):
-            if self.dbg.running or self.dbg.finished:
-                break
-            eip = self.machine.vcpus[self.selected].cpu.eip
-            line = img.line_at(eip)
-            if line is None:
-                self.dbg.resume("step", self.selected)
-            else:
-                self.dbg.resume("range", self.selected, start=line[2], end=line[3])
-            self.dbg.wait(30)
-        return self.where()
-
-    def where(self) -> str:
-        v = self.machine.vcpus[self.selected]
-        eip = v.cpu.eip
-        sym = self.machine.domain.symbolize(eip)
-        line = self.machine.image.line_at(eip)
-        src = f" at {line[0]}:{line[1]}" if line else ""
-        return f"vcpu{v.id} eip {eip:#010x}" + (f" <{sym}>" if sym else "") + src
-
     def wait(self, timeout: float | None = None) -> None:
         self.dbg.wait(timeout)
 
@@ -142,12 +111,12 @@ class Controller:
         ev = self.last_stop
         if self.dbg.running:
             state = "running"
-        elif dom.crash_report is not None:
-            state = "crashed"
         elif dom.shutdown_reason is not None:
-            state = f"shut down ({dom.shutdown_reason})"
-        elif ev is not None:
-            state = f"stopped ({ev.kind.value}{f' {ev.detail}' if ev.detail else ''})"
+            state = f"shut down ({ev.detail if ev is not None else dom.shutdown_reason})"
+        elif dom.crash_report is not None:
+            state = f"crashed, inspectable: {dom.crash_report}"
+        elif ev is not None and ev.kind.value != "initial":
+            state = f"stopped: {ev.describe(m)}"
         else:
             state = "stopped (not started)"
         gdb = f" | gdb stub {self.server.address[0]}:{self.server.port}"
@@ -225,7 +194,7 @@ class CommandCompleter(Completer):
 class Shell:
     def __init__(self, session: Session, *, input=None, output=None, gdb_address: str | None = None) -> None:
         self.session = session
-        self.ctl = Controller(session, gdb_address)
+        self.ctl = ShellControl(session, gdb_address)
         self.machine = session.machine
         self.gdb: GdbPane | None = None
         self.output_lines: list[str] = ["xenwb shell: type 'help' for commands, F2 for guest console input, "
@@ -306,7 +275,7 @@ class Shell:
         if self.ctl.running:
             return [("class:dim", "(running: registers shown when stopped)")]
         v = self.machine.vcpus[self.ctl.selected]
-        r = v.cpu.regs()
+        r = self.ctl.dbg.guest_regs(v.id)
         lines = [f"vcpu{v.id} {v.state.value}  cpl {r['cs'] & 3}"]
         for a, b in (("eax", "ebx"), ("ecx", "edx"), ("esi", "edi"), ("ebp", "esp")):
             lines.append(f"{a} {r[a]:08x}   {b} {r[b]:08x}")
@@ -324,9 +293,9 @@ class Shell:
         if self.ctl.running:
             return [("class:dim", "(running)")]
         v = self.machine.vcpus[self.ctl.selected]
-        pc = v.cpu.eip
+        pc = self.ctl.dbg.guest_regs(v.id)["eip"]
         out: list[tuple[str, str]] = []
-        for addr, text in disassemble(self.machine, v, pc, 14):
+        for addr, text in disassemble(self.machine, v, pc, 10, before=4):
             out.append(("class:pc" if addr == pc else "", f"{text}\n"))
         return out
 
@@ -389,85 +358,15 @@ class Shell:
         self.session.close()
 
     def _register_shell_commands(self) -> None:
+        """The shell's own commands; the debugger's (break, stepi, x, ...) are in the registry."""
         reg = self.machine.commands
         reg.register("run", lambda m, a: Result(None, self.ctl.cont()), "start or continue the guest")
         reg.register("continue", lambda m, a: Result(None, self.ctl.cont()), "continue the guest")
         reg.register("stop", lambda m, a: Result(None, self.ctl.stop()), "stop the guest")
-        reg.register("stepi", self._cmd_stepi, "execute N instructions on the selected vcpu", "[N]")
-        reg.register("step", self._cmd_step, "run the selected vcpu to the next source line, N times", "[N]")
-        reg.register("break", self._cmd_break, "breakpoint at a symbol or address", "SYMBOL|ADDR")
-        reg.register("watch", self._cmd_watch, "watchpoint on guest memory (default: write)",
-                     "ADDR|SYMBOL [LEN] [--read|--access]")
-        reg.register("delete", self._cmd_delete, "remove a breakpoint/watchpoint, or all", "[SYMBOL|ADDR|all]")
-        reg.register("info breakpoints", self._cmd_points, "breakpoints and watchpoints in place")
         reg.register("gdb", self._cmd_gdb, "run a command in the real gdb attached to this guest", "COMMAND...")
-        reg.register("regs", self._cmd_regs, "registers of the selected vcpu")
-        reg.register("vcpu", self._cmd_vcpu, "select a vcpu", "N")
-        reg.register("x", self._cmd_x, "examine guest memory (virtual addresses)", "ADDR|SYMBOL [COUNT]")
-        reg.register("disas", self._cmd_disas, "disassemble", "[ADDR|SYMBOL] [COUNT]")
         reg.register("trace save", self._cmd_trace_save, "write the trace from now on to FILE", "FILE")
         reg.register("console", self._cmd_console, "send text to the guest console", "TEXT")
         reg.register("quit", lambda m, a: Result(None, self.quit() or "bye"), "leave the shell")
-
-    def _cmd_stepi(self, m, args) -> Result:
-        self._require_stopped()
-        n = parse_int(args[0], "N") if args else 1
-        where = self.ctl.stepi(n)
-        return Result({"where": where}, where)
-
-    def _cmd_step(self, m, args) -> Result:
-        self._require_stopped()
-        n = parse_int(args[0], "N") if args else 1
-        where = self.ctl.step(n)
-        return Result({"where": where}, where)
-
-    def _points_arg(self, m, args) -> tuple[int, list[str]]:
-        if not args:
-            raise CommandError("an address or symbol is needed")
-        return self._addr(m, args[0]), args[1:]
-
-    def _cmd_break(self, m, args) -> Result:
-        addr, _ = self._points_arg(m, args)
-        self.ctl.dbg.insert_breakpoint(addr)
-        sym = m.domain.symbolize(addr)
-        return Result({"breakpoint": addr}, f"breakpoint at {addr:#010x}" + (f" <{sym}>" if sym else ""))
-
-    def _cmd_watch(self, m, args) -> Result:
-        addr, rest = self._points_arg(m, args)
-        kind = "read" if "--read" in rest else "access" if "--access" in rest else "write"
-        nums = [a for a in rest if not a.startswith("--")]
-        length = parse_int(nums[0], "LEN") if nums else 4
-        sym = m.image.lookup(args[0])
-        if sym is not None and sym.size and not nums:
-            length = sym.size
-        self.ctl.dbg.insert_watchpoint(addr, length, kind)
-        return Result({"watchpoint": addr, "length": length, "kind": kind},
-                      f"{kind} watchpoint on {addr:#010x}+{length}")
-
-    def _cmd_delete(self, m, args) -> Result:
-        dbg = self.ctl.dbg
-        if not args or args[0] == "all":
-            for a, kinds in list(dbg.breakpoints().items()):
-                for k in kinds:
-                    dbg.remove_breakpoint(a, hardware=(k == "hw"))
-            for w in list(dbg.watchpoints()):
-                dbg.remove_watchpoint(w.va, w.length, w.kind)
-            return Result({"deleted": "all"}, "all breakpoints and watchpoints deleted")
-        addr = self._addr(m, args[0])
-        gone = dbg.remove_breakpoint(addr) or dbg.remove_breakpoint(addr, hardware=True)
-        for w in list(dbg.watchpoints()):
-            if w.va == addr:
-                gone = dbg.remove_watchpoint(w.va, w.length, w.kind) or gone
-        if not gone:
-            raise CommandError(f"nothing set at {addr:#x}")
-        return Result({"deleted": addr}, f"deleted at {addr:#010x}")
-
-    def _cmd_points(self, m, args) -> Result:
-        rows = [{"type": "breakpoint", "address": f"{a:#010x}", "symbol": m.domain.symbolize(a)}
-                for a in sorted(self.ctl.dbg.breakpoints())]
-        rows += [{"type": f"{w.kind} watchpoint", "address": f"{w.va:#010x}+{w.length}",
-                  "symbol": m.domain.symbolize(w.va)} for w in self.ctl.dbg.watchpoints()]
-        return Result(rows, table(rows) if rows else "no breakpoints or watchpoints")
 
     def _cmd_gdb(self, m, args) -> Result:
         if not args:
@@ -480,49 +379,6 @@ class Shell:
             self.gdb = GdbPane(str(m.image.path), self.ctl.server.port)
         self.gdb.execute(" ".join(args))
         return Result({"gdb": list(self.gdb.lines)[-40:]}, "(see the gdb pane)")
-
-    def _cmd_regs(self, m, args) -> Result:
-        self._require_stopped()
-        r = m.vcpus[self.ctl.selected].cpu.regs()
-        return Result(r, "\n".join(f"{k:<7}{v:#010x}" for k, v in r.items()))
-
-    def _cmd_vcpu(self, m, args) -> Result:
-        if len(args) != 1:
-            raise CommandError("usage: vcpu N")
-        n = parse_int(args[0], "vcpu")
-        if not 0 <= n < len(m.vcpus):
-            raise CommandError(f"no vcpu {n}")
-        self.ctl.selected = n
-        return Result({"vcpu": n}, f"vcpu{n} selected")
-
-    def _addr(self, m, text: str) -> int:
-        sym = m.image.lookup(text)
-        return sym.address if sym is not None else parse_int(text, "address")
-
-    def _cmd_x(self, m, args) -> Result:
-        self._require_stopped()
-        if not args:
-            raise CommandError("usage: x ADDR [COUNT]")
-        addr = self._addr(m, args[0])
-        count = parse_int(args[1], "count") if len(args) > 1 else 16
-        v = m.vcpus[self.ctl.selected]
-        data = v.debug_read(addr, count * 4)
-        rows = []
-        for off in range(0, len(data), 16):
-            chunk = data[off: off + 16]
-            words = " ".join(f"{int.from_bytes(chunk[i:i + 4], 'little'):08x}" for i in range(0, len(chunk), 4))
-            rows.append(f"{addr + off:08x}: {words}")
-        if len(data) < count * 4:
-            rows.append(f"{addr + len(data):08x}: (not mapped)")
-        return Result({"address": addr, "bytes": data.hex()}, "\n".join(rows))
-
-    def _cmd_disas(self, m, args) -> Result:
-        self._require_stopped()
-        v = m.vcpus[self.ctl.selected]
-        addr = self._addr(m, args[0]) if args else v.cpu.eip
-        count = parse_int(args[1], "count") if len(args) > 1 else 12
-        lines = disassemble(m, v, addr, count, before=0)
-        return Result([{"address": a, "text": t} for a, t in lines], "\n".join(t for _, t in lines))
 
     def _cmd_trace_save(self, m, args) -> Result:
         if len(args) != 1:
@@ -537,10 +393,6 @@ class Shell:
     def _cmd_console(self, m, args) -> Result:
         self.send_console(" ".join(args) + "\r")
         return Result(None, "sent")
-
-    def _require_stopped(self) -> None:
-        if self.ctl.running:
-            raise CommandError("the guest is running: 'stop' first")
 
     def run(self) -> None:
         try:
@@ -564,30 +416,6 @@ def _following(get_text) -> FormattedTextControl:
         return Point(0, t.count("\n") if isinstance(t, str) else sum(f[1].count("\n") for f in t))
 
     return FormattedTextControl(text, get_cursor_position=last_line, show_cursor=False)
-
-
-def disassemble(m, v, addr: int, count: int, before: int = 4) -> list[tuple[int, str]]:
-    """Lines 'ADDR <sym+off>: insn' around addr (a few before it when possible)."""
-    from xenwb.hypervisor.emulate import _disasm
-    start = addr
-    if before:
-        # back up to an instruction boundary that decodes into addr
-        for back in range(before * 7, 0, -1):
-            code = v.debug_read(addr - back, back + 16)
-            insns = list(_disasm().disasm(code, addr - back))
-            if any(i.address == addr for i in insns):
-                keep = [i for i in insns if i.address < addr][-before:]
-                start = keep[0].address if keep else addr
-                break
-    code = v.debug_read(start, count * 16)
-    out = []
-    for insn in _disasm().disasm(code, start):
-        sym = m.domain.symbolize(insn.address)
-        out.append((insn.address, f"{insn.address:08x} {('<' + sym + '>') if sym else '':<24} "
-                                  f"{insn.mnemonic} {insn.op_str}".rstrip()))
-        if len(out) >= count + before:
-            break
-    return out
 
 
 def main_shell(session: Session) -> int:

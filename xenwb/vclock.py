@@ -1,9 +1,18 @@
-"""Virtual time: one clock unit per byte of guest code executed.
+"""Virtual time: one clock unit per byte of guest code executed, exactly.
 
 The counter lives in a C struct updated by a native unicorn block hook
 (xenwb/_vclock.c), so counting costs little and stopping at a deadline (timer,
-quantum) needs no Python on the hot path. The same guest with the same inputs
-executes the same blocks, so the clock is deterministic.
+quantum) needs no Python on the hot path. A block is counted when entered;
+`settle` gives back the bytes of a block left part way (a stop before one of its
+instructions, a fault), so the clock counts the bytes of completed instructions
+only. The same guest with the same inputs executes the same instructions, so the
+clock is deterministic, and a debugger stop, wherever it falls, changes nothing.
+
+The optional native instruction hook counts instructions and stops the engine
+before a given one (exact single steps, stops after a watched access,
+--max-instructions). Unicorn compiles hooks into its translation blocks, so the
+owner of the engine (hypervisor/cpu.py) flushes cached translations when it
+installs the hook.
 """
 
 from __future__ import annotations
@@ -21,37 +30,79 @@ NEVER = (1 << 64) - 1
 class _VClockStruct(ctypes.Structure):
     _fields_ = [("units", ctypes.c_uint64), ("deadline", ctypes.c_uint64),
                 ("stop", ctypes.c_void_p), ("stops", ctypes.c_uint64),
-                ("insns", ctypes.c_uint64), ("insn_deadline", ctypes.c_uint64)]
+                ("insns", ctypes.c_uint64), ("insn_deadline", ctypes.c_uint64),
+                ("last_addr", ctypes.c_uint64), ("last_size", ctypes.c_uint64),
+                ("skip_lo", ctypes.c_uint64), ("skip_hi", ctypes.c_uint64),
+                ("insn_stops", ctypes.c_uint64)]
 
 
 _STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
 _HOOK = _vclock.hook_address()
 _INSN_HOOK = _vclock.insn_hook_address()
+PC_SYNC_HOOK = _vclock.pc_sync_hook_address()
 
 
 class VClock:
-    """Execution counter of one engine, with a stop deadline."""
+    """Execution counter of one engine, with a stop deadline and an optional exact
+    instruction counter."""
 
-    def __init__(self, uc: Uc) -> None:
-        self._c = _VClockStruct(0, NEVER, _STOP, 0, 0, NEVER)
-        self._uc = uc  # the hook lives as long as the engine
+    def __init__(self, uc: Uc, skip: tuple[int, int] = (0, 0)) -> None:
+        self._c = _VClockStruct(0, NEVER, _STOP, 0, 0, NEVER, 0, 0, skip[0], skip[1], 0)
+        self._uc = uc  # the hooks live as long as the engine
         self._add(UC_HOOK_BLOCK, _HOOK)
-        self.counting_instructions = False
+        self._insn_handle: int | None = None
 
-    def _add(self, kind: int, fn: int) -> None:
+    def _add(self, kind: int, fn: int) -> int:
         handle = ctypes.c_size_t()
         err = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(fn),
                                 ctypes.cast(ctypes.byref(self._c), ctypes.c_void_p),
                                 ctypes.c_uint64(1), ctypes.c_uint64(0))
         if err:
             raise UcError(err)
+        return handle.value
 
-    def count_instructions(self) -> None:
-        """Also count instructions exactly (for --max-instructions); slows emulation."""
-        if not self.counting_instructions:
-            self._add(UC_HOOK_CODE, _INSN_HOOK)
-            self.counting_instructions = True
+    # -- the instruction hook (installed and ordered by hypervisor/cpu.py) -----------------
+    @property
+    def insn_hook_installed(self) -> bool:
+        return self._insn_handle is not None
 
+    def install_insn_hook(self) -> None:
+        """Add the instruction hook at the end of the engine's code hooks (so a breakpoint
+        hook at the same address runs, and stops, before the instruction is counted)."""
+        if self._insn_handle is None:
+            self._insn_handle = self._add(UC_HOOK_CODE, _INSN_HOOK)
+
+    def remove_insn_hook(self) -> None:
+        """Unicorn drops the translations the hook was compiled into by itself."""
+        if self._insn_handle is not None:
+            err = uclib.uc_hook_del(self._uc._uch, ctypes.c_size_t(self._insn_handle))
+            if err:
+                raise UcError(err)
+            self._insn_handle = None
+
+    # -- settling --------------------------------------------------------------------------
+    def settle(self, pc: int) -> None:
+        """Execution left the last block at pc (a stop, a fault, an emulated instruction):
+        give back the bytes from pc to the block's end, which did not execute."""
+        c = self._c
+        size = c.last_size
+        if size:
+            off = pc - c.last_addr
+            if 0 <= off < size:
+                c.units -= size - off
+            c.last_size = 0
+
+    @property
+    def last_block(self) -> tuple[int, int]:
+        """(start, size) of the translation block executing now (inside a hook)."""
+        return self._c.last_addr, self._c.last_size
+
+    def forget_block(self) -> None:
+        """The hypervisor moved the pc itself (a bounce, an emulated instruction already
+        accounted for): nothing left to settle."""
+        self._c.last_size = 0
+
+    # -- counters ----------------------------------------------------------------------------
     @property
     def insns(self) -> int:
         return self._c.insns
@@ -62,7 +113,7 @@ class VClock:
 
     @insn_deadline.setter
     def insn_deadline(self, v: int) -> None:
-        self._c.insn_deadline = min(v, NEVER)
+        self._c.insn_deadline = min(max(v, 0), NEVER)
 
     @property
     def units(self) -> int:
@@ -83,3 +134,8 @@ class VClock:
     @property
     def stops(self) -> int:
         return self._c.stops
+
+    @property
+    def insn_stops(self) -> int:
+        """How many times an instruction deadline stopped the engine."""
+        return self._c.insn_stops

@@ -17,7 +17,7 @@ import ctypes
 import struct
 from functools import cache
 
-from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
+from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -30,6 +30,7 @@ from xenwb.hypervisor.xenarea import (
     XENWB_RING0_DS,
     XenArea,
 )
+from xenwb.vclock import PC_SYNC_HOOK, VClock
 
 _REG = {
     "eax": X.UC_X86_REG_EAX, "ebx": X.UC_X86_REG_EBX, "ecx": X.UC_X86_REG_ECX, "edx": X.UC_X86_REG_EDX,
@@ -114,6 +115,13 @@ class Cpu:
         self.xen = xen
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
         mem.map_into(uc)
+        # the hypervisor's range (transition trampoline) does not count as guest instructions
+        self.clock = VClock(uc, skip=(xen.geo.hv_start, 1 << 32))
+        self._exact_reasons: set[str] = set()
+        self._breakpoint_hooks: set[int] = set()
+        self._pc_synced: set[tuple[int, int]] = set()
+        self._pending_invalidations: list[tuple[int, int]] = []
+        self._eip_buf = ctypes.c_uint64()
         self._oe_off = old_exception_offset()
         xen.setup_vcpu(vcpu_id)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, xen.gdt_va(vcpu_id), GDT_LIMIT, 0))
@@ -159,7 +167,11 @@ class Cpu:
 
     @property
     def eip(self) -> int:
-        return self.uc.reg_read(X.UC_X86_REG_EIP)
+        """EIP through one raw uc_reg_read (the binding's reg_read costs several us)."""
+        buf = self._eip_buf
+        if uclib.uc_reg_read(self.uc._uch, X.UC_X86_REG_EIP, ctypes.byref(buf)):
+            return self.uc.reg_read(X.UC_X86_REG_EIP)
+        return buf.value & 0xFFFFFFFF
 
     @eip.setter
     def eip(self, v: int) -> None:
@@ -222,6 +234,82 @@ class Cpu:
         self.xen.arm_gate(self.id, False)
 
     def run(self) -> None:
-        """Run until a hook or the clock stops the engine."""
-        self.uc.emu_start(self.eip, EXIT_ADDRESS)
+        """Run until a hook or the clock stops the engine; the clock is then settled, so it
+        counts exactly the instructions that completed."""
+        try:
+            self.uc.emu_start(self.eip, EXIT_ADDRESS)
+        finally:
+            self.clock.settle(self.eip)
+            while self._pending_invalidations:
+                lo, hi = self._pending_invalidations.pop()
+                try:
+                    self.uc.ctl_remove_cache(lo, hi)
+                except UcError:
+                    self.flush_translations()
+
+    def sync_pc_in(self, lo: int, hi: int) -> None:
+        """Make the guest pc exact inside memory hooks for code in [lo, hi): unicorn updates it
+        before each instruction a code hook covers, and otherwise only at block starts and
+        some accesses (measured: a memory hook may see the start of the block). Callable from
+        a hook: the block's cached translation is dropped when the engine stops."""
+        if (lo, hi) in self._pc_synced or hi <= lo:
+            return
+        self._pc_synced.add((lo, hi))
+        handle = ctypes.c_size_t()
+        err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), UC_HOOK_CODE, ctypes.c_void_p(PC_SYNC_HOOK),
+                                None, ctypes.c_uint64(lo), ctypes.c_uint64(hi - 1))
+        if err:
+            raise UcError(err)
+        self._pending_invalidations.append((lo, hi))
+
+    # -- code hooks and the translation cache --------------------------------------------------
+    # Unicorn compiles code hooks into its translation blocks when it translates them: a hook
+    # added later is not called from blocks already cached (measured on 2.1.4: a breakpoint
+    # added after the code ran once never fires; emu_start(count=1) runs a whole cached block).
+    # Memory hooks, by contrast, take effect at once. So adding a code hook drops the cached
+    # translations it concerns; deleting one needs nothing (unicorn drops the blocks the hook
+    # was compiled into).
+    def flush_translations(self) -> None:
+        self.uc.ctl_flush_tb()
+
+    def add_breakpoint_hook(self, callback, user_data: object, addr: int, *, everywhere: bool) -> int:
+        """A code hook on one address. The cached translations of that address are dropped:
+        in the current address space only, unless `everywhere` (an address another address
+        space may map to other code, e.g. user space), which flushes the whole cache."""
+        h = self.uc.hook_add(UC_HOOK_CODE, callback, user_data, addr, addr)
+        self._breakpoint_hooks.add(h)
+        if self.clock.insn_hook_installed:
+            # keep the instruction counter last, so a breakpoint stops before it counts
+            self.clock.remove_insn_hook()
+            self.clock.install_insn_hook()
+            self.flush_translations()
+        elif everywhere:
+            self.flush_translations()
+        else:
+            try:
+                self.uc.ctl_remove_cache(addr, addr + 1)
+            except UcError:
+                self.flush_translations()
+        return h
+
+    def remove_hook(self, handle: int) -> None:
+        self._breakpoint_hooks.discard(handle)
+        self.uc.hook_del(handle)
+
+    def need_exact(self, reason: str, on: bool) -> None:
+        """Per-instruction counting and stops, needed while `reason` ("step", "watch",
+        "limit") holds; costs about half the emulation speed, so only then."""
+        if on:
+            if not self._exact_reasons:
+                self.clock.install_insn_hook()
+                self.flush_translations()
+            self._exact_reasons.add(reason)
+        elif reason in self._exact_reasons:
+            self._exact_reasons.discard(reason)
+            if not self._exact_reasons:
+                self.clock.remove_insn_hook()
+
+    def stop_after_instructions(self, n: int) -> None:
+        """Stop before the (n+1)-th guest instruction from now (needs need_exact)."""
+        self.clock.insn_deadline = self.clock.insns + n
 

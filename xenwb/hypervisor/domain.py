@@ -7,7 +7,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, ShutdownReason, hypercall_name
@@ -17,6 +17,7 @@ from xenwb.hypervisor.memory import GuestFault, MachineMemory, PhysMap
 from xenwb.hypervisor.mm import MM
 from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime
 from xenwb.hypervisor.traps import DomainCrash
+from xenwb.hypervisor.upcall_mask import MaskObserver
 from xenwb.hypervisor.xenarea import HvGeometry, XenArea
 from xenwb.trace import TraceBus
 
@@ -25,6 +26,20 @@ if TYPE_CHECKING:
     from xenwb.loader import GuestImage
 
 ENOSYS = -Errno.ENOSYS
+
+
+class DebugObserver(Protocol):
+    """What a debugger (xenwb/control.py) sees of the hypervisor's work, and may hold: a
+    hypercall on entry (True: do not run it now; the controller set vcpu.hold_exit) and on
+    return, an exception about to be bounced (True: hold its delivery), a frame pushed."""
+
+    def hypercall_entry(self, vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> bool: ...
+
+    def hypercall_return(self, vcpu: Vcpu, nr: int, ret: int) -> None: ...
+
+    def exception(self, vcpu: Vcpu, vector: int, error_code: int | None, cr2: int | None) -> bool: ...
+
+    def bounced(self, vcpu: Vcpu) -> None: ...
 
 
 class SchedulingMixin:
@@ -117,12 +132,13 @@ class Domain(SchedulingMixin):
         self.max_pages = nr_pages
         self.time = VirtualTime()
         self.trace = TraceBus()
+        self.mask_observer = MaskObserver(self)
+        self.trace.on_active = self.mask_observer.set_enabled
         self.vcpus: list[Vcpu] = []
         self.vm_assist = 0
         self.shared_info_mfn = mem.alloc_xen_frame()
         self.hypercalls = load_all()
         self.stats = {"hypercalls": 0, "faults": 0}
-        self.stopping = False
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
         self.console_sink: Callable[[bytes], None] = lambda b: None
@@ -132,6 +148,7 @@ class Domain(SchedulingMixin):
         self.start_info_va = 0
         self.extra: dict[str, object] = {}
         self.current: Vcpu | None = None
+        self.observer: DebugObserver | None = None
         self._stub_cache: dict[int, bool] = {}     # return address after `int $0x82` -> in a stub?
         self.free_frames: list[int] = []
 
@@ -161,6 +178,9 @@ class Domain(SchedulingMixin):
         """int $0x82 from the guest kernel: EAX = number, EBX..EDI = arguments."""
         nr = vals[0]
         args = tuple(vals[1:6])
+        obs = self.observer
+        if obs is not None and obs.hypercall_entry(vcpu, nr, args):
+            return                              # held by a debugger: re-issued on resume
         self.stats["hypercalls"] += 1
         if nr == C.Hypercall.iret:
             self.time.charge(vcpu, HYPERCALL_COST_NS)
@@ -177,6 +197,8 @@ class Domain(SchedulingMixin):
             vcpu.cpu.continuation_out.write(*(a & 0xFFFFFFFF for a in cont), vals[7] - 2)
             return
         vcpu.cpu.set_eax(ret)
+        if obs is not None:
+            obs.hypercall_return(vcpu, nr, ret)
 
     def call(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], *, eip: int,
              multicall: int | None = None) -> int:
@@ -261,7 +283,6 @@ class Domain(SchedulingMixin):
         self.stop_all()
 
     def stop_all(self) -> None:
-        self.stopping = True
         for v in self.vcpus:
             v.cpu.uc.emu_stop()
 

@@ -410,3 +410,20 @@ def gp_error_code(vcpu: Vcpu, regs: dict[str, int]) -> int:
         except GuestFault:
             return 0
     return 0
+
+
+# ---------------------------------------------------------------- store attribution
+def store_site(vcpu: Vcpu, pc: int, block: int, block_size: int, size: int) -> int:
+    """The instruction that made a store of `size` bytes seen by a memory hook at `pc`.
+
+    Unicorn's pc inside a memory hook is exact, or (when it did not resynchronise it) the
+    start of the translation block running: then the store is the first instruction of the
+    block, from pc on, with a memory destination of that size."""
+    if pc != block or not block_size:
+        return pc
+    code = vcpu.debug_read(block, block_size)
+    for insn in _disasm().disasm(code, block):
+        for op in insn.operands:
+            if op.type == CX.X86_OP_MEM and op.access & 2 and op.size == size:   # CS_AC_WRITE
+                return insn.address
+    return pc

@@ -67,14 +67,29 @@ def create_bounce_frame(vcpu: Vcpu, handler_cs: int, handler_eip: int, error_cod
         raise DomainCrash(f"fault while writing the bounce frame at {e.va:#x}") from None
     if mask_events:
         vcpu.upcall_mask = 1
+    vcpu.bounces += 1
+    obs = vcpu.domain.observer
+    if obs is not None:
+        obs.bounced(vcpu)
     eflags = (r["eflags"] & ~(EFLAGS_TF | EFLAGS_NT | EFLAGS_RF | EFLAGS_VM | EFLAGS_IOPL)) | EFLAGS_IF | 2
     vcpu.cpu.transfer(handler_eip, handler_cs | 1 if not handler_cs & 3 else handler_cs, eflags, new_sp,
                       ss if ss & 3 else ss | 1)
 
 
 def bounce_exception(vcpu: Vcpu, vector: int, error_code: int | None = None, cr2: int | None = None,
-                     regs: dict[str, int] | None = None) -> None:
-    """pv_inject_event: reflect a hardware exception (or int n) through trap_ctxt[vector]."""
+                     regs: dict[str, int] | None = None, *, observed: bool = True) -> None:
+    """pv_inject_event: reflect a hardware exception (or int n) through trap_ctxt[vector].
+    A debugger catching the exception holds the delivery until the vcpu resumes (with the
+    registers as they are then)."""
+    obs = vcpu.domain.observer
+    if observed and obs is not None and obs.exception(vcpu, vector, error_code, cr2):
+        def deliver() -> None:
+            vcpu.held_exception = None
+            bounce_exception(vcpu, vector, error_code, cr2, observed=False)
+            vcpu.return_to_guest()
+        vcpu.held_exception = vector
+        vcpu.hold_exit = deliver
+        return
     ti = vcpu.trap_ctxt[vector]
     vcpu.domain.stats["faults"] += 1
     if vector == C.TRAP_page_fault and cr2 is not None:
@@ -104,6 +119,21 @@ def guest_regs(vcpu: Vcpu) -> tuple[dict[str, int], bool]:
     eip, cs, eflags, esp, ss = struct.unpack("<5I", vcpu.domain.mem.read(xen.frame_maddr(vcpu.id), 20))
     r.update(eip=eip, cs=cs & 0xFFFF, eflags=eflags, esp=esp, ss=ss & 0xFFFF)
     return r, True
+
+
+def set_guest_regs(vcpu: Vcpu, **regs: int) -> None:
+    """Change registers the guest resumes with (a debugger's write): inside a ring transition
+    EIP, CS, EFLAGS, ESP and SS live in the trampoline's iret frame, the others in the CPU."""
+    r, pending = guest_regs(vcpu)
+    framed = {k: v for k, v in regs.items() if k in ("eip", "cs", "eflags", "esp", "ss")}
+    if pending and framed:
+        r.update(framed)
+        xen = vcpu.domain.xen
+        vcpu.domain.mem.write(xen.frame_maddr(vcpu.id), struct.pack(
+            "<5I", r["eip"] & 0xFFFFFFFF, r["cs"], r["eflags"] & 0xFFFFFFFF, r["esp"] & 0xFFFFFFFF, r["ss"]))
+        regs = {k: v for k, v in regs.items() if k not in framed}
+    for name, value in regs.items():
+        vcpu.cpu.set_reg(name, value)
 
 
 def deliver_event_upcall(vcpu: Vcpu) -> bool:

@@ -6,6 +6,7 @@ import enum
 import os
 import struct
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,6 @@ from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
 from xenwb.hypervisor.xenarea import PERDOMAIN_VA
-from xenwb.vclock import VClock
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
@@ -47,7 +47,7 @@ class Vcpu:
         self.domain = domain
         self.id = vcpu_id
         self.cpu = Cpu(vcpu_id, domain.mem, domain.xen, domain.pae)
-        self.clock = VClock(self.cpu.uc)
+        self.clock = self.cpu.clock
         self.state = VcpuState.down
         self.initialised = False
         # Xen's per-vcpu PV state (struct pv_vcpu)
@@ -70,7 +70,10 @@ class Vcpu:
         self.vcpu_info_maddr = (domain.shared_info_mfn << 12) + 64 * vcpu_id
         self.in_multicall = False
         self.pending_iret_target: dict[int, int] | None = None
-        self.stop_requested = False
+        self.hold_exit: Callable[[], None] | None = None   # a debugger stops this exit from the hypervisor
+        self.on_resume: Callable[[], None] | None = None   # work deferred by that stop
+        self.held_exception: int | None = None   # the vector whose delivery a debugger holds
+        self.bounces = 0                # frames Xen pushed (exceptions, events, failsafe)
         self.rescheduled = False        # Xen would reload its segments (load_segments) on resume
         self.continuation: tuple[int, ...] | None = None   # set by a preempted hypercall
         # timers (xen/arch/x86/pv/domain.c: a 10 ms periodic VIRQ_TIMER from the start)
@@ -139,10 +142,14 @@ class Vcpu:
         self._after_guest_exit()
 
     def _on_invalid(self, uc, _ud) -> bool:
+        self.clock.settle(self.cpu.eip)         # the invalid instruction did not complete
         self._guarded("an invalid opcode", self._invalid)
         return True
 
     def _on_interrupt(self, uc, intno: int, _ud) -> None:
+        # a fault leaves EIP on the faulting instruction, `int n` after it: either way the
+        # clock keeps only the instructions that completed
+        self.clock.settle(self.cpu.eip)
         if intno == 0x82:                       # the hot path: a hypercall from the kernel
             vals = self.cpu.hypercall_regs()
             if vals[6] & 3 == 1:
@@ -224,12 +231,22 @@ class Vcpu:
         traps.bounce_exception(self, 13, (n << 3) | 2, regs=r)
 
     def _after_guest_exit(self) -> None:
-        """On the way back to the guest: deliver pending events (Xen's test_all_events)."""
-        if self.domain.stopping:
+        """On the way back to the guest from the hypervisor. A debugger that holds this exit
+        (hold_exit) stops the engine here; what the exit still had to do runs when the vcpu
+        resumes, so the guest sees the same thing either way."""
+        if self.domain.finished:
             self.cpu.uc.emu_stop()
             return
+        if self.hold_exit is not None:
+            self.on_resume, self.hold_exit = self.hold_exit, None
+            self.cpu.uc.emu_stop()
+            return
+        self.return_to_guest()
+
+    def return_to_guest(self) -> None:
+        """Deliver pending events (Xen's test_all_events); stop if the vcpu no longer runs."""
         traps.deliver_event_upcall(self)
-        if self.stop_requested or self.state is not VcpuState.running:
+        if self.state is not VcpuState.running:
             self.cpu.uc.emu_stop()
 
     # -- vcpu_info -------------------------------------------------------------
@@ -254,6 +271,7 @@ class Vcpu:
     def vcpu_info_maddr(self, maddr: int) -> None:
         self._vcpu_info_maddr = maddr
         self._vi_view, self._vi_off = self.domain.mem._where(maddr, 64)   # checked on every exit
+        self.domain.mask_observer.vcpu_info_moved(self)
 
     @property
     def upcall_pending(self) -> int:

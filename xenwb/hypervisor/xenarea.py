@@ -76,6 +76,7 @@ class HvGeometry:
     m2p_start: int
     m2p_end: int
     first_xen_l2_slot: int     # in the L2 for the top of the address space
+    va_mask: int = 0xFFFFFFFF  # the guest's virtual addresses
 
     @property
     def xen_l2_slots(self) -> range:

@@ -1,0 +1,417 @@
+"""The debugger's commands, in the one command registry: the same from the shell, gdb's
+`monitor`, `--exec` and Python's Session.command.
+
+They act on the Controller (xenwb/control.py) and on its selected vcpu (the one of the
+last stop, or the one `vcpu N` chose). Running commands (stepi, step) resume the machine
+and wait for the stop, so they work from any front end.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from xenwb.abi import constants as C
+from xenwb.abi.constants import errno_name, hypercall_name
+from xenwb.commands import CommandError, CommandRegistry, Result, parse_int, table
+from xenwb.control import Controller, DebugError, StopEvent, StopKind
+from xenwb.disasm import disassemble
+from xenwb.hypervisor.hypercalls import decode_args
+from xenwb.hypervisor.traps import descriptor_of
+
+if TYPE_CHECKING:
+    from xenwb.machine import Machine
+
+STEP_WAIT_S = 30.0
+
+
+def hypercall_number(text: str) -> int:
+    """A hypercall by name (mmu_update, HYPERVISOR_mmu_update) or number."""
+    name = text.removeprefix("HYPERVISOR_").removeprefix("__HYPERVISOR_")
+    try:
+        return int(C.Hypercall[name])
+    except KeyError:
+        pass
+    try:
+        return int(text, 0)
+    except ValueError:
+        names = ", ".join(h.name for h in C.Hypercall)
+        raise CommandError(f"no hypercall {text!r} (known: {names})") from None
+
+
+def exception_vector(text: str) -> int:
+    """An exception by vector number or name (#PF, PF, page_fault)."""
+    t = text.upper().lstrip("#")
+    for vec, name in C.TRAP_NAMES.items():
+        if name.lstrip("#").upper() == t:
+            return vec
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise CommandError(f"no exception {text!r} (a vector 0-31 or a name like #PF, #GP)") from None
+    if not 0 <= v < 256:
+        raise CommandError(f"vector {v} out of range")
+    return v
+
+
+class DebuggerCommands:
+    """The commands, bound to one controller."""
+
+    def __init__(self, ctl: Controller) -> None:
+        self.ctl = ctl
+        self.selected = 0
+        ctl.add_listener(self._on_stop)
+
+    def _on_stop(self, ev: StopEvent) -> None:
+        if ev.vcpu is not None and 0 <= ev.vcpu < len(self.ctl.vcpus):
+            self.selected = ev.vcpu
+
+    def register(self, reg: CommandRegistry) -> None:
+        r = reg.register
+        r("why", self.why, "why the machine stopped (a hypercall or exception catchpoint: decoded)")
+        r("break", self.break_, "breakpoint at a symbol or address", "SYMBOL|ADDR")
+        r("watch", self.watch, "watchpoint on guest memory (default: write; LEN default: the symbol's size or 4)",
+          "ADDR|SYMBOL [LEN] [--read|--access]")
+        r("catch hypercall", self.catch_hypercall,
+          "stop on entry to and return from these hypercalls (--failed: only on a failed return)",
+          "NAME[,NAME...]|all [--failed]")
+        r("catch fault", self.catch_fault, "stop on a guest exception before Xen bounces it to the guest",
+          "[VECTOR|NAME]")
+        r("delete", self.delete, "remove a breakpoint/watchpoint at ADDR, a catchpoint by number, or all",
+          "[SYMBOL|ADDR|catch N|all]")
+        r("info breakpoints", self.points, "breakpoints, watchpoints and catchpoints in place")
+        r("stepi", self.stepi, "execute N guest instructions on the selected vcpu", "[N]")
+        r("step", self.step, "run the selected vcpu to the next source line, N times", "[N]")
+        r("regs", self.regs, "registers of the selected vcpu")
+        r("info registers", self.info_registers,
+          "the selected vcpu as Xen sees it: registers, segments (decoded), GDT/LDT, trap table, callbacks")
+        r("vcpu", self.vcpu, "select a vcpu", "N")
+        r("x", self.x, "examine guest memory at a virtual address (the selected vcpu's tables)",
+          "ADDR|SYMBOL [COUNT]")
+        r("xp", self.xp, "examine guest-physical memory (pfn << 12 | offset)", "ADDR [COUNT]")
+        r("xm", self.xm, "examine machine memory (mfn << 12 | offset)", "ADDR [COUNT]")
+        r("disas", self.disas, "disassemble (AT&T syntax, as gdb)", "[ADDR|SYMBOL] [COUNT]")
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def machine(self) -> Machine:
+        return self.ctl.machine
+
+    def _stopped(self) -> None:
+        if self.ctl.running:
+            raise CommandError("the guest is running: stop it first")
+
+    def _addr(self, text: str) -> int:
+        sym = self.machine.image.lookup(text)
+        return sym.address if sym is not None else parse_int(text, "address")
+
+    def _where(self, vid: int) -> str:
+        m = self.machine
+        pc = self.ctl.guest_regs(vid)["eip"]
+        sym = m.domain.symbolize(pc)
+        line = m.image.line_at(pc) if m.image.symbols else None
+        src = f" at {line[0]}:{line[1]}" if line else ""
+        return f"vcpu{vid} pc {pc:#010x}" + (f" <{sym}>" if sym else "") + src
+
+    def _run(self, mode: str, **kw: int) -> StopEvent:
+        try:
+            self.ctl.resume(mode, self.selected, **kw)
+        except DebugError as e:
+            raise CommandError(str(e)) from None
+        ev = self.ctl.wait(STEP_WAIT_S)
+        if ev is None:
+            raise CommandError(f"vcpu{self.selected} did not execute an instruction within {STEP_WAIT_S:.0f} s "
+                               "of host time (blocked?): the machine keeps running; stop it to look")
+        self.ctl.take_stop()
+        return ev
+
+    # -- stops -----------------------------------------------------------------------------------
+    def why(self, m: Machine, args: list[str]) -> Result:
+        ctl = self.ctl
+        ev = ctl.last_stop
+        data: dict[str, object] = {"kind": ev.kind.value, "vcpu": ev.vcpu, "running": ctl.running}
+        if ctl.running:
+            return Result(data, "running")
+        if ev.vcpu is not None and ev.vcpu < len(m.vcpus):
+            v = m.vcpus[ev.vcpu]
+            r = ctl.guest_regs(ev.vcpu)
+            data["eip"] = f"{r['eip']:#010x}"
+            data["symbol"] = m.domain.symbolize(r["eip"])
+            if ev.kind is StopKind.syscall_entry and ev.nr is not None:
+                data["hypercall"] = {"nr": ev.nr, "name": hypercall_name(ev.nr)}
+                data["args"] = decode_args(v, ev.nr, (r["ebx"], r["ecx"], r["edx"], r["esi"], r["edi"]))
+            elif ev.kind is StopKind.syscall_return and ev.nr is not None:
+                ret = r["eax"] - (1 << 32) if r["eax"] & 0x80000000 else r["eax"]
+                data["hypercall"] = {"nr": ev.nr, "name": hypercall_name(ev.nr)}
+                data["ret"], data["errno"] = ret, errno_name(ret)
+        if ev.addr is not None:
+            data["address"] = f"{ev.addr:#x}"
+        if ev.detail:
+            data["detail"] = ev.detail
+        text = ev.describe(m)
+        if "args" in data:
+            text += ": " + json.dumps(data["args"], default=str)
+        elif "ret" in data:
+            text += f": {data['ret']}" + (f" {data['errno']}" if data.get("errno") else "")
+        return Result(data, text)
+
+    # -- breakpoints, watchpoints, catchpoints ---------------------------------------------------
+    def break_(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        if not args:
+            raise CommandError("usage: break SYMBOL|ADDR")
+        addr = self._addr(args[0])
+        try:
+            self.ctl.insert_breakpoint(addr)
+        except DebugError as e:
+            raise CommandError(str(e)) from None
+        sym = m.domain.symbolize(addr)
+        return Result({"breakpoint": addr}, f"breakpoint at {addr:#010x}" + (f" <{sym}>" if sym else ""))
+
+    def watch(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        if not args:
+            raise CommandError("usage: watch ADDR|SYMBOL [LEN] [--read|--access]")
+        addr = self._addr(args[0])
+        rest = args[1:]
+        kind = "read" if "--read" in rest else "access" if "--access" in rest else "write"
+        nums = [a for a in rest if not a.startswith("--")]
+        length = parse_int(nums[0], "LEN") if nums else 4
+        sym = m.image.lookup(args[0])
+        if sym is not None and sym.size and not nums:
+            length = sym.size
+        try:
+            self.ctl.insert_watchpoint(addr, length, kind)
+        except (DebugError, ValueError) as e:
+            raise CommandError(str(e)) from None
+        return Result({"watchpoint": addr, "length": length, "kind": kind},
+                      f"{kind} watchpoint on {addr:#010x}+{length}")
+
+    def catch_hypercall(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        names = [a for a in args if not a.startswith("--")]
+        failed = "--failed" in args
+        if not names:
+            raise CommandError("usage: catch hypercall NAME[,NAME...]|all [--failed]")
+        nums = None if names == ["all"] else [hypercall_number(n) for a in names for n in a.split(",") if n]
+        c = self.ctl.add_catchpoint("hypercall", nums, failed_only=failed)
+        return Result({"catchpoint": c.ident, "what": c.describe()}, f"catchpoint {c.ident}: {c.describe()}")
+
+    def catch_fault(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        nums = [exception_vector(a) for a in args] or None
+        c = self.ctl.add_catchpoint("exception", nums)
+        return Result({"catchpoint": c.ident, "what": c.describe()}, f"catchpoint {c.ident}: {c.describe()}")
+
+    def delete(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        ctl = self.ctl
+        if not args or args[0] == "all":
+            ctl.clear_all()
+            return Result({"deleted": "all"}, "all breakpoints, watchpoints and catchpoints deleted")
+        if args[0] == "catch":
+            if len(args) != 2:
+                raise CommandError("usage: delete catch N")
+            n = parse_int(args[1], "catchpoint")
+            if not ctl.remove_catchpoint(n):
+                raise CommandError(f"no catchpoint {n}")
+            return Result({"deleted": f"catch {n}"}, f"catchpoint {n} deleted")
+        addr = self._addr(args[0])
+        gone = ctl.remove_breakpoint(addr) | ctl.remove_breakpoint(addr, hardware=True)
+        for w in ctl.watchpoints():
+            if w.va == addr:
+                gone = ctl.remove_watchpoint(w.va, w.length, w.kind) or gone
+        if not gone:
+            raise CommandError(f"nothing set at {addr:#x}")
+        return Result({"deleted": addr}, f"deleted at {addr:#010x}")
+
+    def points(self, m: Machine, args: list[str]) -> Result:
+        ctl = self.ctl
+        rows: list[dict[str, object]] = []
+        for addr, kinds in sorted(ctl.breakpoints().items()):
+            for k in sorted(kinds):
+                rows.append({"type": "breakpoint" if k == "sw" else "hw-breakpoint", "what": f"{addr:#010x}",
+                             "symbol": m.domain.symbolize(addr)})
+        for w in ctl.watchpoints():
+            rows.append({"type": f"watchpoint ({w.kind})", "what": f"{w.va:#010x}+{w.length}",
+                         "symbol": m.domain.symbolize(w.va)})
+        for c in ctl.catchpoints():
+            rows.append({"type": f"catchpoint {c.ident}", "what": c.describe(),
+                         "symbol": None if c.owner == "user" else f"(set by {c.owner})"})
+        return Result(rows, table(rows, ["type", "what", "symbol"]) if rows
+                      else "no breakpoints, watchpoints or catchpoints")
+
+    # -- running ---------------------------------------------------------------------------------
+    def stepi(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        n = parse_int(args[0], "N") if args else 1
+        ev = self.ctl.last_stop
+        for _ in range(n):
+            if self.ctl.finished:
+                break
+            ev = self._run("step")
+            if ev.kind is not StopKind.step:
+                break
+        where = self._where(self.selected)
+        text = where if ev.kind is StopKind.step else f"{ev.describe(m)}"
+        return Result({"where": where, "stop": ev.kind.value}, text)
+
+    def step(self, m: Machine, args: list[str]) -> Result:
+        """Source-line step: run the vcpu while its pc stays in the current line's code."""
+        self._stopped()
+        n = parse_int(args[0], "N") if args else 1
+        ev = self.ctl.last_stop
+        for _ in range(n):
+            if self.ctl.finished:
+                break
+            pc = self.ctl.guest_regs(self.selected)["eip"]
+            line = m.image.line_at(pc)
+            ev = self._run("step") if line is None else self._run("range", start=line[2], end=line[3])
+            if ev.kind is not StopKind.step:
+                break
+        where = self._where(self.selected)
+        text = where if ev.kind is StopKind.step else f"{ev.describe(m)}"
+        return Result({"where": where, "stop": ev.kind.value}, text)
+
+    # -- registers and memory --------------------------------------------------------------------
+    def regs(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        r = self.ctl.guest_regs(self.selected)
+        return Result(r, "\n".join(f"{k:<7}{v:#010x}" for k, v in r.items()))
+
+    def info_registers(self, m: Machine, args: list[str]) -> Result:
+        """A QEMU `info registers`-style view, from the state Xen keeps for the vcpu."""
+        self._stopped()
+        v = m.vcpus[self.selected]
+        r = self.ctl.guest_regs(self.selected)
+        segs = {}
+        for name in ("cs", "ss", "ds", "es", "fs", "gs"):
+            sel = r[name]
+            d = descriptor_of(v, sel) if sel & ~3 else None
+            segs[name] = _segment(sel, d)
+        traps = [{"vector": i, "name": C.TRAP_NAMES.get(i, ""), "cs": f"{t.cs:#06x}", "address": f"{t.address:#010x}",
+                  "symbol": m.domain.symbolize(t.address), "dpl": t.flags & 3, "mask_events": bool(t.flags & 4)}
+                 for i, t in enumerate(v.trap_ctxt) if t is not None]
+        data = {
+            "vcpu": v.id, "state": v.state.value, "regs": r, "segments": segs,
+            "gdt": {"frames": [f"{f:#x}" for f in v.gdt_frames], "entries": v.gdt_ents},
+            "ldt": {"base": f"{v.ldt_base:#x}", "entries": v.ldt_ents},
+            "cr3_mfn": f"{v.cr3_mfn:#x}", "kernel_ss": f"{v.kernel_ss:#x}", "kernel_sp": f"{v.kernel_sp:#x}",
+            "event_callback": f"{v.event_cs:#x}:{v.event_eip:#x}",
+            "failsafe_callback": f"{v.failsafe_cs:#x}:{v.failsafe_eip:#x}",
+            "upcall_mask": v.upcall_mask, "upcall_pending": v.upcall_pending, "iopl": v.iopl,
+            "debugreg": [f"{x:#x}" for x in v.debugreg], "traps": traps,
+        }
+        lines = [" ".join(f"{k.upper()}={r[k]:08x}" for k in ("eax", "ebx", "ecx", "edx")),
+                 " ".join(f"{k.upper()}={r[k]:08x}" for k in ("esi", "edi", "ebp", "esp")),
+                 f"EIP={r['eip']:08x} EFL={r['eflags']:08x} [vcpu{v.id} {v.state.value}]"]
+        for name, s in segs.items():
+            lines.append(f"{name.upper():<3}={s['selector']} {s['base']} {s['limit']} {s['flags']}")
+        lines.append(f"GDT= frames {','.join(data['gdt']['frames']) or '-'} entries {v.gdt_ents}")
+        lines.append(f"LDT= base {v.ldt_base:#x} entries {v.ldt_ents}")
+        lines.append(f"CR0={r['cr0']:08x} CR2={v.cr2:08x} CR3(mfn)={v.cr3_mfn:x} CR4={r['cr4']:08x}")
+        lines.append(f"kernel stack {v.kernel_ss:#x}:{v.kernel_sp:#x}  event {data['event_callback']}  "
+                     f"failsafe {data['failsafe_callback']}  upcall mask {v.upcall_mask} pending {v.upcall_pending}")
+        lines.append("DR0-3,6,7=" + " ".join(f"{v.debugreg[i]:x}" for i in (0, 1, 2, 3, 6, 7)))
+        if traps:
+            lines.append("trap table:")
+            lines += [f"  {t['vector']:3} {t['name']:<5} {t['cs']}:{t['address']} dpl {t['dpl']}"
+                      + (" masked" if t["mask_events"] else "") + (f" <{t['symbol']}>" if t["symbol"] else "")
+                      for t in traps]
+        return Result(data, "\n".join(lines))
+
+    def vcpu(self, m: Machine, args: list[str]) -> Result:
+        if len(args) != 1:
+            raise CommandError("usage: vcpu N")
+        n = parse_int(args[0], "vcpu")
+        if not 0 <= n < len(m.vcpus):
+            raise CommandError(f"no vcpu {n}")
+        self.selected = n
+        return Result({"vcpu": n}, f"vcpu{n} selected")
+
+    def _dump(self, addr: int, data: bytes, wanted: int, what: str) -> Result:
+        rows = []
+        for off in range(0, len(data), 16):
+            chunk = data[off: off + 16]
+            words = " ".join(f"{int.from_bytes(chunk[i:i + 4], 'little'):08x}" for i in range(0, len(chunk), 4))
+            rows.append(f"{addr + off:08x}: {words}")
+        if len(data) < wanted:
+            rows.append(f"{addr + len(data):08x}: (not {what})")
+        return Result({"address": addr, "bytes": data.hex()}, "\n".join(rows))
+
+    def x(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        if not args:
+            raise CommandError("usage: x ADDR [COUNT]")
+        addr = self._addr(args[0])
+        count = parse_int(args[1], "count") if len(args) > 1 else 16
+        data = self.ctl.read_memory(self.selected, addr, count * 4)
+        return self._dump(addr, data, count * 4, "mapped")
+
+    def _machine_read(self, maddr: int, n: int) -> bytes:
+        mem = self.machine.domain.mem
+        out = bytearray()
+        while len(out) < n:
+            cur = maddr + len(out)
+            chunk = min(n - len(out), 4096 - (cur & 0xFFF))
+            if not mem.valid(cur, chunk):
+                break
+            out += mem.read(cur, chunk)
+        return bytes(out)
+
+    def xp(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        if not args:
+            raise CommandError("usage: xp ADDR [COUNT]")
+        addr = parse_int(args[0], "address")
+        count = parse_int(args[1], "count") if len(args) > 1 else 16
+        pm = m.domain.physmap
+        out = bytearray()
+        while len(out) < count * 4:
+            cur = addr + len(out)
+            pfn = cur >> 12
+            if not 0 <= pfn < pm.nr_pages:
+                break
+            chunk = min(count * 4 - len(out), 4096 - (cur & 0xFFF))
+            out += self._machine_read((pm.mfn(pfn) << 12) | (cur & 0xFFF), chunk)
+        return self._dump(addr, bytes(out), count * 4, "guest RAM")
+
+    def xm(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        if not args:
+            raise CommandError("usage: xm ADDR [COUNT]")
+        addr = parse_int(args[0], "address")
+        count = parse_int(args[1], "count") if len(args) > 1 else 16
+        return self._dump(addr, self._machine_read(addr, count * 4), count * 4, "machine RAM")
+
+    def disas(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        v = m.vcpus[self.selected]
+        addr = self._addr(args[0]) if args else self.ctl.guest_regs(self.selected)["eip"]
+        count = parse_int(args[1], "count") if len(args) > 1 else 12
+        lines = disassemble(m, v, addr, count)
+        return Result([{"address": a, "text": t} for a, t in lines], "\n".join(t for _, t in lines))
+
+
+def _segment(sel: int, d: int | None) -> dict[str, str]:
+    """A selector and the descriptor it names, decoded (base, limit, type and DPL)."""
+    if d is None:
+        return {"selector": f"{sel:04x}", "base": "-", "limit": "-", "flags": "null" if not sel & ~3 else "invalid"}
+    base = ((d >> 16) & 0xFFFFFF) | (((d >> 56) & 0xFF) << 24)
+    limit = (d & 0xFFFF) | (((d >> 48) & 0xF) << 16)
+    if (d >> 55) & 1:
+        limit = (limit << 12) | 0xFFF
+    typ = (d >> 40) & 0xF
+    kind = ("code" + (" conforming" if typ & 4 else "") + (" readable" if typ & 2 else "")) if typ & 8 \
+        else ("data" + (" expand-down" if typ & 4 else "") + (" writable" if typ & 2 else ""))
+    if not (d >> 44) & 1:
+        kind = f"system type {typ:#x}"
+    flags = f"dpl {(d >> 45) & 3} {kind}" + ("" if (d >> 47) & 1 else " not-present") + \
+        (" 64-bit" if (d >> 53) & 1 else " 32-bit" if (d >> 54) & 1 else " 16-bit")
+    return {"selector": f"{sel:04x}", "base": f"{base:08x}", "limit": f"{limit:08x}", "flags": flags}
+
+
+def register_debugger_commands(reg: CommandRegistry, ctl: Controller) -> DebuggerCommands:
+    cmds = DebuggerCommands(ctl)
+    cmds.register(reg)
+    return cmds
