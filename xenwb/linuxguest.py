@@ -94,19 +94,29 @@ def fetch_linux(flavour: str = DEFAULT_FLAVOUR, *, symbols: bool = False) -> Lin
     """Debian's current linux-image-FLAVOUR kernel and the busybox initramfs, from the cache or fetched."""
     if flavour not in FLAVOURS:
         raise XenwbError(f"unknown kernel flavour {flavour!r} (choose from {', '.join(FLAVOURS)})")
-    root = linux_cache()
-    root.mkdir(parents=True, exist_ok=True)
-    pkgs = _resolve(root, flavour)
-    image_pkg, version = pkgs["image"], pkgs["version"]
+    meta = f"linux-image-{flavour}"
+    cand = _apt_candidates(meta, "busybox-static")
+    dep = re.match(r"(linux-image-\S+)\s*(?:\(= ([^)]+)\))?", cand[meta].get("Depends", ""))
+    if dep is None:
+        raise XenwbError(f"{meta} does not depend on a linux-image package")
+    image_pkg, version = dep.group(1), dep.group(2) or cand[meta]["Version"]
     release = image_pkg.removeprefix("linux-image-")
-    kdir = root / _deb_stem(image_pkg, version)
-    if not kdir.is_dir():
-        _extract_kernel(root, kdir, image_pkg, version, release)
+    kdir = _extract(image_pkg, version, [f"boot/vmlinuz-{release}", f"boot/System.map-{release}",
+                                         f"boot/config-{release}"])
     guest = LinuxGuest(flavour, version, release, kdir / f"vmlinuz-{release}", kdir / f"System.map-{release}",
-                       kdir / f"config-{release}", _initramfs(root, pkgs["busybox"]))
+                       kdir / f"config-{release}", _initramfs(cand["busybox-static"]["Version"]))
+    if not read_kernel_config(guest.config).xen_pv:
+        raise XenwbError(f"{image_pkg} {version} is built without CONFIG_XEN_PV: not a Xen PV guest")
     if symbols and is_placeholder_map(guest.system_map):
-        _fetch_real_system_map(root, guest, image_pkg)
+        _fetch_real_system_map(guest, image_pkg)
     return guest
+
+
+def fetch_package_file(package: str, member: str) -> Path:
+    """One file (``member``, a path inside the package such as ``boot/gnumach-1.8-xen-486.gz``) of the
+    candidate version of a Debian package, from the cache or downloaded."""
+    version = _apt_candidates(package)[package]["Version"]
+    return _extract(package, version, [member]) / Path(member).name
 
 
 def _deb_stem(package: str, version: str) -> str:
@@ -136,38 +146,37 @@ def _apt_lists_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def _resolve(root: Path, flavour: str) -> dict[str, str]:
-    """The kernel package linux-image-FLAVOUR depends on, its version and busybox-static's version,
-    as apt would install them now. apt-cache takes half a second, so the answer is kept per state
-    of apt's package lists."""
-    memo = root / "apt-resolved.json"
+def _apt_candidates(*packages: str) -> dict[str, dict[str, str]]:
+    """Version and Depends of the version apt would install now of each package. apt-cache takes
+    half a second, so the answers are kept per state of apt's package lists."""
+    root = linux_cache()
+    root.mkdir(parents=True, exist_ok=True)
+    memo = root / "apt-candidates.json"
     lists = _apt_lists_fingerprint()
     try:
         saved = json.loads(memo.read_text())
     except (OSError, ValueError):
         saved = {}
-    if saved.get("lists") == lists and flavour in saved.get("flavours", {}):
-        return saved["flavours"][flavour]
-    meta = f"linux-image-{flavour}"
-    fields = _apt_show(meta, "busybox-static")
-    dep = re.match(r"(linux-image-\S+)\s*(?:\(= ([^)]+)\))?", fields[meta]["Depends"])
-    if dep is None:
-        raise XenwbError(f"{meta} does not depend on a linux-image package: {fields[meta]['Depends']!r}")
-    resolved = {"image": dep.group(1), "version": dep.group(2) or fields[meta]["Version"],
-                "busybox": fields["busybox-static"]["Version"]}
     if saved.get("lists") != lists:
-        saved = {"lists": lists, "flavours": {}}
-    saved["flavours"][flavour] = resolved
-    memo.write_text(json.dumps(saved, indent=1))
-    return resolved
+        saved = {"lists": lists, "packages": {}}
+    missing = [p for p in packages if p not in saved["packages"]]
+    if missing:
+        for pkg, fields in _apt_show(*missing).items():
+            saved["packages"][pkg] = {k: fields[k] for k in ("Version", "Depends") if k in fields}
+        memo.write_text(json.dumps(saved, indent=1))
+    return {p: saved["packages"][p] for p in packages}
 
 
 def _apt_show(*packages: str) -> dict[str, dict[str, str]]:
     """apt-cache show's candidate stanza of each package; runs apt-get update once if one is unknown."""
     for attempt in (1, 2):
-        p = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages], capture_output=True, text=True)
+        try:
+            out = subprocess.run(["apt-cache", "show", "--no-all-versions", *packages], capture_output=True,
+                                 text=True).stdout      # exits 100 when a package is unknown
+        except FileNotFoundError:
+            raise XenwbError("apt-cache is missing: fetching Debian packages needs Debian's apt") from None
         fields: dict[str, dict[str, str]] = {}
-        for stanza in p.stdout.split("\n\n"):
+        for stanza in out.split("\n\n"):
             kv = dict(re.findall(r"^([\w-]+): (.*)$", stanza, re.M))
             if "Package" in kv:
                 fields[kv["Package"]] = kv
@@ -187,29 +196,33 @@ def _download(package: str, version: str, into: Path) -> Path:
     return debs[0]
 
 
-def _extract_kernel(root: Path, kdir: Path, package: str, version: str, release: str) -> None:
+def _extract(package: str, version: str, members: list[str]) -> Path:
+    """The cache directory PACKAGE_VERSION holding these files of the package (by base name),
+    downloaded and unpacked with dpkg-deb the first time; the .deb is not kept."""
+    root = linux_cache()
+    out = root / _deb_stem(package, version)
+    if all((out / Path(m).name).is_file() for m in members):
+        return out
+    root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         work = Path(tmp)
         deb = _download(package, version, work)
         _run(["dpkg-deb", "-x", deb, work / "pkg"])
-        out = work / "out"
-        out.mkdir()
-        for name in (f"vmlinuz-{release}", f"System.map-{release}", f"config-{release}"):
-            src = work / "pkg" / "boot" / name
+        out.mkdir(exist_ok=True)
+        for m in members:
+            src = work / "pkg" / m
             if not src.is_file():
-                raise XenwbError(f"{deb.name} has no boot/{name}")
-            shutil.move(src, out / name)
-        if not read_kernel_config(out / f"config-{release}").xen_pv:
-            raise XenwbError(f"{package} {version} is built without CONFIG_XEN_PV: not a Xen PV guest")
-        out.replace(kdir)
+                raise XenwbError(f"{deb.name} has no {m}")
+            os.replace(src, out / src.name)
+    return out
 
 
-def _fetch_real_system_map(root: Path, guest: LinuxGuest, image_pkg: str) -> None:
+def _fetch_real_system_map(guest: LinuxGuest, image_pkg: str) -> None:
     """Take usr/lib/debug/boot/System.map-RELEASE out of the -dbg package, streaming its data archive
     into tar, which stops at the member: the rest (a 590 MB vmlinux, the modules' debug files) is never
     written."""
     member = f"./usr/lib/debug/boot/System.map-{guest.kernel_release}"
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
+    with tempfile.TemporaryDirectory(dir=linux_cache()) as tmp:
         deb = _download(f"{image_pkg}-dbg", guest.version, Path(tmp))
         new = Path(tmp) / "System.map"
         dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
@@ -225,18 +238,15 @@ def _fetch_real_system_map(root: Path, guest: LinuxGuest, image_pkg: str) -> Non
         new.replace(guest.system_map)
 
 
-def _initramfs(root: Path, busybox_version: str) -> Path:
+def _initramfs(busybox_version: str) -> Path:
     """The cached initramfs for this busybox-static version and this /init, built when missing."""
     key = hashlib.sha256(INIT_SCRIPT.encode()).hexdigest()[:8]
-    out = root / f"initramfs-{_deb_stem('busybox-static', busybox_version)}-{key}.cpio"
+    out = linux_cache() / f"initramfs-{_deb_stem('busybox-static', busybox_version)}-{key}.cpio"
     if not out.is_file():
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            work = Path(tmp)
-            deb = _download("busybox-static", busybox_version, work)
-            _run(["dpkg-deb", "-x", deb, work / "pkg"])
-            archive = work / "initramfs.cpio"
-            build_initramfs(work / "pkg" / "bin" / "busybox", archive)
-            archive.replace(out)
+        busybox = _extract("busybox-static", busybox_version, ["bin/busybox"]) / "busybox"
+        tmp = out.with_suffix(".tmp")
+        build_initramfs(busybox, tmp)
+        tmp.replace(out)
     return out
 
 
