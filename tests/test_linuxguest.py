@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,31 @@ def test_initramfs_is_reproducible(tmp_path: Path) -> None:
     build_initramfs(busybox, tmp_path / "a.cpio")
     build_initramfs(busybox, tmp_path / "b.cpio")
     assert (tmp_path / "a.cpio").read_bytes() == (tmp_path / "b.cpio").read_bytes()
+
+
+@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="qemu-system-x86 is not installed")
+def test_kernel_and_initramfs_boot_to_the_shell_under_qemu() -> None:
+    """The same kernel and initramfs natively under QEMU TCG on ttyS0: banner, prompt, a command typed
+    at the prompt, and `poweroff -f` ending QEMU with status 0 (about 2 s)."""
+    g = fetch_linux()
+    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults", "-no-user-config", "-display", "none",
+           "-serial", "stdio", "-no-reboot", "-kernel", str(g.vmlinuz), "-initrd", str(g.initrd),
+           "-append", "console=ttyS0 quiet panic=-1"]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as q:
+        assert q.stdin is not None and q.stdout is not None
+        watchdog = threading.Timer(120, q.kill)          # a hung boot ends the reads below
+        watchdog.start()
+        out = bytearray()
+        while PROMPT.encode() not in out:
+            chunk = q.stdout.read1(4096)
+            assert chunk, out.decode(errors="replace")[-500:]
+            out += chunk
+        q.stdin.write(b"echo kernel=$(uname -r); poweroff -f\n")
+        q.stdin.flush()
+        out += q.stdout.read()
+        watchdog.cancel()
+        assert q.wait() == 0
+    text = out.decode(errors="replace")
+    assert f"{BANNER} (Linux {g.kernel_release}, console ttyS0)" in text
+    assert f"kernel={g.kernel_release}" in text
+    assert "reboot: Power down" in text

@@ -1,7 +1,10 @@
-"""Guest ELF loader: segments, Xen notes and symbols, read as Xen's libelf reads them.
+"""Guest kernel loader: segments, Xen notes and symbols, read as Xen's libelf reads them.
+
+The file may be an ELF, a gzip'ed ELF or a bzImage (unpacked by xenwb/bzimage.py, as the toolstack does).
+Symbols come from the ELF's symbol table or from a System.map.
 
 Sources: xen/common/libelf/{libelf-dominfo.c, libelf-loader.c, libelf-tools.c},
-tools/libs/guest/xg_dom_elfloader.c, xen/include/public/elfnote.h.
+tools/libs/guest/{xg_dom_elfloader.c, xg_dom_core.c}, xen/include/public/elfnote.h.
 """
 
 from __future__ import annotations
@@ -504,7 +507,6 @@ class _Section:
     offset: int
     size: int
     link: int
-    entsize: int
 
     def data(self, blob: bytes) -> bytes:
         """The section's bytes; a section running past the file is cut short, as libelf's bounded reads."""
@@ -525,9 +527,9 @@ def _section_headers(path: Path, elf: ELFFile, blob: bytes) -> list[_Section]:
     raw = [struct.unpack_from(fmt, blob, shoff + i * shentsize) for i in range(shnum)]
     names_at = raw[elf["e_shstrndx"]][4] if elf["e_shstrndx"] < shnum else None
     out = []
-    for sh_name, sh_type, _flags, _addr, sh_offset, sh_size, sh_link, _info, _align, sh_entsize in raw:
+    for sh_name, sh_type, _flags, _addr, sh_offset, sh_size, sh_link, _info, _align, _entsize in raw:
         name = "" if names_at is None else _read_str(blob[names_at + sh_name: names_at + sh_name + 256])
-        out.append(_Section(name, sh_type, sh_offset, sh_size, sh_link, sh_entsize))
+        out.append(_Section(name, sh_type, sh_offset, sh_size, sh_link))
     return out
 
 
