@@ -10,26 +10,37 @@ from xenwb.loader import GuestImage, load_guest
 
 
 def describe(img: GuestImage, memory_mib: int = 64, module_size: int = 0) -> str:
-    lines = [f"guest:          {img.path}",
-             f"ELF:            ELF{img.elfclass} {img.machine}, notes from {img.notes_source}",
-             f"guest type:     {img.guest_type}",
-             f"guest OS:       {img.guest_os} {img.guest_version}".rstrip(),
-             f"loader:         {img.loader or '(none)'}",
-             f"Xen version:    {img.xen_version or '(none)'}",
-             f"PAE mode:       {img.pae_mode}",
-             f"virt base:      {img.virt_base:#010x}",
-             f"paddr offset:   {img.paddr_offset:#010x}",
-             f"entry:          {img.entry:#010x}" + (f" <{s}>" if (s := img.symbolize(img.entry)) else ""),
-             "hypercall page: " + (f"{img.hypercall_page:#010x} (filled by the builder)"
+    entry_sym = img.symbolize(img.entry)
+    entry = f"{img.entry:#010x}" + (f" <{entry_sym}>" if entry_sym else "") + f" ({img.entry_source})"
+    lines = [f"guest:          {img.path}"]
+    lines += [f"unpacked:       {p.describe()}" for p in img.packing]
+    lines += [f"ELF:            ELF{img.elfclass} {img.machine}, notes from {img.notes_source}",
+              f"guest type:     {img.guest_type}",
+              f"guest OS:       {img.guest_os} {img.guest_version}".rstrip(),
+              f"loader:         {img.loader or '(none)'}",
+              f"Xen version:    {img.xen_version or '(none)'}",
+              f"PAE mode:       {img.pae_mode}",
+              f"virt base:      {img.virt_base:#010x}",
+              f"paddr offset:   {img.paddr_offset:#010x}",
+              f"entry:          {entry}",
+              "hypercall page: " + (f"{img.hypercall_page:#010x} (filled by the builder)"
                                     if img.hypercall_page is not None else "none (the guest writes the MSR)"),
-             f"features:       {' '.join(img.feature_names(img.features_supported)) or '(none)'}",
-             f"  required:     {' '.join(img.feature_names(img.features_required)) or '(none)'}",
-             f"kernel:         [{img.kernel_start:#010x}, {img.kernel_end:#010x})",
-             f"symbols:        {len(img.symbols)}",
-             "notes:"]
+              f"features:       {' '.join(img.feature_names(img.features_supported)) or '(none)'}",
+              f"  required:     {' '.join(img.feature_names(img.features_required)) or '(none)'}",
+              f"kernel:         [{img.kernel_start:#010x}, {img.kernel_end:#010x})",
+              f"symbols:        {_symbols_line(img)}"]
+    if img.init_p2m is not None:
+        lines.append(f"p2m list:       mapped at {img.init_p2m:#x} (INIT_P2M), outside the kernel mapping")
+    if img.mod_start_pfn:
+        lines.append("ramdisk:        may stay unmapped, given by its first pfn (MOD_START_PFN)")
+    lines.append("notes:")
     for n in img.notes:
-        v = f"{n.value:#x}" if isinstance(n.value, int) else (repr(n.value) if isinstance(n.value, str)
-                                                               else n.value.hex())
+        if isinstance(n.value, int):
+            v = f"{n.value:#x}"
+            if img.notes_source == "__xen_guest":
+                v += f" (from {n.raw.decode('latin-1')!r})"
+        else:
+            v = repr(n.value) if isinstance(n.value, str) else n.value.hex()
         lines.append(f"  {n.type_name:<18} {v}")
     if img.machine == "EM_386":
         nr_pages = memory_mib * 256
@@ -42,7 +53,18 @@ def describe(img: GuestImage, memory_mib: int = 64, module_size: int = 0) -> str
         lines.append(f"  boot mapping ends at {lay.virt_end:#010x} ({lay.mapped_pages} pages); "
                      f"tables: {t.l3} L3, {t.l2} L2, {t.l1} L1")
         lines.append(f"  initial esp {lay.stack_top:#010x}, esi = start_info {lay.start_info.va:#010x}")
+    else:
+        lines.append("start-of-day layout: not computed for 64-bit guests yet")
     return "\n".join(lines)
+
+
+def _symbols_line(img: GuestImage) -> str:
+    if not img.symbols_source:
+        return "0"
+    if not img.symbols:
+        return (f"0 in the kernel's range from {img.symbols_source} (Debian ships a placeholder System.map; "
+                "the real one is in linux-image-*-dbg: scripts/fetch-linux --symbols)")
+    return f"{len(img.symbols)} from {img.symbols_source}"
 
 
 def cmd_info(args: argparse.Namespace) -> int:

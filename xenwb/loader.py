@@ -1,13 +1,17 @@
-"""Guest ELF loader: segments, Xen notes and symbols, read as Xen's libelf reads them.
+"""Guest kernel loader: segments, Xen notes and symbols, read as Xen's libelf reads them.
+
+The file may be an ELF, a gzip'ed ELF or a bzImage (unpacked by xenwb/bzimage.py, as the toolstack does).
+Symbols come from the ELF's symbol table or from a System.map.
 
 Sources: xen/common/libelf/{libelf-dominfo.c, libelf-loader.c, libelf-tools.c},
-tools/libs/guest/xg_dom_elfloader.c, xen/include/public/elfnote.h.
+tools/libs/guest/{xg_dom_elfloader.c, xg_dom_core.c}, xen/include/public/elfnote.h.
 """
 
 from __future__ import annotations
 
 import bisect
 import io
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +20,18 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
+from xenwb.abi.constants import XenFeat
 from xenwb.abi.elfnotes import FEATURE_NAMES, NUMERIC_NOTES, STRING_NOTES, ElfNote
+from xenwb.bzimage import Packing, unpack_kernel
 from xenwb.errors import GuestImageError
 
 EM_386 = "EM_386"
 EM_X86_64 = "EM_X86_64"
+SHT_SYMTAB, SHT_NOTE = 2, 7
+STT_NOTYPE, STT_OBJECT, STT_FUNC = 0, 1, 2
+STB_GLOBAL = 1
+SHN_UNDEF, SHN_ABS = 0, 0xFFF1
+MAX_GUEST_FILE = 1 << 30        # tools/include/xenguest.h XC_DOM_DECOMPRESS_MAX, the toolstack's kernel size limit
 
 
 @dataclass
@@ -73,6 +84,7 @@ class GuestImage:
     virt_base: int = 0
     paddr_offset: int = 0
     entry: int = 0
+    entry_source: str = ""               # "ENTRY note", "VIRT_ENTRY" (legacy string) or "e_entry"
     hypercall_page: int | None = None    # VA, or None (the guest uses the MSR)
     xen_version: str = ""
     guest_os: str = ""
@@ -87,8 +99,11 @@ class GuestImage:
     init_p2m: int | None = None
     mod_start_pfn: bool = False
     l1_mfn_valid: list[tuple[int, int]] = field(default_factory=list)
-    symbols: list[Symbol] = field(default_factory=list)
+    packing: list[Packing] = field(default_factory=list)   # layers unpacked to reach the ELF (bzImage, gzip)
+    symbols: list[Symbol] = field(default_factory=list)     # sorted by address
+    symbols_source: str = ""             # "ELF symbol table", a System.map path, or "" (none)
     _sym_addrs: list[int] = field(default_factory=list, repr=False)
+    _by_name: dict[str, Symbol] | None = field(default=None, repr=False)
     _lines: list[tuple[int, str, int]] | None = field(default=None, repr=False)
     _line_addrs: list[int] = field(default_factory=list, repr=False)
 
@@ -118,7 +133,9 @@ class GuestImage:
         return "xen-3.0-x86_32p" if self.is_pae else "xen-3.0-x86_32"
 
     def feature_names(self, bitmap: int) -> list[str]:
-        return [n for n, b in FEATURE_NAMES.items() if bitmap >> b & 1]
+        """XENFEAT names of the bits set in bitmap (public/features.h), ``bitN`` for bits it does not name."""
+        return [XenFeat(b).name if b in XenFeat._value2member_map_ else f"bit{b}"
+                for b in range(bitmap.bit_length()) if bitmap >> b & 1]
 
     def note(self, kind: ElfNote) -> Note | None:
         for n in self.notes:
@@ -147,9 +164,10 @@ class GuestImage:
         return f"{sym.name}+{off:#x}" if off else sym.name
 
     def line_at(self, addr: int) -> tuple[str, int, int, int] | None:
-        """(file, line, start, end) of the source line whose code holds addr (DWARF .debug_line)."""
+        """(file, line, start, end) of the source line whose code holds addr (DWARF .debug_line).
+        A packed kernel (bzImage, gzip) has none: its ELF is stripped and not a file of its own."""
         if self._lines is None:
-            self._lines = _line_table(self.path)
+            self._lines = [] if self.packing else _line_table(self.path)
             self._line_addrs = [e[0] for e in self._lines]
         i = bisect.bisect_right(self._line_addrs, addr) - 1
         if i < 0 or i + 1 >= len(self._lines):
@@ -161,10 +179,12 @@ class GuestImage:
         return file, line, start, end
 
     def lookup(self, name: str) -> Symbol | None:
-        for s in self.symbols:
-            if s.name == name:
-                return s
-        return None
+        """The lowest-addressed symbol of that name."""
+        if self._by_name is None:
+            self._by_name = {}
+            for s in self.symbols:
+                self._by_name.setdefault(s.name, s)
+        return self._by_name.get(name)
 
 
 def _read_num(desc: bytes) -> int:
@@ -229,40 +249,34 @@ def _parse_xen_notes(raw: list[tuple[bytes, int, bytes]]) -> list[Note]:
 
 
 def _legacy_notes(text: str) -> list[Note]:
-    """Translate the old ``__xen_guest`` string into notes (libelf elf_xen_parse_guest_info)."""
-    notes: list[Note] = []
-    legacy_hypercall_page: int | None = None
-    items = {}
+    """Translate the old ``__xen_guest`` string into notes holding the values libelf derives from it
+    (libelf-dominfo.c elf_xen_parse_guest_info); ``raw`` keeps the text of each item.
+
+    HYPERCALL_PAGE is a page number there: the note holds its address, VIRT_BASE + number * 4096
+    (the number alone when the string has no VIRT_BASE)."""
+    items: dict[str, str] = {}
     for item in text.split(","):
-        if not item:
-            continue
-        key, _, val = item.partition("=")
-        items[key] = val
-
-    def num(v: str) -> int:
-        return strtoull(v)
-
-    mapping = {"LOADER": ElfNote.LOADER, "GUEST_OS": ElfNote.GUEST_OS, "GUEST_VER": ElfNote.GUEST_VERSION,
+        if item:
+            key, _, val = item.partition("=")
+            items[key] = val
+    notes: list[Note] = []
+    strings = {"LOADER": ElfNote.LOADER, "GUEST_OS": ElfNote.GUEST_OS, "GUEST_VER": ElfNote.GUEST_VERSION,
                "XEN_VER": ElfNote.XEN_VERSION, "FEATURES": ElfNote.FEATURES}
+    numbers = {"VIRT_BASE": ElfNote.VIRT_BASE, "VIRT_ENTRY": ElfNote.ENTRY, "ELF_PADDR_OFFSET": ElfNote.PADDR_OFFSET}
     for key, val in items.items():
-        if key in mapping:
-            notes.append(Note(mapping[key], val, val.encode()))
+        if key in strings:
+            notes.append(Note(strings[key], val, val.encode()))
+        elif key in numbers:
+            notes.append(Note(numbers[key], strtoull(val), val.encode()))
         elif key == "PAE":
-            mode = "extended-cr3" if val.startswith("yes[extended-cr3]") else ("yes" if val.startswith("yes") else "no")
+            mode = "extended-cr3" if val == "yes[extended-cr3]" else ("yes" if val.startswith("yes") else "no")
             notes.append(Note(ElfNote.PAE_MODE, mode, val.encode()))
         elif key == "BSD_SYMTAB":
             notes.append(Note(ElfNote.BSD_SYMTAB, "yes", val.encode()))
-        elif key == "VIRT_BASE":
-            notes.append(Note(ElfNote.VIRT_BASE, num(val), val.encode()))
-        elif key == "VIRT_ENTRY":
-            notes.append(Note(ElfNote.ENTRY, num(val), val.encode()))
-        elif key == "ELF_PADDR_OFFSET":
-            notes.append(Note(ElfNote.PADDR_OFFSET, num(val), val.encode()))
         elif key == "HYPERCALL_PAGE":
-            legacy_hypercall_page = num(val)
-    if legacy_hypercall_page is not None:
-        # In legacy mode HYPERCALL_PAGE is a page number relative to VIRT_BASE.
-        notes.append(Note(ElfNote.HYPERCALL_PAGE, -1 - legacy_hypercall_page, b""))
+            base = strtoull(items["VIRT_BASE"]) if "VIRT_BASE" in items else 0
+            addr = ((strtoull(val) << 12) + base) & 0xFFFFFFFFFFFFFFFF
+            notes.append(Note(ElfNote.HYPERCALL_PAGE, addr, val.encode()))
     return notes
 
 
@@ -283,21 +297,55 @@ def _parse_features(text: str) -> tuple[int, int]:
     return supported, required
 
 
-def load_guest(path: str | Path) -> GuestImage:
-    """Parse a PV guest kernel. Raises GuestImageError with a one-line reason."""
+def load_guest(path: str | Path, symbols: str | Path | None = None) -> GuestImage:
+    """Parse a PV guest kernel: an ELF, a gzip'ed ELF or a bzImage. Raises GuestImageError with a one-line reason.
+
+    Symbols come from ``symbols`` (a System.map) if given, else from the ELF's symbol table, else from a
+    System.map found next to the kernel (see ``find_system_map``)."""
     path = Path(path)
+    blob = _read_guest_file(path)
     try:
-        blob = path.read_bytes()
-    except OSError as e:
-        raise GuestImageError(f"{path}: cannot read: {e.strerror or e}") from None
-    if blob[:4] != b"\x7fELF":
-        raise GuestImageError(f"{path}: not an ELF file")
+        elf_blob, packing = unpack_kernel(blob)
+    except GuestImageError as e:
+        raise GuestImageError(f"{path}: {e}") from None
+    if elf_blob[:4] != b"\x7fELF":
+        what = "not an ELF file" if not packing else f"the {packing[-1].container} does not hold an ELF file"
+        raise GuestImageError(f"{path}: {what}")
     try:
-        return _load(path, blob)
+        img = _load(path, elf_blob)
     except (ELFError, struct.error, ValueError, IndexError, KeyError, AssertionError) as e:
         if isinstance(e, GuestImageError):
             raise
         raise GuestImageError(f"{path}: malformed or truncated ELF ({e})") from None
+    img.packing = packing
+    map_path = Path(symbols) if symbols is not None else None
+    if map_path is None and not img.symbols:
+        map_path = find_system_map(path)
+    if map_path is not None:
+        img.symbols = read_system_map(map_path, img.kernel_start, img.kernel_end)
+        img.symbols_source = str(map_path)
+    img._sym_addrs = [s.address for s in img.symbols]
+    return img
+
+
+def _read_guest_file(path: Path) -> bytes:
+    """The guest file's bytes, refused before reading unless it is a regular file of at most MAX_GUEST_FILE
+    bytes (the toolstack's limit on a kernel, XC_DOM_DECOMPRESS_MAX in xenguest.h)."""
+    try:
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise GuestImageError(f"{path}: is a directory, not a kernel file")
+        if not stat.S_ISREG(st.st_mode):
+            raise GuestImageError(f"{path}: not a regular file")
+        if st.st_size > MAX_GUEST_FILE:
+            raise GuestImageError(f"{path}: {st.st_size:,} bytes, more than the {MAX_GUEST_FILE:,} a kernel may have")
+        with open(path, "rb") as fh:
+            blob = fh.read(MAX_GUEST_FILE + 1)
+    except OSError as e:
+        raise GuestImageError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(blob) > MAX_GUEST_FILE:
+        raise GuestImageError(f"{path}: grew past {MAX_GUEST_FILE:,} bytes while being read")
+    return blob
 
 
 def _load(path: Path, blob: bytes) -> GuestImage:
@@ -310,19 +358,25 @@ def _load(path: Path, blob: bytes) -> GuestImage:
 
     segments = []
     note_blobs = []
-    for seg in elf.iter_segments():
+    for i, seg in enumerate(elf.iter_segments()):
         ptype = seg["p_type"]
-        off, filesz = seg["p_offset"], seg["p_filesz"]
-        if ptype in ("PT_LOAD", "PT_NOTE") and off + filesz > len(blob):
+        off, filesz, memsz = seg["p_offset"], seg["p_filesz"], seg["p_memsz"]
+        # libelf elf_phdr_is_loadable: a PT_LOAD with none of R, W, X is not loaded
+        loadable = ptype == "PT_LOAD" and seg["p_flags"] & (P_FLAGS.PF_R | P_FLAGS.PF_W | P_FLAGS.PF_X)
+        if (loadable or ptype == "PT_NOTE") and off + filesz > len(blob):
             raise GuestImageError(f"{path}: truncated ELF (a {ptype} segment runs past the end of the file)")
-        if ptype == "PT_LOAD" and seg["p_memsz"]:
-            segments.append(Segment(seg["p_paddr"], seg["p_vaddr"], blob[off: off + filesz],
-                                    seg["p_memsz"], seg["p_flags"]))
-        elif ptype == "PT_NOTE":
+        if loadable:
+            if filesz > memsz:
+                # libelf would copy p_filesz bytes into a p_memsz-byte segment (elf_load_image): broken
+                raise GuestImageError(f"{path}: program header {i}: p_filesz {filesz:#x} is larger than "
+                                      f"p_memsz {memsz:#x}")
+            segments.append(Segment(seg["p_paddr"], seg["p_vaddr"], blob[off: off + filesz], memsz, seg["p_flags"]))
+        elif ptype == "PT_NOTE" and off:      # libelf skips note segments with p_offset 0 (old binutils)
             note_blobs.append(blob[off: off + filesz])
     if not segments:
         raise GuestImageError(f"{path}: no loadable segments")
 
+    sections = _section_headers(path, elf, blob)
     notes: list[Note] = []
     source = ""
     for nb in note_blobs:
@@ -330,16 +384,15 @@ def _load(path: Path, blob: bytes) -> GuestImage:
     if notes:
         source = "PT_NOTE"
     else:
-        for sec in elf.iter_sections():
-            if sec["sh_type"] == "SHT_NOTE":
-                off, size = sec["sh_offset"], sec["sh_size"]
-                notes += _parse_xen_notes(_iter_notes(blob[off: off + size]))
+        for sec in sections:
+            if sec.type == SHT_NOTE:
+                notes += _parse_xen_notes(_iter_notes(sec.data(blob)))
         if notes:
             source = "SHT_NOTE"
         else:
-            sec = elf.get_section_by_name("__xen_guest")
-            if sec is not None:
-                notes = _legacy_notes(_read_str(sec.data()))
+            guest_info = next((sec for sec in sections if sec.name == "__xen_guest"), None)
+            if guest_info is not None:
+                notes = _legacy_notes(_read_str(guest_info.data(blob)))
                 source = "__xen_guest"
     if not notes:
         raise GuestImageError(f"{path}: no Xen ELF notes (not a Xen PV kernel)")
@@ -348,28 +401,27 @@ def _load(path: Path, blob: bytes) -> GuestImage:
                      segments=segments, notes=notes, notes_source=source)
     _apply_notes(img)
     _check(img, path)
-    img.symbols = _symbols(elf)
-    img._sym_addrs = [s.address for s in img.symbols]
+    img.symbols = _elf_symbols(elf.elfclass, sections, blob)
+    if img.symbols:
+        img.symbols_source = "ELF symbol table"
     return img
 
 
 def _apply_notes(img: GuestImage) -> None:
-    has_paddr_offset = False
-    legacy_hcall_page = None
+    """Fill the image from its notes (libelf elf_xen_parse_note), then apply libelf's defaults
+    (elf_xen_addr_calc_check): VIRT_BASE 0; PADDR_OFFSET 0, or VIRT_BASE for the legacy string;
+    the entry from e_entry unless a note gave one, 0 included."""
+    virt_base = paddr_offset = entry = None
     for n in img.notes:
         t, v = n.type, n.value
         if t == ElfNote.VIRT_BASE:
-            img.virt_base = int(v)  # type: ignore[arg-type]
+            virt_base = int(v)  # type: ignore[arg-type]
         elif t == ElfNote.PADDR_OFFSET:
-            img.paddr_offset = int(v)  # type: ignore[arg-type]
-            has_paddr_offset = True
+            paddr_offset = int(v)  # type: ignore[arg-type]
         elif t == ElfNote.ENTRY:
-            img.entry = int(v)  # type: ignore[arg-type]
+            entry = int(v)  # type: ignore[arg-type]
         elif t == ElfNote.HYPERCALL_PAGE:
-            if isinstance(v, int) and v < 0:
-                legacy_hcall_page = -1 - v
-            else:
-                img.hypercall_page = int(v)  # type: ignore[arg-type]
+            img.hypercall_page = int(v)  # type: ignore[arg-type]
         elif t == ElfNote.XEN_VERSION:
             img.xen_version = str(v)
         elif t == ElfNote.GUEST_OS:
@@ -393,7 +445,9 @@ def _apply_notes(img: GuestImage) -> None:
             img.features_supported |= sup
             img.features_required |= req
         elif t == ElfNote.SUPPORTED_FEATURES:
-            img.features_supported |= int(v)  # type: ignore[arg-type]
+            # elf_note_numeric_array(note, 4, 0): the first 32-bit word, if the size is a multiple of 4
+            if n.raw and len(n.raw) % 4 == 0:
+                img.features_supported |= int.from_bytes(n.raw[:4], "little")
         elif t == ElfNote.BSD_SYMTAB:
             img.bsd_symtab = str(v).startswith("yes")
         elif t == ElfNote.HV_START_LOW:
@@ -408,20 +462,22 @@ def _apply_notes(img: GuestImage) -> None:
             w = 8 if img.elfclass == 64 else 4
             vals = [int.from_bytes(v[i:i + w], "little") for i in range(0, len(v) - w + 1, w)]
             img.l1_mfn_valid = list(zip(vals[0::2], vals[1::2], strict=False))
-    if img.notes_source == "__xen_guest":
-        # Legacy: ELF_PADDR_OFFSET defaults to VIRT_BASE; HYPERCALL_PAGE is a page number.
-        if not has_paddr_offset:
-            img.paddr_offset = img.virt_base
-        if legacy_hcall_page is not None:
-            img.hypercall_page = img.virt_base + legacy_hcall_page * 4096
-    if not img.entry:
-        img.entry = img.elf_entry
+    if paddr_offset is not None and virt_base is None:
+        raise GuestImageError(f"{img.path}: ELF_PADDR_OFFSET is set but VIRT_BASE is not")
+    img.virt_base = virt_base or 0
+    if paddr_offset is None:
+        paddr_offset = img.virt_base if img.notes_source == "__xen_guest" else 0
+    img.paddr_offset = paddr_offset
+    img.entry = img.elf_entry if entry is None else entry
+    img.entry_source = ("e_entry" if entry is None
+                        else "VIRT_ENTRY" if img.notes_source == "__xen_guest" else "ENTRY note")
     if img.machine == EM_X86_64:
         img.pae_mode = "yes"
 
 
 def _check(img: GuestImage, path: Path) -> None:
-    """libelf elf_xen_note_check / elf_xen_addr_calc_check."""
+    """The refusals of libelf (elf_xen_note_check, elf_xen_addr_calc_check), plus the builder's hypercall
+    page. Required features are the builder's to judge (it refuses those Xen does not offer a domU)."""
     if img.machine == EM_386 and img.elfclass != 32:
         raise GuestImageError(f"{path}: EM_386 in a 64-bit ELF")
     if not img.guest_os.startswith("linux") and not img.loader.startswith("generic"):
@@ -430,31 +486,124 @@ def _check(img: GuestImage, path: Path) -> None:
         raise GuestImageError(f"{path}: XEN_VERSION {img.xen_version!r} is not xen-3.0")
     if img.virt_base > img.kernel_start:
         raise GuestImageError(f"{path}: VIRT_BASE {img.virt_base:#x} is above the kernel start {img.kernel_start:#x}")
-    if not (img.kernel_start <= img.entry < img.kernel_end):
-        raise GuestImageError(
-            f"{path}: entry point {img.entry:#x} is outside the kernel [{img.kernel_start:#x}, {img.kernel_end:#x})")
+    if not (img.kernel_start <= img.entry <= img.kernel_end):    # libelf allows the end address itself
+        raise GuestImageError(f"{path}: entry point {img.entry:#x} ({img.entry_source}) is outside the kernel "
+                              f"[{img.kernel_start:#x}, {img.kernel_end:#x}]")
+    if img.init_p2m is not None and img.kernel_start <= img.init_p2m < img.kernel_end:
+        raise GuestImageError(f"{path}: INIT_P2M {img.init_p2m:#x} is inside the kernel "
+                              f"[{img.kernel_start:#x}, {img.kernel_end:#x})")
     if img.hypercall_page is not None and not (img.kernel_start <= img.hypercall_page < img.kernel_end):
         raise GuestImageError(f"{path}: HYPERCALL_PAGE {img.hypercall_page:#x} is outside the kernel")
     if img.machine == EM_386 and img.kernel_end > 0xF5800000:
         raise GuestImageError(f"{path}: kernel ends at {img.kernel_end:#x}, inside the hypervisor range")
 
 
-def _symbols(elf: ELFFile) -> list[Symbol]:
-    syms: dict[int, Symbol] = {}
-    tab = elf.get_section_by_name(".symtab")
-    if tab is None:
+@dataclass
+class _Section:
+    """The fields of one section header that the loader reads, and the section's name."""
+
+    name: str
+    type: int
+    offset: int
+    size: int
+    link: int
+
+    def data(self, blob: bytes) -> bytes:
+        """The section's bytes; a section running past the file is cut short, as libelf's bounded reads."""
+        return blob[self.offset: self.offset + self.size]
+
+
+def _section_headers(path: Path, elf: ELFFile, blob: bytes) -> list[_Section]:
+    """Every section header, read directly: pyelftools would interpret (and choke on) the sections
+    themselves, which libelf only looks at by type and name (libelf-loader.c elf_init)."""
+    shoff, shnum, shentsize = elf["e_shoff"], elf["e_shnum"], elf["e_shentsize"]
+    if not shoff or not shnum:
         return []
-    for s in tab.iter_symbols():
-        if not s.name or s["st_info"]["type"] not in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE"):
+    fmt = "<IIQQQQIIQQ" if elf.elfclass == 64 else "<IIIIIIIIII"
+    if shentsize < struct.calcsize(fmt):
+        raise GuestImageError(f"{path}: section header entries of {shentsize} bytes are too small")
+    if shoff + shnum * shentsize > len(blob):
+        raise GuestImageError(f"{path}: truncated ELF (the section headers run past the end of the file)")
+    raw = [struct.unpack_from(fmt, blob, shoff + i * shentsize) for i in range(shnum)]
+    names_at = raw[elf["e_shstrndx"]][4] if elf["e_shstrndx"] < shnum else None
+    out = []
+    for sh_name, sh_type, _flags, _addr, sh_offset, sh_size, sh_link, _info, _align, _entsize in raw:
+        name = "" if names_at is None else _read_str(blob[names_at + sh_name: names_at + sh_name + 256])
+        out.append(_Section(name, sh_type, sh_offset, sh_size, sh_link))
+    return out
+
+
+def _elf_symbols(elfclass: int, sections: list[_Section], blob: bytes) -> list[Symbol]:
+    """Function, object and untyped symbols of the first SHT_SYMTAB section, chosen by type whatever its
+    name, as libelf's elf_init does; a symbol table whose string table link is out of range is ignored."""
+    tab = next((s for s in sections[1:] if s.type == SHT_SYMTAB), None)
+    if tab is None or not 0 < tab.link < len(sections):
+        return []
+    strings = sections[tab.link].data(blob)
+    if elfclass == 64:
+        fmt, order = "<IBBHQQ", (0, 4, 5, 1, 3)          # name, value, size, info, shndx
+    else:
+        fmt, order = "<IIIBBH", (0, 1, 2, 3, 5)
+    entsize = struct.calcsize(fmt)
+    data = tab.data(blob)
+    data = data[: len(data) - len(data) % entsize]
+    syms: dict[int, Symbol] = {}
+    i_name, i_value, i_size, i_info, i_shndx = order
+    for ent in struct.iter_unpack(fmt, data):
+        info, shndx = ent[i_info], ent[i_shndx]
+        if info & 0xF not in (STT_NOTYPE, STT_OBJECT, STT_FUNC) or shndx in (SHN_UNDEF, SHN_ABS):
             continue
-        if s["st_shndx"] in ("SHN_UNDEF", "SHN_ABS") or s["st_info"]["type"] == "STT_FILE":
+        name = _read_str(strings[ent[i_name]: ent[i_name] + 512])
+        if not name:
             continue
-        addr = s["st_value"]
+        addr, size, is_global = ent[i_value], ent[i_size], info >> 4 == STB_GLOBAL
         prev = syms.get(addr)
         # prefer global, sized symbols over local labels at the same address
-        if prev is None or (s["st_size"] and not prev.size) or (s["st_info"]["bind"] == "STB_GLOBAL" and not prev.size):
-            syms[addr] = Symbol(addr, s["st_size"], s.name)
+        if prev is None or (size and not prev.size) or (is_global and not prev.size):
+            syms[addr] = Symbol(addr, size, name)
     return sorted(syms.values(), key=lambda s: s.address)
+
+
+# System.map types kept: text, data, read-only data, BSS, weak (nm's letters; lower case = local).
+SYSTEM_MAP_TYPES = frozenset("TtDdBbRrWwVvGgSs")
+
+
+def find_system_map(kernel: Path) -> Path | None:
+    """``System.map-VERSION`` beside ``vmlinuz-VERSION`` (or ``vmlinux-VERSION``), else ``System.map``
+    in the kernel's directory."""
+    for prefix in ("vmlinuz-", "vmlinux-"):
+        if kernel.name.startswith(prefix):
+            candidate = kernel.with_name("System.map-" + kernel.name[len(prefix):])
+            if candidate.is_file():
+                return candidate
+    candidate = kernel.with_name("System.map")
+    return candidate if candidate.is_file() else None
+
+
+def read_system_map(path: Path, start: int, end: int) -> list[Symbol]:
+    """Symbols of a System.map (``nm -n`` lines: address, type letter, name) that fall in [start, end),
+    the loaded kernel: absolute symbols, per-cpu offsets and Debian's one-line placeholder map drop out.
+    At one address a global symbol wins over a local one. Sizes are not in the map: 0."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise GuestImageError(f"{path}: cannot read the System.map: {e.strerror or e}") from None
+    by_addr: dict[int, tuple[bool, str]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[1] not in SYSTEM_MAP_TYPES:
+            continue
+        try:
+            addr = int(parts[0], 16)
+        except ValueError:
+            continue
+        if not start <= addr < end:
+            continue
+        is_global = parts[1].isupper()
+        prev = by_addr.get(addr)
+        if prev is None or (is_global and not prev[0]):
+            by_addr[addr] = (is_global, parts[2])
+    return [Symbol(addr, 0, name) for addr, (_, name) in sorted(by_addr.items())]
 
 
 def _line_table(path: Path) -> list[tuple[int, str, int]]:
