@@ -97,7 +97,7 @@ class Session:
             self._console_cb(data)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
-        if self.filter is not None and ev["kind"] == "hypercall" and not self.filter.match(ev):
+        if self.filter is not None and not self.filter.match(ev):
             return
         if self._event_budget is not None and self._event_budget <= 0:
             # the machine stops at its next opportunity; events until then belong to the next run
@@ -145,11 +145,11 @@ class Session:
                 self._event_budget = until.count - len(held)
                 if self._event_budget <= 0:
                     return self.last if self.last is not None else RunResult(StopReason.requested)
-            elif isinstance(until, Time):
-                self.machine.timeout_ns = until.ns
+            elif isinstance(until, Time):       # the earlier of this and the machine's own limit
+                self.machine.timeout_ns = until.ns if old_timeout is None else min(until.ns, old_timeout)
             elif isinstance(until, (Symbol, int)) or (isinstance(until, str) and until != "shutdown"):
                 target = until.name if isinstance(until, Symbol) else until
-                addr = self._address(target)
+                addr = self.address(target)
                 for v in self.machine.vcpus:
                     h = v.cpu.uc.hook_add(UC_HOOK_CODE, self._at_symbol, None, addr, addr)
                     hooks.append((v.cpu.uc, h))
@@ -167,7 +167,8 @@ class Session:
         uc.emu_stop()
         self.machine.stop_requested = True
 
-    def _address(self, target: str | int) -> int:
+    def address(self, target: str | int) -> int:
+        """A symbol's address (or a number in C syntax); XenwbError if there is no such symbol."""
         if isinstance(target, int):
             return target
         sym = self.machine.image.lookup(target)
