@@ -10,6 +10,7 @@ serving until a gdb that saw it detaches or kills, or the workbench is interrupt
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import select
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from gdbstub.session import GdbSession
 from xenwb.control import Controller, StopKind
+from xenwb.errors import XenwbError
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine, RunResult
@@ -51,6 +53,29 @@ def parse_address(text: str | None) -> tuple[str, int]:
     return host, port
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; a host that does not resolve, an address this machine
+    does not have, a port in use or refused: XenwbError with one line saying which."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise XenwbError(f"gdb stub: cannot resolve {host!r}: {getattr(e, 'strerror', None) or e}") from None
+    family, stype, proto, _, addr = infos[0]
+    sock = socket.socket(family, stype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(1)
+    except OSError as e:
+        sock.close()
+        hint = {errno.EADDRINUSE: " (another program listens there: pick another port, or 0 for any)",
+                errno.EADDRNOTAVAIL: " (not an address of this machine)",
+                errno.EACCES: " (ports below 1024 need privileges)"}.get(e.errno or 0, "")
+        raise XenwbError(f"gdb stub: cannot listen on {shown}: {e.strerror or e}{hint}") from None
+    return sock
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -68,12 +93,7 @@ class GdbServer:
         # under the TUI the user at the terminal owns such stops.
         self.resume_when_idle = resume_when_idle
         debugger.idle_on_hang = True        # a guest that hangs idles until gdb interrupts it
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, stype, proto, _, addr = infos[0]
-        self.sock = socket.socket(family, stype, proto)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(addr)
-        self.sock.listen(1)
+        self.sock = listen(host, port)
         self.address = self.sock.getsockname()[:2]
         self._stop_r, self._stop_w = os.pipe()
         self._wake_r, self._wake_w = os.pipe()

@@ -1,5 +1,6 @@
-"""Event filters shared by the tracer, the trace writers and the CLI: by name, vcpu,
-result (failures only) and caller address range."""
+"""Event filters shared by the tracer, the trace writers and the CLI: by vcpu (every event
+kind), and by hypercall name, result (failures only) and caller address range (these three
+select hypercalls, multicall entries included, and leave every other kind out)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ class EventFilter:
     eip_range: tuple[int, int] | None = None     # [lo, hi)
 
     def match(self, ev: dict[str, Any]) -> bool:
+        """The vcpu criterion applies to every event; any hypercall criterion keeps only
+        the hypercall events (multicall entries included) that meet it."""
         if self.vcpus is not None and ev.get("vcpu") not in self.vcpus:
+            return False
+        if not self.selects_hypercalls:
+            return True
+        if ev.get("kind") != "hypercall":
             return False
         if self.names is not None and ev.get("name") not in self.names:
             return False
@@ -30,8 +37,13 @@ class EventFilter:
         return True
 
     @property
+    def selects_hypercalls(self) -> bool:
+        """A hypercall criterion (name, failed, range) is set: other event kinds are left out."""
+        return self.names is not None or self.failed_only or self.eip_range is not None
+
+    @property
     def empty(self) -> bool:
-        return self.names is None and self.vcpus is None and not self.failed_only and self.eip_range is None
+        return self.vcpus is None and not self.selects_hypercalls
 
 
 def parse_range(text: str) -> tuple[int, int]:

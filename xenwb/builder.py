@@ -7,9 +7,10 @@ xen/arch/x86/domain.c (arch_set_info_guest) for the initial vcpu state.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from xenwb.abi import constants as C
 from xenwb.errors import XenwbError
@@ -204,10 +205,59 @@ def start_vcpu0(dom: Domain, v: Vcpu, layout: BootLayout, top_mfn: int) -> None:
     v.initialised = True
 
 
-def load_module(path: str | None) -> bytes | None:
-    if not path:
-        return None
+MODULE_MAX_BYTES = 1 << 30      # the most a module (ramdisk) file may have
+
+
+def _module_limit(memory_mib: int | None) -> tuple[int, str]:
+    """The most bytes a module may have, and the reason as the user sees it."""
+    if memory_mib is not None and 0 < memory_mib << 20 < MODULE_MAX_BYTES:
+        return memory_mib << 20, f"the guest's {memory_mib} MiB of memory"
+    return MODULE_MAX_BYTES, f"the {MODULE_MAX_BYTES >> 20} MiB limit for a module"
+
+
+def _open_module(path: str, memory_mib: int | None) -> int:
+    """Open a module file: a regular file within the limit (checked on the open file, before any read)."""
     try:
-        return Path(path).read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise XenwbError(f"{path}: cannot read module: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    limit, what = _module_limit(memory_mib)
+    why = None
+    if stat.S_ISDIR(st.st_mode):
+        why = "it is a directory"
+    elif not stat.S_ISREG(st.st_mode):
+        why = "not a regular file"
+    elif st.st_size > limit:
+        why = f"{st.st_size} bytes, more than {what}"
+    if why is not None:
+        os.close(fd)
+        raise XenwbError(f"{path}: cannot use as module: {why}")
+    return fd
+
+
+def module_size(path: str, memory_mib: int | None = None) -> int:
+    """The size of a module file, checked as load_module checks it (nothing is read)."""
+    fd = _open_module(path, memory_mib)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def load_module(path: str | None, memory_mib: int | None = None) -> bytes | None:
+    """A module (ramdisk) file's bytes: a regular file of at most 1 GiB and at most the guest's
+    memory, checked before anything is read."""
+    if not path:
+        return None
+    fd = _open_module(path, memory_mib)
+    limit, what = _module_limit(memory_mib)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(limit + 1)            # the file may have grown since the check
+    except OSError as e:
+        raise XenwbError(f"{path}: cannot read module: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise XenwbError(f"{path}: cannot use as module: more than {what}")
+    return data

@@ -3,39 +3,113 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from xenwb import __version__
 from xenwb.errors import XenwbError
 
 EXIT_OK, EXIT_GUEST, EXIT_WORKBENCH = 0, 1, 2
+MEMORY_MIB = (4, 1536)          # the guest memory build_domain accepts
+MAX_INSTRUCTIONS = 10 ** 18
+MAX_SECONDS = 10 ** 9           # virtual seconds (about 31 years): nanoseconds stay well within 64 bits
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other workbench error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_WORKBENCH, f"xenwb: {message} (see '{self.prog} --help')\n")
+
+
+def _e(n: int) -> str:
+    """A power of ten as people write it: 1e9."""
+    return f"{n:.0e}".replace("e+0", "e").replace("e+", "e")
+
+
+def parse_count(text: str) -> int:
+    """A positive whole number, at most MAX_INSTRUCTIONS."""
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= MAX_INSTRUCTIONS:
+        raise ValueError(f"{n} is out of range (1 to {_e(MAX_INSTRUCTIONS)})")
+    return n
+
+
+def parse_seconds(text: str) -> int:
+    """Virtual seconds (a decimal number: more than 0, at most MAX_SECONDS) as nanoseconds."""
+    try:
+        s = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(s) or not 0 < s <= MAX_SECONDS:
+        raise ValueError(f"{text!r}: want more than 0 and at most {_e(MAX_SECONDS)} seconds")
+    ns = round(s * 1e9)
+    if ns < 1:
+        raise ValueError(f"{text!r}: less than the virtual clock's 1 ns")
+    return ns
+
+
+def parse_memory(text: str) -> int:
+    """Guest memory in MiB, within MEMORY_MIB."""
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of MiB") from None
+    lo, hi = MEMORY_MIB
+    if not lo <= n <= hi:
+        raise ValueError(f"{n} MiB: want between {lo} and {hi} MiB")
+    return n
+
+
+def _option(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a parser raising ValueError: its message, not argparse's generic one."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def _add_boot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("guest", nargs="?", help="guest kernel ELF, or a bundled example name (default: pvdemo-pae)")
-    p.add_argument("--memory", type=int, default=64, metavar="MiB", help="guest memory (default 64)")
+    p.add_argument("--memory", type=_option(parse_memory), default=64, metavar="MiB",
+                   help=f"guest memory ({MEMORY_MIB[0]} to {MEMORY_MIB[1]}, default 64)")
     p.add_argument("--cmdline", default="", help="kernel command line (start_info.cmd_line)")
-    p.add_argument("--module", metavar="FILE", help="ramdisk/module loaded after the kernel")
+    p.add_argument("--module", metavar="FILE",
+                   help="ramdisk/module loaded after the kernel (a regular file, at most 1 GiB and the guest's memory)")
     p.add_argument("--vcpus", type=int, default=1, help="number of vcpus (default 1)")
 
 
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-instructions", type=_option(parse_count), metavar="N",
+                   help="stop after N guest instructions (exact; counting halves emulation speed)")
+    p.add_argument("--timeout", type=_option(parse_seconds), metavar="SECONDS",
+                   help="stop after this much virtual time")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="xenwb", description="Workbench for Xen PV guests: boot, trace, debug.")
+    ap = _Parser(prog="xenwb", description="Workbench for Xen PV guests: boot, trace, debug.")
     ap.add_argument("--version", action="version", version=f"xenwb {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="show a guest's Xen notes and the start-of-day layout")
     p.add_argument("guest", help="guest kernel ELF, or a bundled example name")
-    p.add_argument("--memory", type=int, default=64, metavar="MiB", help="memory used to compute the layout")
+    p.add_argument("--memory", type=_option(parse_memory), default=64, metavar="MiB",
+                   help="memory used to compute the layout (default 64)")
     p.add_argument("--module", metavar="FILE", help="module whose size enters the layout")
 
-    p = sub.add_parser("run", help="boot a guest; its console goes to stdout")
+    p = sub.add_parser("run", help="boot a guest; its console goes to stdout, stdin to its console")
     _add_boot_options(p)
-    p.add_argument("--max-instructions", type=int, metavar="N", help="stop after N guest instructions")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this much virtual time")
+    _add_limit_options(p)
     p.add_argument("--trace", metavar="FILE", help="write every event to FILE (JSON lines; .json: Perfetto)")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     _add_plugin_options(p)
@@ -45,16 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true",
                    help="with --gdb: halt before the guest's first instruction until gdb continues (qemu -S)")
 
-    p = sub.add_parser("trace", help="capture a trace of a guest run (JSONL or Perfetto)")
+    p = sub.add_parser("trace", help="capture a trace of a guest run (JSONL or Perfetto); stdin goes to its console")
     _add_boot_options(p)
+    _add_limit_options(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="trace file to write")
     p.add_argument("--format", choices=["jsonl", "perfetto"], help="default: from the file name (.json = perfetto)")
-    p.add_argument("--name", help="only hypercalls with these names (comma-separated)")
-    p.add_argument("--vcpu", help="only events of these vcpus (comma-separated)")
-    p.add_argument("--failed", action="store_true", help="only hypercalls that failed")
-    p.add_argument("--range", help="only hypercalls called from LO-HI or LO+SIZE")
+    p.add_argument("--vcpu", metavar="V[,V]",
+                   help="only events of these vcpus (comma-separated), of every kind")
+    p.add_argument("--name", metavar="N[,N]",
+                   help="only hypercalls with these names (comma-separated; multicall entries included): "
+                        "no other kind of event")
+    p.add_argument("--failed", action="store_true",
+                   help="only hypercalls that failed (result < 0; multicall entries included): no other kind of event")
+    p.add_argument("--range", metavar="LO-HI",
+                   help="only hypercalls called from LO-HI or LO+SIZE: no other kind of event")
     p.add_argument("--until", default="shutdown",
-                   help="stop condition: shutdown (default), SYMBOL, events:N, time:SECONDS")
+                   help="stop condition: shutdown (default), SYMBOL (stops before its first instruction), "
+                        "events:N (events written), time:SECONDS")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     _add_plugin_options(p)
 
@@ -75,6 +156,16 @@ def _add_plugin_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exec", action="append", default=[], metavar="COMMAND", dest="exec_",
                    help="run a plugin/monitor command when the guest stops (repeatable), e.g. 'hypercalls summary'")
     p.add_argument("--json", action="store_true", help="print --exec results as JSON")
+
+
+def _check_gdb_address(args: argparse.Namespace) -> None:
+    """--gdb's [HOST:]PORT is well formed (the host is resolved and bound when the stub starts)."""
+    from gdbstub.server import parse_address
+    try:
+        parse_address(args.gdb)
+    except ValueError as e:
+        hint = "" if "range" in str(e) else " (write the guest before --gdb, or --gdb=PORT)"
+        raise XenwbError(f"--gdb: {e}{hint}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,7 +208,10 @@ def cmd_examples(args: argparse.Namespace) -> int:
 
 
 def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=None):
+    """The Session for run/trace: the module checked and read, the plugins enabled, the
+    --exec commands checked; nothing has run yet."""
     from xenwb.builder import load_module
+    from xenwb.commands import CommandError
     from xenwb.session import Session
     out = sys.stdout.buffer
 
@@ -127,8 +221,48 @@ def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=No
 
     if args.vcpus < 1:
         raise XenwbError("--vcpus must be at least 1")
-    return Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=load_module(args.module),
-                   vcpus=args.vcpus, plugins=plugins, console=sink, event_filter=event_filter)
+    module = load_module(args.module, args.memory)
+    try:
+        session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=module,
+                          vcpus=args.vcpus, plugins=plugins, console=sink, event_filter=event_filter)
+    except CommandError as e:          # a --plugin name that does not exist
+        raise XenwbError(str(e)) from None
+    _check_exec(session, args.exec_)
+    return session
+
+
+def _check_exec(session, lines: Sequence[str]) -> None:
+    """Every --exec line names a known command (checked before the guest runs; its arguments
+    are checked when it runs)."""
+    import difflib
+    import shlex
+    reg = session.machine.commands
+    for line in lines:
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise XenwbError(f"--exec {line!r}: cannot parse: {e}") from None
+        if not words:
+            raise XenwbError("--exec '': empty command (try --exec help)")
+        if reg.lookup(words) is not None:
+            continue
+        for name in sorted(session.plugins.available):      # a command of a plugin left disabled
+            try:
+                plugin = session.plugins.get(name)
+                names = [c[0].split() for c in plugin.commands()]
+            except Exception:  # noqa: BLE001 - a broken third-party plugin must not stop the workbench
+                continue
+            if not plugin.enabled and any(n == words[:len(n)] for n in names):
+                raise XenwbError(f"--exec {line!r}: a command of plugin {name!r}, which is not enabled "
+                                 f"(add --plugin {name})")
+        best, score = None, 0.0
+        for name in reg.names():
+            n = len(name.split())
+            r = difflib.SequenceMatcher(None, " ".join(words[:n]), name).ratio()
+            if r > score:
+                best, score = name, r
+        near = f"; did you mean {best!r}?" if best is not None and score >= 0.6 else "; try --exec help"
+        raise XenwbError(f"--exec {line!r}: unknown command {words[0]!r}{near}")
 
 
 def _plugins(args: argparse.Namespace, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -144,9 +278,33 @@ def _plugins(args: argparse.Namespace, default: tuple[str, ...]) -> tuple[str, .
     return tuple(chosen)
 
 
+class _EntryCounter:
+    """Counts multicall entries, which the summary line names apart from the hypercalls
+    (traps into Xen) it counts; `hypercalls summary` counts both, entries in `in_multicall`."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        if ev["kind"] == "hypercall" and ev.get("multicall") is not None:
+            self.entries += 1
+
+
+def _start_input(args: argparse.Namespace, session):
+    """Limits set, stdin attached to the guest's console (run and trace alike); the input source."""
+    from xenwb.backends import stdin_input  # console input: a terminal, a pipe or a file (issue 7)
+    session.machine.set_limits(args.max_instructions, args.timeout)
+    session.machine.input_source = stdin_input()
+    return session.machine.input_source
+
+
 def _run_and_report(args: argparse.Namespace, session, until) -> int:
     from xenwb.machine import StopReason
+    from xenwb.session import Time
     m = session.machine
+    dom = m.domain
+    counter = _EntryCounter()
+    dom.trace.subscribe(counter)
     old = signal.signal(signal.SIGINT, lambda *_: m.stop())
     old_term = signal.signal(signal.SIGTERM, lambda *_: m.stop())
     try:
@@ -154,43 +312,42 @@ def _run_and_report(args: argparse.Namespace, session, until) -> int:
     finally:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
+        dom.trace.unsubscribe(counter)
         session.close()
-    dom = m.domain
+    failed = False
     for line in args.exec_:
         ok, text = m.commands.execute(m, line, "json" if args.json else "text")
-        print(text if ok else f"xenwb: {line}: {text}")
+        if ok:
+            print(text)
+        else:
+            failed = True
+            print(f"xenwb: --exec {line!r}: {text}", file=sys.stderr)
+    sys.stdout.flush()
     if not args.quiet:
         print(f"xenwb: {result.reason.value}{f' ({result.detail})' if result.detail else ''}; "
-              f"{dom.stats['hypercalls']} hypercalls, {dom.stats['faults']} faults bounced, "
-              f"{m.now() / 1e9:.6f} s virtual time", file=sys.stderr)
+              f"{dom.stats['hypercalls']} hypercalls (+{counter.entries} multicall entries), "
+              f"{dom.stats['faults']} faults bounced, {m.now() / 1e9:.6f} s virtual time", file=sys.stderr)
+    if failed:
+        return EXIT_WORKBENCH
     if result.reason is StopReason.shutdown and dom.shutdown_reason == 0:
         return EXIT_OK
     if result.reason is StopReason.requested:
         return EXIT_OK if until != "shutdown" else 130
-    if result.reason is StopReason.time_limit and not isinstance(until, str):
-        return EXIT_OK       # the stop condition the user asked for (--until time:S)
+    if (result.reason is StopReason.time_limit and isinstance(until, Time)
+            and (args.timeout is None or until.ns <= args.timeout)):
+        return EXIT_OK       # the stop condition the user asked for (--until time:S), not --timeout
     return EXIT_GUEST
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.max_instructions is not None and args.max_instructions <= 0:
-        raise XenwbError("--max-instructions must be positive")
-    if args.timeout is not None and args.timeout <= 0:
-        raise XenwbError("--timeout must be positive")
     if args.wait and args.gdb is None:
         raise XenwbError("--wait needs --gdb")
     if args.gdb is not None:
-        from gdbstub.server import parse_address
-        try:
-            parse_address(args.gdb)
-        except ValueError as e:
-            raise XenwbError(f"--gdb: {e} (write the guest before --gdb, or --gdb=PORT)") from None
+        _check_gdb_address(args)
     session = _session(args, _plugins(args, ()))
     if args.trace:
         session.record(args.trace)
-    session.machine.set_limits(args.max_instructions, int(args.timeout * 1e9) if args.timeout else None)
-    from xenwb.backends import stdin_input  # console input: a terminal, a pipe or a file (issue 7)
-    console_in = session.machine.input_source = stdin_input()
+    console_in = _start_input(args, session)
     try:
         if args.gdb is not None:               # gdb remote stub (gdbstub/, issue 4)
             from gdbstub.server import GdbRun
@@ -205,10 +362,12 @@ def cmd_shell(args: argparse.Namespace) -> int:
     from xenwb.builder import load_module
     from xenwb.session import ALL_PLUGINS, Session
     from xenwb.tui import Shell
+    if args.gdb is not None:
+        _check_gdb_address(args)
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise XenwbError("xenwb shell needs a terminal (use xenwb run / xenwb trace in scripts)")
-    session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=load_module(args.module),
-                      vcpus=args.vcpus, plugins=ALL_PLUGINS)
+    session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline,
+                      module=load_module(args.module, args.memory), vcpus=args.vcpus, plugins=ALL_PLUGINS)
     shell = Shell(session, gdb_address=args.gdb)
     if args.run:
         shell.ctl.cont()
@@ -223,24 +382,37 @@ def _parse_until(text: str):
     kind, _, val = text.partition(":")
     try:
         if kind == "events" and val:
-            return Events(int(val, 0))
+            return Events(parse_count(val))
         if kind == "time" and val:
-            return Time(int(float(val) * 1e9))
-    except ValueError:
-        raise XenwbError(f"--until {text!r}: bad number") from None
+            return Time(parse_seconds(val))
+    except ValueError as e:
+        raise XenwbError(f"--until {text!r}: {e}") from None
     return Symbol(text)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from plugins.filters import build_filter
     from xenwb.commands import CommandError
+    from xenwb.session import Symbol
     try:
         flt = build_filter(args.name, args.vcpu, args.failed, args.range)
     except CommandError as e:
         raise XenwbError(str(e)) from None
+    if flt.vcpus is not None and not flt.vcpus <= set(range(args.vcpus)):
+        bad = ",".join(str(v) for v in sorted(flt.vcpus - set(range(args.vcpus))))
+        ids = "0" if args.vcpus == 1 else f"0 to {args.vcpus - 1}"
+        raise XenwbError(f"--vcpu {bad}: no such vcpu (this run has vcpu {ids}; see --vcpus)")
+    until = _parse_until(args.until)
     session = _session(args, _plugins(args, ("evmask",)), None if flt.empty else flt)
+    if isinstance(until, Symbol):
+        session.address(until.name)            # an unknown symbol is an error before anything is written
     session.record(args.output, args.format)
-    return _run_and_report(args, session, _parse_until(args.until))
+    console_in = _start_input(args, session)
+    try:
+        return _run_and_report(args, session, until)
+    finally:
+        if console_in is not None:
+            console_in.close()
 
 
 if __name__ == "__main__":

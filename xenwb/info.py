@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from xenwb.errors import XenwbError
 from xenwb.examples import resolve_guest
 from xenwb.layout import compute_layout
 from xenwb.loader import GuestImage, load_guest
@@ -45,6 +46,9 @@ def describe(img: GuestImage, memory_mib: int = 64, module_size: int = 0) -> str
     if img.machine == "EM_386":
         nr_pages = memory_mib * 256
         lay = compute_layout(img, nr_pages, module_size)
+        if lay.mapped_pages > nr_pages:          # as build_domain refuses it
+            raise XenwbError(f"{memory_mib} MiB is too small: the boot mapping alone needs "
+                             f"{lay.mapped_pages * 4 // 1024 + 1} MiB")
         lines.append(f"start-of-day layout ({memory_mib} MiB, {nr_pages} pages, pfn = (va - virt_base) / 4096):")
         for r in lay.regions:
             lines.append(f"  {r.name:<11} {r.va:#010x} - {r.end:#010x}  pfn {lay.pfn(r.va):#7x}  "
@@ -68,9 +72,9 @@ def _symbols_line(img: GuestImage) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import os
+    from xenwb.builder import module_size
     img = load_guest(resolve_guest(args.guest))
-    size = os.path.getsize(args.module) if args.module else 0
+    size = module_size(args.module, args.memory) if args.module else 0
     print(describe(img, args.memory, size))
     return 0
 

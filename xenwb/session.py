@@ -108,7 +108,7 @@ class Session:
             self.machine.domain.trace.subscribe(self._on_event)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
-        if self.filter is not None and ev["kind"] == "hypercall" and not self.filter.match(ev):
+        if self.filter is not None and not self.filter.match(ev):
             return
         if self._event_budget is not None:
             if self._event_budget <= 0:
@@ -161,11 +161,11 @@ class Session:
             if isinstance(until, Events):
                 self._listen()
                 self._event_budget = max(1, until.count)
-            elif isinstance(until, Time):
-                self.machine.timeout_ns = until.ns
+            elif isinstance(until, Time):       # the earlier of this and the machine's own limit
+                self.machine.timeout_ns = until.ns if old_timeout is None else min(until.ns, old_timeout)
             elif isinstance(until, (Symbol, int)) or (isinstance(until, str) and until != "shutdown"):
                 target = until.name if isinstance(until, Symbol) else until
-                addr = self._address(target)
+                addr = self.address(target)
                 if addr not in ctl.breakpoints():
                     ctl.insert_breakpoint(addr)
                     temporary = addr
@@ -197,7 +197,8 @@ class Session:
             raise XenwbError(f"workbench error while running: {ev.detail}")
         return RunResult(StopReason.requested, ev.describe(self.machine))
 
-    def _address(self, target: str | int) -> int:
+    def address(self, target: str | int) -> int:
+        """A symbol's address (or a number in C syntax); XenwbError if there is no such symbol."""
         if isinstance(target, int):
             return target
         sym = self.machine.image.lookup(target)
