@@ -270,24 +270,12 @@ def _plugins(args: argparse.Namespace, default: tuple[str, ...]) -> tuple[str, .
     chosen = args.plugin
     if not chosen:
         needed = default
-        if args.exec_:
+        if args.exec_ or "all" in default:
             needed = ALL_PLUGINS
         return needed
     if "all" in chosen:
         return ALL_PLUGINS
     return tuple(chosen)
-
-
-class _EntryCounter:
-    """Counts multicall entries, which the summary line names apart from the hypercalls
-    (traps into Xen) it counts; `hypercalls summary` counts both, entries in `in_multicall`."""
-
-    def __init__(self) -> None:
-        self.entries = 0
-
-    def __call__(self, ev: dict[str, Any]) -> None:
-        if ev["kind"] == "hypercall" and ev.get("multicall") is not None:
-            self.entries += 1
 
 
 def _start_input(args: argparse.Namespace, session):
@@ -303,8 +291,6 @@ def _run_and_report(args: argparse.Namespace, session, until) -> int:
     from xenwb.session import Time
     m = session.machine
     dom = m.domain
-    counter = _EntryCounter()
-    dom.trace.subscribe(counter)
     old = signal.signal(signal.SIGINT, lambda *_: m.stop())
     old_term = signal.signal(signal.SIGTERM, lambda *_: m.stop())
     try:
@@ -312,7 +298,6 @@ def _run_and_report(args: argparse.Namespace, session, until) -> int:
     finally:
         signal.signal(signal.SIGINT, old)
         signal.signal(signal.SIGTERM, old_term)
-        dom.trace.unsubscribe(counter)
         session.close()
     failed = False
     for line in args.exec_:
@@ -325,7 +310,7 @@ def _run_and_report(args: argparse.Namespace, session, until) -> int:
     sys.stdout.flush()
     if not args.quiet:
         print(f"xenwb: {result.reason.value}{f' ({result.detail})' if result.detail else ''}; "
-              f"{dom.stats['hypercalls']} hypercalls (+{counter.entries} multicall entries), "
+              f"{dom.stats['hypercalls']} hypercalls (+{dom.stats['multicall_entries']} multicall entries), "
               f"{dom.stats['faults']} faults bounced, {m.now() / 1e9:.6f} s virtual time", file=sys.stderr)
     if failed:
         return EXIT_WORKBENCH
@@ -344,7 +329,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise XenwbError("--wait needs --gdb")
     if args.gdb is not None:
         _check_gdb_address(args)
-    session = _session(args, _plugins(args, ()))
+    # under gdb every plugin is on from the start, so `monitor hypercalls ...` has the whole history
+    session = _session(args, _plugins(args, ("all",) if args.gdb is not None else ()))
     if args.trace:
         session.record(args.trace)
     console_in = _start_input(args, session)

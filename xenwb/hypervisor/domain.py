@@ -138,7 +138,7 @@ class Domain(SchedulingMixin):
         self.vm_assist = 0
         self.shared_info_mfn = mem.alloc_xen_frame()
         self.hypercalls = load_all()
-        self.stats = {"hypercalls": 0, "faults": 0}
+        self.stats = {"hypercalls": 0, "multicall_entries": 0, "faults": 0}
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
         self.console_sink: Callable[[bytes], None] = lambda b: None

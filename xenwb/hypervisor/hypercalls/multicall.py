@@ -43,6 +43,7 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
                 e = L.parse(vcpu.read_virt(addr, size))
             except GuestFault:
                 return EFAULT
+            dom.stats["multicall_entries"] += 1
             if e.op == C.Hypercall.iret:
                 from xenwb.hypervisor.traps import do_iret
                 do_iret(vcpu)
