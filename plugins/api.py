@@ -16,7 +16,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from xenwb.commands import CommandError, Result, table
+from xenwb.registry import CommandError, Result, table
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
@@ -62,16 +62,18 @@ class PluginManager:
         self.machine = machine
         self.available: dict[str, type[Plugin]] = {}
         self.instances: dict[str, Plugin] = {}
-        for cls in builtin_plugins():
-            self.available[cls.name] = cls
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        self.load_errors: list[str] = []
+        # built-in and third-party plugins alike come from the entry-point group
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             try:
                 cls = ep.load()
             except Exception as e:  # a broken third-party plugin must not stop the workbench
-                self.load_errors = getattr(self, "load_errors", []) + [f"{ep.name}: {e}"]
+                self.load_errors.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}")
                 continue
-            if isinstance(cls, type) and issubclass(cls, Plugin) and cls.name:
-                self.available.setdefault(cls.name, cls)
+            if not (isinstance(cls, type) and issubclass(cls, Plugin) and cls.name):
+                self.load_errors.append(f"plugin {ep.name!r} ({ep.value}) is not a plugins.api.Plugin subclass")
+                continue
+            self.available.setdefault(cls.name, cls)
         reg = machine.commands
         reg.register("plugins", self._cmd_list, "list plugins and whether they are enabled")
         reg.register("plugin enable", self._cmd_enable, "enable a plugin", "NAME")
@@ -109,7 +111,8 @@ class PluginManager:
     def _cmd_list(self, m: Machine, args: list[str]) -> Result:
         rows = [{"plugin": n, "enabled": n in self.instances and self.instances[n].enabled,
                  "description": c.description} for n, c in sorted(self.available.items())]
-        return Result(rows, table(rows))
+        text = table(rows) + "".join(f"\n{e}" for e in self.load_errors)
+        return Result({"plugins": rows, "load_errors": self.load_errors}, text)
 
     def _cmd_enable(self, m: Machine, args: list[str]) -> Result:
         if len(args) != 1:
@@ -122,14 +125,6 @@ class PluginManager:
             raise CommandError("usage: plugin disable NAME")
         self.disable(args[0])
         return Result({"disabled": args[0]}, f"{args[0]} disabled")
-
-
-def builtin_plugins() -> list[type[Plugin]]:
-    from plugins.evmask import EventMaskPlugin
-    from plugins.hypercalls import HypercallTracer
-    from plugins.multicall import MulticallDecoder
-    from plugins.pagetable import PagetablePlugin
-    return [HypercallTracer, MulticallDecoder, EventMaskPlugin, PagetablePlugin]
 
 
 class Options:

@@ -13,7 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from plugins.api import Plugin
-from xenwb.commands import CommandError, Result, parse_int, table
+from xenwb.registry import CommandError, Result, parse_int, table
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu

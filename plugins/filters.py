@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from xenwb.commands import CommandError, parse_int
+from xenwb.registry import CommandError, parse_int
 
 
 @dataclass

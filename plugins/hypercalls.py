@@ -3,12 +3,13 @@ arguments, result and errno, duration; filters; a summary per hypercall."""
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from plugins.api import Options, Plugin
 from plugins.filters import build_filter
-from xenwb.commands import Result, parse_int, table
+from xenwb.registry import CommandError, Result, parse_int, table
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
@@ -90,12 +91,9 @@ class HypercallTracer(Plugin):
 
     def cmd_show(self, m: Machine, args: list[str]) -> Result:
         if len(args) != 1:
-            from xenwb.commands import CommandError
             raise CommandError("usage: hypercalls show SEQ")
         seq = parse_int(args[0], "SEQ")
         for e in self.records:
             if e["seq"] == seq:
-                import json
                 return Result(e, json.dumps(e, indent=2, default=str))
-        from xenwb.commands import CommandError
         raise CommandError(f"no hypercall with seq {seq} in the last {len(self.records)} records")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugins.api import Plugin
 from plugins.hypercalls import brief_args
-from xenwb.commands import CommandError, Result, parse_int, table
+from xenwb.registry import CommandError, Result, parse_int, table
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from plugins.api import Plugin
 from xenwb.abi import constants as C
-from xenwb.commands import CommandError, Result, parse_int, table
 from xenwb.hypervisor.mm import PageType
 from xenwb.hypervisor.paging import walk
+from xenwb.registry import CommandError, Result, parse_int, table
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu

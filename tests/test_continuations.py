@@ -7,7 +7,7 @@ import struct
 
 from xenwb.abi import constants as C
 from xenwb.abi.structs import PV32
-from xenwb.hypervisor.hypercalls import PREEMPT_BATCH
+from xenwb.hypervisor.hypercall import PREEMPT_BATCH
 from xenwb.session import Session, Symbol
 
 N = 3 * PREEMPT_BATCH + 17

@@ -18,7 +18,7 @@ from support.harness import Hv
 from xenwb.abi import constants as C
 from xenwb.abi.constants import EvtchnOp as E
 from xenwb.hypervisor import traps
-from xenwb.hypervisor.hypercalls.event_channel import EVTCHNS_PER_BUCKET
+from xenwb.hypervisor.event_channel import EVTCHNS_PER_BUCKET
 
 H = C.Hypercall
 EPERM, ENOENT, ESRCH, EFAULT, EBUSY, EEXIST, EINVAL, ENOSPC, ENOSYS = (
@@ -200,7 +200,7 @@ def test_backend_ports_close_and_rebind(hv: Hv) -> None:
     connects again; then the backend's notifications reach the new port and our sends reach
     the backend."""
     ev = hv.dom.evtchn
-    store = hv.dom.store_backend
+    store = hv.m.store
     si_store = hv.u32(hv.layout.start_info.va + 48)
     rc, st, _, rdom, rport = status(hv, si_store)
     assert (rc, st, rdom) == (0, INTERDOMAIN, 0)

@@ -97,18 +97,18 @@ def test_grub_xenstore_rings_pagetables_grants() -> None:
     m = s.machine
     Console(m).run_until(re.escape(PROMPT))
     dom = m.domain
-    log = [(e.type, e.args[0], e.reply) for e in dom.xenstore.log]
+    log = [(e.type, e.args[0], e.reply) for e in m.xenstore.log]
     assert ("DIRECTORY", "device/vbd", "ENOENT") in log                 # xendisk: no disks
-    assert dom.store_backend.error == 0 and dom.store_backend.bytes_in > 0
-    assert dom.xenstore.dump("/local/domain/1")["children"]["name"]["value"] == "grub-i386-xen"
+    assert m.store.error == 0 and m.store.bytes_in > 0
+    assert m.xenstore.dump("/local/domain/1")["children"]["name"]["value"] == "grub-i386-xen"
     # map_all_pages() put the console ring at page nr_pages of GRUB's new tables
     walk = s.command(f"pt walk {dom.nr_pages << 12:#x}").text
-    assert f"mfn {dom.console_mfn:#x}" in walk
+    assert f"mfn {m.console.ring_mfn:#x}" in walk
     assert s.command("pt check").text == "no invariant violations"
     # the grant table GRUB set up keeps the toolstack's reserved entries
-    frame = dom.extra["grant_frames"][0]
-    assert struct.unpack("<HHI", dom.mem.read(frame << 12, 8)) == (1, 0, dom.console_mfn)
-    assert struct.unpack("<HHI", dom.mem.read((frame << 12) + 8, 8)) == (1, 0, dom.store_mfn)
+    frame = dom.gnttab.frames()[0]
+    assert struct.unpack("<HHI", dom.mem.read(frame << 12, 8)) == (1, 0, m.console.ring_mfn)
+    assert struct.unpack("<HHI", dom.mem.read((frame << 12) + 8, 8)) == (1, 0, m.store.ring_mfn)
 
 
 @needs_grub
@@ -198,7 +198,7 @@ def test_grant_reserved_entries_seeded(hv_pae: Hv) -> None:
     hv = hv_pae
     _, _, (frame,) = _setup(hv, DOMID_SELF, 1)
     entries = [struct.unpack_from("<HHI", hv.dom.mem.read(frame << 12, 24), 8 * i) for i in range(3)]
-    assert entries == [(1, 0, hv.dom.console_mfn), (1, 0, hv.dom.store_mfn), (0, 0, 0)]
+    assert entries == [(1, 0, hv.m.console.ring_mfn), (1, 0, hv.m.store.ring_mfn), (0, 0, 0)]
 
 
 def test_grant_versions(hv_pae: Hv) -> None:

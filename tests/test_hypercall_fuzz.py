@@ -8,7 +8,7 @@ import random
 import pytest
 
 from xenwb.hypervisor.memory import GuestFault
-from xenwb.hypervisor.traps import DomainCrash
+from xenwb.hypervisor.state import DomainCrash
 from xenwb.machine import Machine
 
 SEED = 20261121

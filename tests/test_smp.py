@@ -21,7 +21,7 @@ from xenwb.abi import constants as C
 from xenwb.abi.structs import PV32
 from xenwb.examples import resolve_guest
 from xenwb.hypervisor import traps
-from xenwb.hypervisor.vcpu import VcpuState
+from xenwb.hypervisor.state import VcpuState
 from xenwb.machine import Machine, StopReason
 
 H = C.Hypercall
@@ -222,7 +222,7 @@ def test_remote_flush_matters(monkeypatch) -> None:
     """Each vcpu's engine keeps its own TLB: in pvdemo on 2 vcpus, vcpu 1 reads a page that
     vcpu 0 then remaps with UVMF_INVLPG|UVMF_ALL. With the flush reaching vcpu 1 it sees the new
     frame; with only a local flush it keeps reading the old one, as real hardware would."""
-    from xenwb.hypervisor.hypercalls import mm
+    from xenwb.hypervisor import mm
 
     def local_only(vcpu, flags, va):
         if flags & C.UVMF_FLUSHTYPE_MASK:

@@ -20,8 +20,8 @@ from ev_support import EvGuest, build_ev_guest, have_toolchain
 from support.harness import Hv
 
 from xenwb.abi import constants as C
-from xenwb.hypervisor.hypercalls import sched
-from xenwb.hypervisor.vcpus import update_vcpu_time
+from xenwb.hypervisor import sched
+from xenwb.hypervisor.time import update_vcpu_time
 from xenwb.machine import StopReason
 
 H = C.Hypercall
@@ -211,7 +211,7 @@ def test_poll_semantics_on_the_hypervisor_side() -> None:
     port is pending or an upcall is deliverable; otherwise blocks. A single-port poller wakes
     only for its port; a multi-port poller for any newly pending port; a kick (an unmasked
     event for the vcpu) wakes any poller (vcpu_unblock)."""
-    from xenwb.hypervisor.vcpu import VcpuState
+    from xenwb.hypervisor.state import VcpuState
     hv = Hv.example("pvdemo-pae", vcpus=2)
     ev = hv.dom.evtchn
     v0, v1 = hv.dom.vcpus
@@ -252,7 +252,7 @@ def test_poll_semantics_on_the_hypervisor_side() -> None:
 def test_block_is_not_a_lost_wakeup() -> None:
     """vcpu_block checks for a deliverable event after blocking: a pending event with events
     unmasked by SCHEDOP_block itself returns at once."""
-    from xenwb.hypervisor.vcpu import VcpuState
+    from xenwb.hypervisor.state import VcpuState
     hv = Hv.example("pvdemo-pae")
     hv.v.upcall_pending = 1
     assert hv.v.upcall_mask == 1

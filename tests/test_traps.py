@@ -23,7 +23,7 @@ from support.harness import Hv, run_to_guest
 from xenwb.abi.constants import Hypercall as H
 from xenwb.abi.structs import PV32
 from xenwb.hypervisor import traps
-from xenwb.hypervisor.traps import DomainCrash
+from xenwb.hypervisor.state import DomainCrash
 
 KCS, KDS, UCS, UDS = 0xE019, 0xE021, 0xE02B, 0xE033
 IF, IOPL3, TF, NT, RF = 0x200, 0x3000, 0x100, 0x4000, 0x10000

@@ -364,8 +364,9 @@ class Ring:
     def __init__(self, hv: Hv) -> None:
         self.hv = hv
         self.dom = hv.dom
-        self.base = self.dom.store_mfn << 12
-        self.port = self.dom.store_backend.port
+        self.m = hv.m
+        self.base = self.m.store.ring_mfn << 12
+        self.port = self.m.store.port
         self.req_id = 100
 
     def u32(self, off: int) -> int:
@@ -430,7 +431,7 @@ def test_ring_read_in_pieces_and_reply(ring: Ring) -> None:
     ring.notify()
     assert ring.pending()
     assert ring.replies(ring.take()) == [(XsType.READ, ring.req_id, 0, b"1")]
-    assert ring.dom.xenstore.log[-1].args[0] == "domid"
+    assert ring.m.xenstore.log[-1].args[0] == "domid"
 
 
 @pytest.mark.parametrize("start", [0xFFFFFF00, 1000, 0x7FFFFFF0])
@@ -444,14 +445,14 @@ def test_ring_indices_need_not_start_at_zero(ring: Ring, start: int) -> None:
         ring.notify()
         got = ring.replies(ring.take())
         assert [(t, body) for t, _, _, body in got] == [
-            (XsType.READ, ring.dom.xenstore.read(f"{HOME}/name")), (XsType.DIRECTORY, b""),
+            (XsType.READ, ring.m.xenstore.read(f"{HOME}/name")), (XsType.DIRECTORY, b""),
             (XsType.GET_DOMAIN_PATH, b"/local/domain/1\0")]
     assert ring.u32(XS_REQ_CONS) == ring.u32(XS_REQ_PROD)
 
 
 def test_ring_reply_larger_than_free_space(ring: Ring) -> None:
     big = "v" * 2000
-    ring.dom.xenstore.write(f"{HOME}/data/big", big)
+    ring.m.xenstore.write(f"{HOME}/data/big", big)
     ring.put(ring.msg(XsType.READ, b"data/big\0"))
     ring.notify()
     first = ring.take()
@@ -469,7 +470,7 @@ def test_ring_watch_event_from_the_toolstack(ring: Ring) -> None:
     assert [t for t, *_ in ring.replies(ring.take())] == [XsType.WATCH, XsType.WATCH_EVENT]
     ring.dom.mem.write(ring.dom.evtchn.pending_off + ring.port // 8, b"\0")     # the guest took the event
     assert not ring.pending()
-    ring.dom.xenstore.write(f"{HOME}/control/shutdown", "reboot")
+    ring.m.xenstore.write(f"{HOME}/control/shutdown", "reboot")
     assert ring.pending()
     assert ring.replies(ring.take()) == [(XsType.WATCH_EVENT, 0, 0, b"control/shutdown\0t\0")]
 
@@ -500,7 +501,7 @@ def test_ring_reconnect_drops_watches_and_transactions(ring: Ring) -> None:
     ring.put(ring.msg(XsType.WATCH, b"data\0w\0") + ring.msg(XsType.TRANSACTION_START, b"\0"))
     ring.notify()
     ring.take()
-    conn = ring.dom.store_backend.conn
+    conn = ring.m.store.conn
     assert conn.watches and conn.transactions
     ring.set(XS_CONNECTION, 1)
     ring.notify()

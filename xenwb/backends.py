@@ -30,11 +30,12 @@ if TYPE_CHECKING:
 
 
 class ConsoleBackend:
-    def __init__(self, dom: Domain, port: int) -> None:
+    def __init__(self, dom: Domain, port: int, ring_mfn: int) -> None:
         self.dom = dom
         self.port = port
         L = dom.abi.xencons_interface
-        self.base = dom.console_mfn << 12  # type: ignore[attr-defined]
+        self.ring_mfn = ring_mfn
+        self.base = ring_mfn << 12
         self.off = {f: L.offset(f) for f in ("in_", "out", "in_cons", "in_prod", "out_cons", "out_prod")}
         self.notifications = 0
         self.pending_input = bytearray()     # typed by the user, not yet in the ring
@@ -60,7 +61,7 @@ class ConsoleBackend:
         out = _ring_read(self.dom, self.base + self.off["out"], 2048, cons, avail)
         self._set("out_cons", cons + avail)
         self.dom.console_write(None, bytes(out))
-        self.dom.evtchn.notify_guest(self.port)  # type: ignore[attr-defined]
+        self.dom.evtchn.notify_guest(self.port)
         return bytes(out)
 
     def feed(self, data: bytes) -> int:
@@ -71,7 +72,7 @@ class ConsoleBackend:
         if n:
             _ring_write(self.dom, self.base + self.off["in_"], 1024, prod, data[:n])
             self._set("in_prod", prod + n)
-            self.dom.evtchn.notify_guest(self.port)  # type: ignore[attr-defined]
+            self.dom.evtchn.notify_guest(self.port)
         return n
 
     # -- user input, paced by the machine ------------------------------------------------
@@ -125,16 +126,16 @@ MAX_PENDING_OUTPUT = 64 * 1024   # replies waiting for ring space: stop reading 
 class StoreBackend:
     """The xenstored end of the domain's store ring; the database is dom.xenstore."""
 
-    def __init__(self, dom: Domain, port: int) -> None:
+    def __init__(self, dom: Domain, port: int, ring_mfn: int, *, console_port: int, console_mfn: int) -> None:
         self.dom = dom
         self.port = port
-        self.base = dom.store_mfn << 12  # type: ignore[attr-defined]
+        self.ring_mfn = ring_mfn
+        self.base = ring_mfn << 12
         self.notifications = 0
         self.store = XenStore()
-        dom.xenstore = self.store  # type: ignore[attr-defined]
         seed_domain(self.store, dom.domid, name=_domain_name(dom), uuid=f"00000000-0000-0000-0000-{dom.domid:012x}",
-                    memory_kib=dom.nr_pages * 4, vcpus=0, console_port=_console_port(dom),
-                    console_mfn=getattr(dom, "console_mfn", 0), store_port=port, store_mfn=dom.store_mfn)  # type: ignore[attr-defined]
+                    memory_kib=dom.nr_pages * 4, vcpus=0, console_port=console_port,
+                    console_mfn=console_mfn, store_port=port, store_mfn=ring_mfn)
         self.conn = self.store.connect(dom.domid)
         self.conn.on_output = self._output_ready
         self.inbuf = bytearray()       # request bytes taken from the ring, not yet a whole message
@@ -185,7 +186,7 @@ class StoreBackend:
             return
         signal |= self._flush()
         if signal:
-            self.dom.evtchn.notify_guest(self.port)  # type: ignore[attr-defined]
+            self.dom.evtchn.notify_guest(self.port)
 
     def _take_requests(self) -> bool:
         """Move the guest's request bytes into inbuf and answer the complete messages.
@@ -240,7 +241,7 @@ class StoreBackend:
     def _output_ready(self) -> None:
         """Watch events queued by a change made outside a request (the workbench's writes)."""
         if not self.error and self._flush():
-            self.dom.evtchn.notify_guest(self.port)  # type: ignore[attr-defined]
+            self.dom.evtchn.notify_guest(self.port)
 
     def _fail(self, err: int) -> None:
         """The connection error feature: record why, drop the connection's state, stop serving."""
@@ -249,7 +250,7 @@ class StoreBackend:
         self.inbuf.clear()
         self.outbuf.clear()
         self.conn.reset()
-        self.dom.evtchn.notify_guest(self.port)  # type: ignore[attr-defined]
+        self.dom.evtchn.notify_guest(self.port)
 
     def _reconnect(self) -> None:
         """The ring reconnection feature: empty both queues, forget watches and transactions,
@@ -261,7 +262,7 @@ class StoreBackend:
             self._set(off, 0)
         self.error = XENSTORE_ERROR_NONE
         self._set(XS_CONNECTION, XENSTORE_CONNECTED)
-        self.dom.evtchn.notify_guest(self.port)  # type: ignore[attr-defined]
+        self.dom.evtchn.notify_guest(self.port)
 
 
 def _domain_name(dom: Domain) -> str:
@@ -273,11 +274,6 @@ def _domain_name(dom: Domain) -> str:
     for suffix in (".bin", ".elf", ".gz"):
         name = name.removesuffix(suffix)
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "domU"
-
-
-def _console_port(dom: Domain) -> int:
-    from xenwb.builder import CONSOLE_EVTCHN
-    return CONSOLE_EVTCHN
 
 
 # ---------------------------------------------------------------- console input from the host

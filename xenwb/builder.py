@@ -11,13 +11,17 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from xenwb.abi import constants as C
+from xenwb.backends import ConsoleBackend, StoreBackend
 from xenwb.errors import XenwbError
 from xenwb.hypervisor.domain import Domain
 from xenwb.hypervisor.memory import MachineMemory
 from xenwb.hypervisor.mm import MMError, Sharing
-from xenwb.hypervisor.vcpu import Vcpu, VcpuState
+from xenwb.hypervisor.state import VcpuState
+from xenwb.hypervisor.time import update_vcpu_time
+from xenwb.hypervisor.vcpu import Vcpu
 from xenwb.hypervisor.xenarea import MAX_VCPUS, NONPAE_GEOMETRY, PAE_GEOMETRY
 from xenwb.layout import BootLayout, compute_layout
 from xenwb.loader import EM_X86_64, GuestImage
@@ -31,6 +35,17 @@ CONSOLE_EVTCHN = 2
 
 
 @dataclass
+class BuiltDomain:
+    """What the toolstack made: the domain, its start-of-day layout, and the backends
+    (playing domain 0) behind its console and xenstore ports."""
+
+    domain: Domain
+    layout: BootLayout
+    console: ConsoleBackend
+    store: StoreBackend
+
+
+@dataclass
 class BuildConfig:
     memory_mib: int = 64
     cmdline: str = ""
@@ -38,7 +53,7 @@ class BuildConfig:
     vcpus: int = 1
 
 
-def build_domain(image: GuestImage, cfg: BuildConfig) -> tuple[Domain, BootLayout]:
+def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     if image.machine == EM_X86_64:
         raise XenwbError(f"{image.path}: 64-bit PV guests are not supported yet (only 32-bit PV)")
     if image.hv_start_low is not None and image.hv_start_low > 0xF5800000:
@@ -93,7 +108,7 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> tuple[Domain, BootLayou
     # p2m list
     write_va(layout.p2m.va, struct.pack(f"<{nr_pages}I", *pm.p2m))
     _build_pagetables(dom, layout, write_va)
-    _fill_start_info(dom, layout, cfg, write_va)
+    start_info = _fill_start_info(dom, layout, cfg, write_va)
     if image.hypercall_page is not None:
         dom.write_hypercall_page(pm.mfn(layout.pfn(image.hypercall_page)))
     top_mfn = pm.mfn(layout.pfn(layout.pagetables.va))
@@ -104,19 +119,27 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> tuple[Domain, BootLayou
     # shared_info: zeroed, every vcpu_info starts with events masked
     for i in range(32):
         mem.write((dom.shared_info_mfn << 12) + 64 * i + 1, b"\x01")
-    from xenwb.hypervisor.hypercalls.event_channel import setup_domain_ports
-    from xenwb.hypervisor.vcpus import init_wallclock, update_vcpu_time
-    setup_domain_ports(dom)
-    init_wallclock(dom)
+    console, store = _connect_backends(dom, start_info)
     for vid in range(cfg.vcpus):
         dom.vcpus.append(Vcpu(dom, vid))
-    dom.store_backend.seed_vcpus(cfg.vcpus)  # type: ignore[attr-defined]  # xenstore cpu/<i>/availability
+    store.seed_vcpus(cfg.vcpus)            # xenstore cpu/<i>/availability
     v0 = dom.vcpus[0]
     start_vcpu0(dom, v0, layout, top_mfn)
     for v in dom.vcpus:
         update_vcpu_time(dom, v)
-    dom.layout = layout  # type: ignore[attr-defined]
-    return dom, layout
+    return BuiltDomain(dom, layout, console, store)
+
+
+def _connect_backends(dom: Domain, si) -> tuple[ConsoleBackend, StoreBackend]:
+    """The toolstack's ports (libxl allocates them unbound; xenconsoled and xenstored, here
+    the workbench's backends playing domain 0, bind them), and the grant entries it reserves
+    for the rings (xc_dom_gnttab_seed)."""
+    console = ConsoleBackend(dom, CONSOLE_EVTCHN, si.console_mfn)
+    store = StoreBackend(dom, STORE_EVTCHN, si.store_mfn, console_port=CONSOLE_EVTCHN, console_mfn=si.console_mfn)
+    dom.evtchn.connect_backend(STORE_EVTCHN, store)
+    dom.evtchn.connect_backend(CONSOLE_EVTCHN, console)
+    dom.gnttab.seed(si.console_mfn, si.store_mfn)
+    return console, store
 
 
 def _build_pagetables(dom: Domain, layout: BootLayout, write_va) -> None:
@@ -165,7 +188,7 @@ def _build_pagetables(dom: Domain, layout: BootLayout, write_va) -> None:
         va += span_l1
 
 
-def _fill_start_info(dom: Domain, layout: BootLayout, cfg: BuildConfig, write_va) -> None:
+def _fill_start_info(dom: Domain, layout: BootLayout, cfg: BuildConfig, write_va) -> Any:
     si = dom.abi.start_info()
     si.magic = dom.image.guest_type.encode()
     si.nr_pages = dom.nr_pages
@@ -183,7 +206,7 @@ def _fill_start_info(dom: Domain, layout: BootLayout, cfg: BuildConfig, write_va
     si.cmd_line = cfg.cmdline.encode()[:1023]
     write_va(layout.start_info.va, bytes(si))
     dom.start_info_va = layout.start_info.va
-    dom.store_mfn, dom.console_mfn = si.store_mfn, si.console_mfn  # type: ignore[attr-defined]
+    return si
 
 
 def start_vcpu0(dom: Domain, v: Vcpu, layout: BootLayout, top_mfn: int) -> None:

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from gdbstub.server import GdbRun, parse_address
+from plugins.filters import build_filter
 from xenwb import __version__
+from xenwb.backends import stdin_input
+from xenwb.builder import load_module
 from xenwb.errors import XenwbError
+from xenwb.examples import list_examples
+from xenwb.info import cmd_info
+from xenwb.machine import StopReason
+from xenwb.registry import CommandError
+from xenwb.session import ALL_PLUGINS, Events, Session, Symbol, Time
+from xenwb.tui import Shell
 
 EXIT_OK, EXIT_GUEST, EXIT_WORKBENCH = 0, 1, 2
 MEMORY_MIB = (4, 1536)          # the guest memory build_domain accepts
@@ -160,7 +172,6 @@ def _add_plugin_options(p: argparse.ArgumentParser) -> None:
 
 def _check_gdb_address(args: argparse.Namespace) -> None:
     """--gdb's [HOST:]PORT is well formed (the host is resolved and bound when the stub starts)."""
-    from gdbstub.server import parse_address
     try:
         parse_address(args.gdb)
     except ValueError as e:
@@ -172,7 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "info":
-            from xenwb.info import cmd_info
             return cmd_info(args)
         if args.command == "run":
             return cmd_run(args)
@@ -195,7 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
-    from xenwb.examples import list_examples
     exs = list_examples()
     if not exs:
         raise XenwbError("no bundled examples found (examples/guests is missing)")
@@ -210,9 +219,6 @@ def cmd_examples(args: argparse.Namespace) -> int:
 def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=None):
     """The Session for run/trace: the module checked and read, the plugins enabled, the
     --exec commands checked; nothing has run yet."""
-    from xenwb.builder import load_module
-    from xenwb.commands import CommandError
-    from xenwb.session import Session
     out = sys.stdout.buffer
 
     def sink(data: bytes) -> None:
@@ -234,8 +240,6 @@ def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=No
 def _check_exec(session, lines: Sequence[str]) -> None:
     """Every --exec line names a known command (checked before the guest runs; its arguments
     are checked when it runs)."""
-    import difflib
-    import shlex
     reg = session.machine.commands
     for line in lines:
         try:
@@ -266,7 +270,6 @@ def _check_exec(session, lines: Sequence[str]) -> None:
 
 
 def _plugins(args: argparse.Namespace, default: tuple[str, ...]) -> tuple[str, ...]:
-    from xenwb.session import ALL_PLUGINS
     chosen = args.plugin
     if not chosen:
         needed = default
@@ -280,15 +283,12 @@ def _plugins(args: argparse.Namespace, default: tuple[str, ...]) -> tuple[str, .
 
 def _start_input(args: argparse.Namespace, session):
     """Limits set, stdin attached to the guest's console (run and trace alike); the input source."""
-    from xenwb.backends import stdin_input  # console input: a terminal, a pipe or a file (issue 7)
     session.machine.set_limits(args.max_instructions, args.timeout)
     session.machine.input_source = stdin_input()
     return session.machine.input_source
 
 
 def _run_and_report(args: argparse.Namespace, session, until) -> int:
-    from xenwb.machine import StopReason
-    from xenwb.session import Time
     m = session.machine
     dom = m.domain
     old = signal.signal(signal.SIGINT, lambda *_: m.stop())
@@ -336,7 +336,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     console_in = _start_input(args, session)
     try:
         if args.gdb is not None:               # gdb remote stub (gdbstub/, issue 4)
-            from gdbstub.server import GdbRun
             return _run_and_report(args, GdbRun(session, args.gdb, wait=args.wait), "shutdown")
         return _run_and_report(args, session, "shutdown")
     finally:
@@ -345,9 +344,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from xenwb.builder import load_module
-    from xenwb.session import ALL_PLUGINS, Session
-    from xenwb.tui import Shell
     if args.gdb is not None:
         _check_gdb_address(args)
     if not sys.stdin.isatty() or not sys.stdout.isatty():
@@ -362,7 +358,6 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def _parse_until(text: str):
-    from xenwb.session import Events, Symbol, Time
     if text == "shutdown":
         return "shutdown"
     kind, _, val = text.partition(":")
@@ -377,9 +372,6 @@ def _parse_until(text: str):
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from plugins.filters import build_filter
-    from xenwb.commands import CommandError
-    from xenwb.session import Symbol
     try:
         flt = build_filter(args.name, args.vcpu, args.failed, args.range)
     except CommandError as e:

@@ -1,133 +1,15 @@
-"""The command registry: one set of commands for gdb's `monitor`, the TUI, the CLI and Python.
-
-A command has a name of one or more words ("info vcpus", "pt walk"), a usage and a
-help line, and a handler that returns a Result: structured data for scripts plus a
-text rendering for people. Plugins register their commands here.
-"""
+"""The core commands of the registry: help, info vcpus, xen version."""
 
 from __future__ import annotations
 
-import json
-import shlex
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from xenwb.abi import constants as C
+from xenwb.hypervisor.version import capabilities
+from xenwb.registry import CommandError, CommandRegistry, Result, table
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
-
-
-class CommandError(Exception):
-    """A command was used wrongly: the message is shown to the user as is."""
-
-
-@dataclass
-class Result:
-    data: Any
-    text: str
-
-    def render(self, fmt: str = "text") -> str:
-        if fmt == "json":
-            return json.dumps(self.data, indent=2, default=str, sort_keys=False)
-        return self.text
-
-
-Handler = Callable[["Machine", list[str]], Result]
-
-
-@dataclass
-class Command:
-    name: str
-    handler: Handler
-    help: str
-    usage: str = ""
-    plugin: str | None = None
-
-    @property
-    def words(self) -> list[str]:
-        return self.name.split()
-
-
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
-          headers: dict[str, str] | None = None) -> str:
-    """Render rows as an aligned text table."""
-    if not rows:
-        return "(none)"
-    cols = list(columns or rows[0].keys())
-    heads = [(headers or {}).get(c, c) for c in cols]
-    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(heads)]
-    line = "  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()
-    out = [line, "  ".join("-" * w for w in widths)]
-    for row in cells:
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(out)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (list, tuple)):
-        return ",".join(_cell(x) for x in v)
-    return str(v)
-
-
-def parse_int(text: str, what: str = "number") -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise CommandError(f"{what}: {text!r} is not a number (use 0x... for hex)") from None
-
-
-@dataclass
-class CommandRegistry:
-    commands: dict[str, Command] = field(default_factory=dict)
-
-    def register(self, name: str, handler: Handler, help: str, usage: str = "",
-                 plugin: str | None = None) -> Command:
-        cmd = Command(" ".join(name.split()), handler, help, usage, plugin)
-        self.commands[cmd.name] = cmd
-        return cmd
-
-    def unregister_plugin(self, plugin: str) -> None:
-        for name in [n for n, c in self.commands.items() if c.plugin == plugin]:
-            del self.commands[name]
-
-    def names(self) -> list[str]:
-        return sorted(self.commands)
-
-    def lookup(self, words: Sequence[str]) -> tuple[Command, list[str]] | None:
-        """Longest command name that prefixes the words; the rest are arguments."""
-        for n in range(len(words), 0, -1):
-            cmd = self.commands.get(" ".join(words[:n]))
-            if cmd is not None:
-                return cmd, list(words[n:])
-        return None
-
-    def run(self, machine: Machine, line: str) -> Result:
-        try:
-            words = shlex.split(line)
-        except ValueError as e:
-            raise CommandError(f"cannot parse {line!r}: {e}") from None
-        if not words:
-            raise CommandError("empty command; try 'help'")
-        hit = self.lookup(words)
-        if hit is None:
-            raise CommandError(f"unknown command {' '.join(words[:2])!r}; try 'help'")
-        cmd, args = hit
-        return cmd.handler(machine, args)
-
-    def execute(self, machine: Machine, line: str, fmt: str = "text") -> tuple[bool, str]:
-        """Run a line for a front end: (ok, rendered output or error message)."""
-        try:
-            return True, self.run(machine, line).render(fmt)
-        except CommandError as e:
-            return False, str(e)
-
-    def complete(self, prefix: str) -> Iterable[str]:
-        return (n for n in self.names() if n.startswith(prefix))
 
 
 def _help(machine: Machine, args: list[str]) -> Result:
@@ -156,8 +38,6 @@ def _info_vcpus(machine: Machine, args: list[str]) -> Result:
 
 
 def _xen_version(machine: Machine, args: list[str]) -> Result:
-    from xenwb.abi import constants as C
-    from xenwb.hypervisor.hypercalls.version import capabilities
     v0 = machine.vcpus[0]
     data = {"version": f"{C.XEN_MAJOR}.{C.XEN_MINOR}{C.XEN_EXTRAVERSION}", "capabilities": capabilities(v0),
             "guest_type": machine.image.guest_type, "hypervisor_virt_start": f"{machine.domain.geo.hv_start:#x}",
@@ -165,9 +45,7 @@ def _xen_version(machine: Machine, args: list[str]) -> Result:
     return Result(data, "\n".join(f"{k:<22} {v}" for k, v in data.items()))
 
 
-def core_registry() -> CommandRegistry:
-    reg = CommandRegistry()
+def register_core_commands(reg: CommandRegistry) -> None:
     reg.register("help", _help, "list commands, or show one command's usage", "[COMMAND]")
     reg.register("info vcpus", _info_vcpus, "state, EIP and event mask of every vcpu")
     reg.register("xen version", _xen_version, "the emulated hypervisor's version and capabilities")
-    return reg

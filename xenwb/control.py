@@ -48,8 +48,8 @@ from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, Uc
 from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import walk
+from xenwb.hypervisor.state import VcpuState
 from xenwb.hypervisor.traps import guest_regs
-from xenwb.hypervisor.vcpu import VcpuState
 from xenwb.machine import RunResult, StopReason
 
 if TYPE_CHECKING:

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import errno_name, hypercall_name
-from xenwb.commands import CommandError, CommandRegistry, Result, parse_int, table
 from xenwb.control import Controller, DebugError, StopEvent, StopKind
 from xenwb.disasm import disassemble
-from xenwb.hypervisor.hypercalls import decode_args
+from xenwb.hypervisor.hypercall_table import decode_args
 from xenwb.hypervisor.traps import descriptor_of
+from xenwb.registry import CommandError, CommandRegistry, Result, parse_int, table
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine

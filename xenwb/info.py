@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from xenwb.builder import module_size
 from xenwb.errors import XenwbError
 from xenwb.examples import resolve_guest
 from xenwb.layout import compute_layout
@@ -72,7 +73,6 @@ def _symbols_line(img: GuestImage) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from xenwb.builder import module_size
     img = load_guest(resolve_guest(args.guest))
     size = module_size(args.module, args.memory) if args.module else 0
     print(describe(img, args.memory, size))

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenwb.bzimage import compressor_of, parse_setup_header
 from xenwb.errors import XenwbError
 from xenwb.examples import cache_root
 
@@ -299,7 +300,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def report() -> None:
-    from xenwb.bzimage import compressor_of, parse_setup_header
 
     print(f"{'flavour':12} {'kernel':24} {'XEN_PV':7} {'config':7} {'payload':8} {'vmlinuz':>11}")
     for flavour in FLAVOURS:

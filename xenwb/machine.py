@@ -20,15 +20,18 @@ from pathlib import Path
 from unicorn import UcError
 
 from xenwb.abi import constants as C
+from xenwb.backends import ConsoleBackend, StoreBackend
 from xenwb.builder import BuildConfig, build_domain
 from xenwb.errors import XenwbError
 from xenwb.hypervisor.domain import Domain
-from xenwb.hypervisor.hypercalls.sched import fire_timers, timer_deadlines
-from xenwb.hypervisor.traps import DomainCrash, deliver_event_upcall, reload_segments
-from xenwb.hypervisor.vcpu import Vcpu, VcpuState
-from xenwb.hypervisor.vcpus import update_vcpu_time
+from xenwb.hypervisor.sched import fire_timers, timer_deadlines
+from xenwb.hypervisor.state import DomainCrash, VcpuState
+from xenwb.hypervisor.time import update_runstate_area, update_vcpu_time
+from xenwb.hypervisor.traps import deliver_event_upcall, reload_segments
+from xenwb.hypervisor.vcpu import Vcpu
 from xenwb.layout import BootLayout
 from xenwb.loader import GuestImage, load_guest
+from xenwb.registry import CommandRegistry
 
 QUANTUM_NS = 1_000_000          # at most 1 ms of virtual time per turn
 
@@ -60,10 +63,13 @@ class Machine:
     def __init__(self, guest: str | Path | GuestImage, *, memory_mib: int = 64, cmdline: str = "",
                  module: bytes | None = None, vcpus: int = 1) -> None:
         self.image = guest if isinstance(guest, GuestImage) else load_guest(guest)
-        self.domain: Domain
-        self.layout: BootLayout
-        self.domain, self.layout = build_domain(
-            self.image, BuildConfig(memory_mib=memory_mib, cmdline=cmdline, module=module, vcpus=vcpus))
+        built = build_domain(self.image, BuildConfig(memory_mib=memory_mib, cmdline=cmdline, module=module,
+                                                     vcpus=vcpus))
+        self.domain: Domain = built.domain
+        self.layout: BootLayout = built.layout
+        self.console: ConsoleBackend = built.console      # the PV console ring's backend (xenconsoled)
+        self.store: StoreBackend = built.store            # the xenstore ring's backend (xenstored)
+        self.xenstore = built.store.store                 # the store's database, as domain 0 sees it
         self._next = 0
         self._last_run: Vcpu | None = None   # the vcpu the (single) physical cpu ran last
         self.turn_hooks: list = []     # called after every vcpu turn (trace writers flush there)
@@ -71,8 +77,7 @@ class Machine:
         self.stop_requested = False
         self.stop_check: Callable[[], bool] | None = None   # a front end's extra stop condition
         self.turn: Turn | None = None
-        from xenwb.commands import core_registry
-        self.commands = core_registry()   # shared by gdb's monitor, the TUI, the CLI and plugins
+        self.commands = CommandRegistry()   # shared by gdb's monitor, the TUI, the CLI and plugins
         self.max_instructions: int | None = None
         self.timeout_ns: int | None = None
         self._futile: set[int] = set()   # vcpus whose periodic timer fired in vain while all idle
@@ -103,9 +108,9 @@ class Machine:
         for v in self.vcpus:
             v.cpu.uc.emu_stop()
 
-    # -- timers (xen/common/sched/core.c; the rules are in hypervisor/hypercalls/sched.py) ------
+    # -- timers (xen/common/sched/core.c; the rules are in hypervisor/sched.py) ----------------
     def _timer_bound(self, v: Vcpu) -> bool:
-        return self.domain.evtchn.virq_bound(C.Virq.TIMER, v.id)  # type: ignore[attr-defined]
+        return self.domain.evtchn.virq_bound(C.Virq.TIMER, v.id)
 
     def _next_deadline(self, v: Vcpu, effective: bool = False) -> int | None:
         """v's earliest armed timer (effective=True: only one whose firing can change something)."""
@@ -227,7 +232,7 @@ class Machine:
             deadline = min(deadline, max(self.timeout_ns, now + 1))
         update_vcpu_time(dom, v)
         if v.runstate_area:
-            dom.update_runstate_area(v)
+            update_runstate_area(dom, v)
         self.turn = Turn(v, deadline)
         try:
             if (self._last_run is not v or v.rescheduled) and v.cpu.cpl:
@@ -287,7 +292,7 @@ class Machine:
         dom = self.domain
         dom.current = v
         if v.runstate_area:
-            dom.update_runstate_area(v)
+            update_runstate_area(dom, v)
         self._fire_timers(v)
         dom.current = None
         for fn in self.turn_hooks:
@@ -324,7 +329,7 @@ class Machine:
 
     def _hang_detail(self) -> str:
         parts = []
-        ev = self.domain.evtchn  # type: ignore[attr-defined]
+        ev = self.domain.evtchn
         for v in self.vcpus:
             if v.state is not VcpuState.blocked:
                 parts.append(f"vcpu{v.id} {v.state.value}")
@@ -353,10 +358,10 @@ class Machine:
         """Queue bytes typed for the guest's console. They enter the ring between vcpu turns, as
         space allows, never while a vcpu runs: where the guest sees them depends only on the
         guest and on the bytes."""
-        self.domain.console_backend.queue_input(data)  # type: ignore[attr-defined]
+        self.console.queue_input(data)
 
     def _pump_console(self) -> None:
-        cb = self.domain.console_backend  # type: ignore[attr-defined]
+        cb = self.console
         src = self.input_source
         if src is not None and not cb.pending_input and cb.input_idle():
             chunk = src.next_chunk()      # the next line (scripted), or what was typed
@@ -373,7 +378,7 @@ class Machine:
         the guest has read some input (otherwise it is a hang, as without input). False when
         no input will come."""
         src = self.input_source
-        cb = self.domain.console_backend  # type: ignore[attr-defined]
+        cb = self.console
         if src is None or cb.pending_input or not cb.input_idle():
             return False
         if not src.interactive and not cb.input_total:

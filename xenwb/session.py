@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xenwb.commands import Result
+from plugins.api import PluginManager
+from xenwb.commands import register_core_commands
 from xenwb.control import Controller, StopEvent, StopKind
 from xenwb.debug_commands import register_debugger_commands
 from xenwb.errors import XenwbError
 from xenwb.examples import resolve_guest
 from xenwb.machine import Machine, RunResult, StopReason
+from xenwb.registry import Result
 from xenwb.tracefile import TraceWriter, open_writer
 
-ALL_PLUGINS = ("hypercalls", "multicall", "evmask", "pagetable")
+ALL_PLUGINS = ("all",)          # every plugin of the entry-point group xenwb.plugins, third-party ones too
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,6 @@ class Session:
     def __init__(self, guest: str | Path | None = None, *, memory_mib: int = 64, vcpus: int = 1,
                  cmdline: str = "", module: bytes | None = None, plugins: tuple[str, ...] = ALL_PLUGINS,
                  console: Any = None, event_filter: Any = None) -> None:
-        from plugins.api import PluginManager
         self.machine = Machine(resolve_guest(str(guest) if guest is not None else None), memory_mib=memory_mib,
                                cmdline=cmdline, module=module, vcpus=vcpus)
         self.console = bytearray()
@@ -66,7 +67,10 @@ class Session:
         self.machine.domain.console_sink = self._on_console
         self.plugins = PluginManager(self.machine)
         for p in plugins:
-            self.plugins.enable(p)
+            if p == "all":
+                self.plugins.enable_all()
+            else:
+                self.plugins.enable(p)
         self.filter = event_filter
         self._queue: deque[dict[str, Any]] = deque()
         self._listening = False
@@ -77,6 +81,7 @@ class Session:
         self.writers: list[TraceWriter] = []
         self.last: RunResult | None = None
         # the one controller every front end drives (gdb stub, shell, CLI, this API)
+        register_core_commands(self.machine.commands)
         self.controller = Controller(self.machine)
         self.debugger = register_debugger_commands(self.machine.commands, self.controller)
 

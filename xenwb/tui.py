@@ -26,9 +26,11 @@ from prompt_toolkit.layout.controls import FormattedTextControl
 from prompt_toolkit.styles import Style
 from prompt_toolkit.widgets import Frame, TextArea
 
+from gdbstub.server import GdbServer, parse_address
 from plugins.hypercalls import brief_args
-from xenwb.commands import CommandError, Result
 from xenwb.disasm import disassemble
+from xenwb.errors import XenwbError
+from xenwb.registry import CommandError, Result
 
 if TYPE_CHECKING:
     from xenwb.session import Session
@@ -47,7 +49,6 @@ class ShellControl:
     controller's background thread; the UI thread only asks and reads."""
 
     def __init__(self, session: Session, gdb_address: str | None = None) -> None:
-        from gdbstub.server import GdbServer, parse_address
         self.session = session
         self.machine = session.machine
         self.tail: deque[dict[str, Any]] = deque(maxlen=TAIL)
@@ -337,7 +338,7 @@ class Shell:
         if feed is not None:
             feed(text.encode())
         else:
-            m.domain.console_backend.feed(text.encode())  # type: ignore[attr-defined]
+            m.console.feed(text.encode())
 
     def execute(self, line: str) -> None:
         try:
@@ -383,7 +384,6 @@ class Shell:
     def _cmd_trace_save(self, m, args) -> Result:
         if len(args) != 1:
             raise CommandError("usage: trace save FILE")
-        from xenwb.errors import XenwbError
         try:
             self.session.record(args[0])
         except XenwbError as e:

@@ -1,4 +1,11 @@
-"""A PV domain: memory, pagetable state, vcpus, and the hypercall entry point."""
+"""A PV domain: what Xen keeps for it (struct domain): memory and page types, the p2m/m2p,
+event channels, grant table, virtual time, vcpus, the trace bus, and the hypercall entry
+point that dispatches through the one hypercall table (hypercall_table.py).
+
+The domain is the top of the hypervisor: its subsystems never import it (they reach it
+through vcpu.domain); the toolstack (builder.py) creates it, wires the console and xenstore
+ports to its backends and starts vcpu 0.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,19 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, ShutdownReason, hypercall_name
 from xenwb.abi.structs import PV32
-from xenwb.hypervisor.hypercalls import decode_args, load_all
+from xenwb.hypervisor.event_channel import EventChannels
+from xenwb.hypervisor.grant_table import GrantTable
+from xenwb.hypervisor.hypercall_table import TABLE, decode_args
 from xenwb.hypervisor.memory import GuestFault, MachineMemory, PhysMap
 from xenwb.hypervisor.mm import MM
-from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime
-from xenwb.hypervisor.traps import DomainCrash
+from xenwb.hypervisor.state import DomainCrash
+from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime, init_wallclock
+from xenwb.hypervisor.traps import do_iret
 from xenwb.hypervisor.upcall_mask import MaskObserver
 from xenwb.hypervisor.xenarea import HvGeometry, XenArea
 from xenwb.trace import TraceBus
@@ -42,67 +52,6 @@ class DebugObserver(Protocol):
     def bounced(self, vcpu: Vcpu) -> None: ...
 
 
-class SchedulingMixin:
-    """Blocking, polling, waking and vcpu bring-up: the parts of xen/common/sched/core.c
-    and common/domain.c the hypercalls need. They live in hypercalls/sched.py and
-    hypervisor/vcpus.py; the run loop lives in xenwb/machine.py."""
-
-    vcpus: list[Vcpu]
-
-    def block(self, vcpu: Vcpu) -> None:
-        from xenwb.hypervisor.hypercalls.sched import vcpu_block
-        vcpu_block(vcpu)
-
-    def poll(self, vcpu: Vcpu, ports: list[int], timeout: int) -> None:
-        vcpu.poll_ports = list(ports)
-        vcpu.poll_deadline = timeout or None
-        self.block(vcpu)
-
-    def yield_vcpu(self, vcpu: Vcpu) -> None:
-        from xenwb.hypervisor.hypercalls.sched import do_yield
-        do_yield(vcpu)
-
-    def kick(self, vcpu: Vcpu) -> None:
-        """vcpu_kick: an event became pending for vcpu (wakes SCHEDOP_block and _poll)."""
-        from xenwb.hypervisor.hypercalls.sched import vcpu_kick
-        vcpu_kick(vcpu)
-
-    def wake(self, vcpu: Vcpu) -> None:
-        from xenwb.hypervisor.hypercalls.sched import vcpu_unblock
-        vcpu_unblock(vcpu)
-
-    def evtchn_check_pollers(self, port: int) -> None:
-        from xenwb.hypervisor.hypercalls.sched import evtchn_check_pollers
-        evtchn_check_pollers(self, port)  # type: ignore[arg-type]
-
-    scheduler_wake_pollers = evtchn_check_pollers
-
-    def vcpu_initialise(self, target: Vcpu, arg: int) -> int:
-        from xenwb.hypervisor.vcpus import vcpu_initialise
-        return vcpu_initialise(self, target, arg, self.current or self.vcpus[0])  # type: ignore[arg-type]
-
-    def vcpu_up(self, target: Vcpu) -> int:
-        from xenwb.hypervisor.vcpus import vcpu_up
-        return vcpu_up(self, target)  # type: ignore[arg-type]
-
-    def vcpu_down(self, target: Vcpu) -> int:
-        from xenwb.hypervisor.vcpus import vcpu_down
-        return vcpu_down(self, target)  # type: ignore[arg-type]
-
-    def runstate(self, target: Vcpu):
-        from xenwb.hypervisor.vcpus import runstate_info
-        return runstate_info(self, target)  # type: ignore[arg-type]
-
-    def update_runstate_area(self, target: Vcpu) -> None:
-        from xenwb.hypervisor.vcpus import update_runstate_area
-        update_runstate_area(self, target)  # type: ignore[arg-type]
-
-    def register_vcpu_info(self, vcpu: Vcpu, mfn: int, offset: int) -> int:
-        """VCPUOP_register_vcpu_info (common/domain.c map_guest_area)."""
-        from xenwb.hypervisor.vcpus import register_vcpu_info
-        return register_vcpu_info(self, vcpu, mfn, offset)  # type: ignore[arg-type]
-
-
 @dataclass
 class CrashReport:
     vcpu: int
@@ -115,7 +64,7 @@ class CrashReport:
         return f"domain crashed: vcpu{self.vcpu} at eip {where}: {self.reason}"
 
 
-class Domain(SchedulingMixin):
+class Domain:
     domid = 1
 
     def __init__(self, image: GuestImage, mem: MachineMemory, geo: HvGeometry, nr_pages: int) -> None:
@@ -137,7 +86,7 @@ class Domain(SchedulingMixin):
         self.vcpus: list[Vcpu] = []
         self.vm_assist = 0
         self.shared_info_mfn = mem.alloc_xen_frame()
-        self.hypercalls = load_all()
+        self.hypercalls = TABLE
         self.stats = {"hypercalls": 0, "multicall_entries": 0, "faults": 0}
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
@@ -146,11 +95,14 @@ class Domain(SchedulingMixin):
         self.hypercall_page_mfn: int | None = None
         self.cmdline = ""
         self.start_info_va = 0
-        self.extra: dict[str, object] = {}
+        self.shutdown_code: int | None = None      # SCHEDOP_shutdown_code
         self.current: Vcpu | None = None
         self.observer: DebugObserver | None = None
         self._stub_cache: dict[int, bool] = {}     # return address after `int $0x82` -> in a stub?
         self.free_frames: list[int] = []
+        self.evtchn = EventChannels(self)
+        self.gnttab = GrantTable(self)
+        init_wallclock(self)
 
     # -- helpers --------------------------------------------------------------------
     def symbolize(self, addr: int) -> str | None:
@@ -169,6 +121,9 @@ class Domain(SchedulingMixin):
                 print(f"xenwb: unimplemented {what}: returning -ENOSYS", file=sys.stderr)
         return ENOSYS
 
+    def decode_args(self, vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
+        return decode_args(vcpu, nr, args)
+
     def console_write(self, vcpu: Vcpu | None, data: bytes) -> None:
         self.trace.emit_console(vcpu, data)
         self.console_sink(data)
@@ -184,7 +139,6 @@ class Domain(SchedulingMixin):
         self.stats["hypercalls"] += 1
         if nr == C.Hypercall.iret:
             self.time.charge(vcpu, HYPERCALL_COST_NS)
-            from xenwb.hypervisor.traps import do_iret
             if self.trace.active:
                 self.trace.emit_hypercall(vcpu, nr, args, 0, vals[7] - 2, {})
             do_iret(vcpu)
@@ -207,11 +161,14 @@ class Domain(SchedulingMixin):
         t0 = vcpu.clock.units
         vcpu.clock.units = t0 + HYPERCALL_COST_NS       # the hypervisor's work takes virtual time
         decoded = decode_args(vcpu, nr, args) if self.trace.active else None
+        handler = None if entry is None else entry.pv32
         if entry is None:
             ret = self.unimplemented(f"hypercall {hypercall_name(nr)} ({nr})")
+        elif handler is None:
+            ret = ENOSYS                         # not in Xen's table for this guest's ABI
         else:
             try:
-                ret = entry.handler(vcpu, *args)
+                ret = handler(vcpu, *args)
             except DomainCrash:
                 raise
             except Exception as e:   # a workbench bug must not take the workbench down

@@ -21,7 +21,8 @@ from unicorn import x86_const as X
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import GuestFault
-from xenwb.hypervisor.mm import MMError, PageType
+from xenwb.hypervisor.misc import set_debugreg
+from xenwb.hypervisor.mm import MMError, PageType, new_baseptr
 from xenwb.hypervisor.paging import walk
 
 if TYPE_CHECKING:
@@ -319,7 +320,6 @@ def _mov_cr(vcpu: Vcpu, insn, regs: dict[str, int]) -> bool:
             vcpu.cr2 = val
             vcpu.write_vcpu_info_cr2(val)
         elif crn == 3:
-            from xenwb.hypervisor.hypercalls.mm import new_baseptr
             return new_baseptr(vcpu, (val >> 12) & 0xFFFFF) == 0
         elif crn == 4:
             vcpu.cr4 = val & ~(1 << 5 | 1 << 7)   # sanitised: PAE/PGE stay Xen's
@@ -348,7 +348,6 @@ def read_cr(vcpu: Vcpu, n: int) -> int | None:
 
 
 def _mov_dr(vcpu: Vcpu, insn, regs: dict[str, int]) -> bool:
-    from xenwb.hypervisor.hypercalls.misc import set_debugreg
     dst, src = insn.operands
     if dst.type == CX.X86_OP_REG and CX.X86_REG_DR0 <= dst.reg <= CX.X86_REG_DR15:
         return set_debugreg(vcpu, dst.reg - CX.X86_REG_DR0, regs[_REG_BY_CS[src.reg]]) == 0

@@ -1,4 +1,5 @@
-"""Virtual time: derived from execution, never from the host clock.
+"""Virtual time, derived from execution, never from the host clock; and the records Xen
+keeps the guest's view of it in: vcpu_time_info, the wallclock, the runstate.
 
 Each vcpu's clock counts bytes of guest code executed (xenwb/vclock.py); the
 virtual TSC runs at 1 GHz with one tick per byte, and system time (ns since
@@ -10,9 +11,14 @@ the 1 GHz example).
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
+from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.state import VcpuState
+
 if TYPE_CHECKING:
+    from xenwb.hypervisor.domain import Domain
     from xenwb.hypervisor.vcpu import Vcpu
 
 TSC_KHZ = 1_000_000
@@ -39,3 +45,83 @@ class VirtualTime:
 
     def charge(self, vcpu: Vcpu, ns: int) -> None:
         vcpu.clock.units += ns
+
+
+# Sources for the records: xen/arch/x86/time.c (__update_vcpu_system_time, collect_time_info:
+# the version odd/even protocol), xen/common/sched/core.c (vcpu_runstate_change,
+# vcpu_runstate_get), public/vcpu.h.
+RUNSTATE_running, RUNSTATE_runnable, RUNSTATE_blocked, RUNSTATE_offline = 0, 1, 2, 3
+XEN_PVCLOCK_TSC_STABLE_BIT = 1
+TIME_INFO_OFFSET = 32        # vcpu_info.time
+VCPU_INFO_SIZE = 64
+
+
+def update_vcpu_time(dom: Domain, v: Vcpu, force: bool = False) -> None:
+    """__update_vcpu_system_time (arch/x86/time.c): collect the record, and unless it is
+    unchanged (or forced), write it with the version protocol: version odd
+    (version_update_begin), the fields, version even again (version_update_end).
+
+    The virtual TSC counts one tick per ns, so tsc_timestamp = system_time = the vcpu's clock
+    and tsc_to_system_mul = 2^31, tsc_shift = 1 (the 1 GHz case of public/xen.h).
+    XEN_PVCLOCK_TSC_STABLE_BIT stays clear (collect_time_info sets it only when Xen's
+    clocksource is the TSC): each vcpu has its own clock, up to one scheduling quantum apart,
+    so a guest must not assume the TSCs of different vcpus agree (Linux then keeps
+    pvclock readings monotonic across vcpus itself)."""
+    base = v.vcpu_info_maddr + TIME_INFO_OFFSET
+    mem = dom.mem
+    now = dom.time.now(v)
+    fields = struct.pack("<QQIbB", now, now, dom.time.mul_frac, dom.time.shift, 0)
+    if not force and mem.read(base + 8, len(fields)) == fields:
+        return
+    ver = mem.read_u32(base)
+    odd = ((ver + 1) | 1) & 0xFFFFFFFF
+    mem.write_u32(base, odd)
+    mem.write(base + 8, fields)
+    mem.write_u32(base, (odd + 1) & 0xFFFFFFFF)
+
+
+def init_wallclock(dom: Domain) -> None:
+    """shared_info wc_*: the UTC time at system time 0 (fixed, so runs are repeatable),
+    written with the same version protocol on wc_version (update_domain_wallclock_time)."""
+    si = dom.abi.shared_info
+    base = dom.shared_info_mfn << 12
+    mem = dom.mem
+    mem.write_u32(base + si.offset("wc_version"), 1)
+    mem.write_u32(base + si.offset("wc_sec"), WALLCLOCK_EPOCH)
+    mem.write_u32(base + si.offset("wc_nsec"), 0)
+    mem.write_u32(base + si.offset("wc_version"), 2)
+
+
+def runstate_of(v: Vcpu) -> int:
+    return {VcpuState.running: RUNSTATE_running, VcpuState.blocked: RUNSTATE_blocked,
+            VcpuState.down: RUNSTATE_offline, VcpuState.stopped: RUNSTATE_runnable}[v.state]
+
+
+def account_runstate(dom: Domain, v: Vcpu) -> None:
+    """vcpu_runstate_change (sched/core.c): time since the last change goes to the state the
+    vcpu was in; the vcpu enters the state it is in now. Call it after changing v.state."""
+    now = dom.time.now(v)
+    st = v.runstate_state
+    v.runstate_time[st] += max(0, now - v.runstate_entry)
+    v.runstate_entry = max(now, v.runstate_entry)
+    v.runstate_state = runstate_of(v)
+
+
+def runstate_info(dom: Domain, v: Vcpu):
+    """vcpu_runstate_get + the compat translation (44 bytes: i32 state, u64 entry, u64 time[4])."""
+    account_runstate(dom, v)
+    r = dom.abi.vcpu_runstate_info()
+    r.state = v.runstate_state
+    r.state_entry_time = v.runstate_entry
+    for i in range(4):
+        r.time[i] = v.runstate_time[i]
+    return r
+
+
+def update_runstate_area(dom: Domain, v: Vcpu) -> None:
+    """update_runstate_area: write the registered area; a fault is ignored (as Xen does)."""
+    if v.runstate_area:
+        try:
+            v.write_virt(v.runstate_area, bytes(runstate_info(dom, v)))
+        except GuestFault:
+            pass

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.state import DomainCrash
 from xenwb.hypervisor.xenarea import TRAMPOLINE_VA
 
 if TYPE_CHECKING:
@@ -20,10 +21,6 @@ if TYPE_CHECKING:
 EFLAGS_IF = 1 << 9
 EFLAGS_IOPL = 3 << 12
 EFLAGS_TF, EFLAGS_NT, EFLAGS_RF, EFLAGS_VM, EFLAGS_AC = 1 << 8, 1 << 14, 1 << 16, 1 << 17, 1 << 18
-
-
-class DomainCrash(Exception):
-    """The hypervisor crashes the domain (as domain_crash() does)."""
 
 
 def guest_eflags(vcpu: Vcpu, real: int, saved_mask: int) -> int:

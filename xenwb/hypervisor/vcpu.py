@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 import os
 import struct
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR
@@ -19,27 +17,13 @@ from xenwb.hypervisor import emulate, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
+from xenwb.hypervisor.state import DomainCrash, TrapInfo, VcpuState
 from xenwb.hypervisor.xenarea import PERDOMAIN_VA
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
 
 SOFT_INT_DIRECT = frozenset({3, 4})      # Xen's IDT has DPL3 gates for int3 and into
-
-
-class VcpuState(enum.Enum):
-    down = "down"
-    running = "running"
-    blocked = "blocked"
-    stopped = "stopped"        # halted by the workbench (debugger, end of run)
-
-
-@dataclass
-class TrapInfo:
-    vector: int
-    flags: int
-    cs: int
-    address: int
 
 
 class Vcpu:
@@ -114,7 +98,7 @@ class Vcpu:
         exception is a workbench bug, reported as a one-line crash instead of a traceback."""
         try:
             return fn(*args)
-        except traps.DomainCrash as e:
+        except DomainCrash as e:
             self.domain.crash(self, str(e))
         except Exception as e:
             if os.environ.get("XENWB_DEBUG"):
@@ -156,7 +140,7 @@ class Vcpu:
                 try:
                     self.domain.hypercall(self, vals)
                     self._after_guest_exit()
-                except traps.DomainCrash as e:
+                except DomainCrash as e:
                     self.domain.crash(self, str(e))
                 return
         self._guarded(f"interrupt {intno:#x}", self._interrupt, intno)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, MemOp
-from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
 
 if TYPE_CHECKING:
@@ -85,7 +84,6 @@ def _order_unsupported(dom, op: int, r) -> int:
     return 0
 
 
-@hypercall(C.Hypercall.memory_op, decoder=lambda v, cmd, arg, *_: decode_memory_op(v, cmd, arg))
 def do_memory_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     dom = vcpu.domain
     op, start = cmd & C.MEMOP_CMD_MASK, cmd >> 6
@@ -166,4 +164,3 @@ def decode_memory_op(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
     except GuestFault:
         out["arg"] += " (unreadable)"
     return out
-

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno
-from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.mm import MMError, PageType
 
@@ -104,7 +103,6 @@ def set_gdt(vcpu: Vcpu, frames: list[int], entries: int) -> int:
     return 0
 
 
-@hypercall(C.Hypercall.set_gdt, decoder=lambda v, fl, n, *_: decode_set_gdt(v, fl, n))
 def do_set_gdt(vcpu: Vcpu, frame_list: int, entries: int, *_: int) -> int:
     if entries > C.FIRST_RESERVED_GDT_ENTRY:
         return EINVAL
@@ -125,8 +123,6 @@ def decode_set_gdt(vcpu: Vcpu, frame_list: int, entries: int) -> dict[str, Any]:
     return {"frame_list": f"{frame_list:#x}", "entries": entries, "frames": [f"{f:#x}" for f in frames]}
 
 
-@hypercall(C.Hypercall.update_descriptor, decoder=lambda v, lo, hi, dlo, dhi, *_: {
-    "ma": f"{lo | (hi << 32):#x}", "desc": f"{dlo | (dhi << 32):#018x}"})
 def do_update_descriptor(vcpu: Vcpu, ma_lo: int, ma_hi: int, d_lo: int, d_hi: int, *_: int) -> int:
     dom = vcpu.domain
     ma = ma_lo | (ma_hi << 32)
@@ -148,3 +144,8 @@ def do_update_descriptor(vcpu: Vcpu, ma_lo: int, ma_hi: int, d_lo: int, d_hi: in
     dom.mem.write_u64(ma, (nd & ~DESC_A) | (d & DESC_A))   # an ordinary page keeps the A bit as given
     dom.mm.put_page_type(mfn)
     return 0
+
+
+def decode_update_descriptor(vcpu: Vcpu, lo: int, hi: int, dlo: int, dhi: int, *_: int) -> Any:
+    return {
+        "ma": f"{lo | (hi << 32):#x}", "desc": f"{dlo | (dhi << 32):#018x}"}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno
-from xenwb.hypervisor.hypercalls import PREEMPT_BATCH, create_continuation, hypercall
+from xenwb.hypervisor.hypercall import PREEMPT_BATCH, create_continuation
 from xenwb.hypervisor.memory import GuestFault
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 EFAULT, E2BIG, ENOSYS = -Errno.EFAULT, -Errno.E2BIG, -Errno.ENOSYS
 
 
-def _decode(vcpu: Vcpu, cmd: int, count: int, buf: int) -> dict:
+def decode_console_io(vcpu: Vcpu, cmd: int, count: int, buf: int) -> dict:
     out = {"cmd": {0: "write", 1: "read"}.get(cmd, str(cmd)), "count": count, "buf": f"{buf:#x}"}
     if cmd == C.CONSOLEIO_write:
         try:
@@ -29,7 +29,6 @@ def _decode(vcpu: Vcpu, cmd: int, count: int, buf: int) -> dict:
     return out
 
 
-@hypercall(C.Hypercall.console_io, decoder=_decode)
 def do_console_io(vcpu: Vcpu, cmd: int, count: int, buf: int, *_: int) -> int:
     dom = vcpu.domain
     if cmd == C.CONSOLEIO_write:

@@ -5,7 +5,7 @@ vcpu_unblock, poll_timer_fn, do_set_timer_op, vcpu_periodic_timer_work,
 vcpu_set_periodic_timer, vcpu_singleshot_timer_fn), xen/common/event_channel.c
 (evtchn_check_pollers), xen/arch/x86/domain.c (vcpu_kick), public/sched.h.
 
-Time is the vcpu's virtual clock (xenwb/hypervisor/time.py): NOW() for a vcpu is the time its
+Time is the vcpu's virtual clock (hypervisor/time.py): NOW() for a vcpu is the time its
 own clock shows. The run loop (xenwb/machine.py) asks `timer_deadlines` where to stop a vcpu
 and calls `fire_timers` when its clock has reached them.
 """
@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, SchedOp, ShutdownReason
-from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.state import VcpuState
+from xenwb.hypervisor.time import account_runstate
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
@@ -35,8 +36,7 @@ def local_events_need_delivery(v: Vcpu) -> bool:
     return bool(v.upcall_pending) and not v.upcall_mask
 
 
-def _set_state(v: Vcpu, state) -> None:
-    from xenwb.hypervisor.vcpus import account_runstate
+def _set_state(v: Vcpu, state: VcpuState) -> None:
     v.state = state
     account_runstate(v.domain, v)
 
@@ -44,7 +44,6 @@ def _set_state(v: Vcpu, state) -> None:
 def vcpu_block(v: Vcpu) -> bool:
     """vcpu_block: block, unless an event is deliverable (checked /after/ blocking, so a
     wake-up cannot be lost). True when the vcpu really blocked."""
-    from xenwb.hypervisor.vcpu import VcpuState
     if local_events_need_delivery(v):
         return False
     _set_state(v, VcpuState.blocked)
@@ -58,7 +57,6 @@ def vcpu_block(v: Vcpu) -> bool:
 def vcpu_wake(v: Vcpu) -> None:
     """vcpu_wake: the vcpu becomes runnable. An idle vcpu's clock catches up with the time
     of the vcpu that woke it (idle time passes at once, costing no host time)."""
-    from xenwb.hypervisor.vcpu import VcpuState
     dom = v.domain
     cur = dom.current
     if cur is not None and cur is not v:
@@ -70,7 +68,6 @@ def vcpu_wake(v: Vcpu) -> None:
 def vcpu_unblock(v: Vcpu) -> None:
     """vcpu_unblock: a blocked vcpu (in SCHEDOP_block or SCHEDOP_poll) wakes; its polling
     period ends. A vcpu that is down stays down (_VPF_down)."""
-    from xenwb.hypervisor.vcpu import VcpuState
     if v.state is not VcpuState.blocked:
         return
     v.poll_ports = None
@@ -96,7 +93,7 @@ def evtchn_check_pollers(dom: Domain, port: int) -> None:
 # ---------------------------------------------------------------- timers
 def send_timer_event(v: Vcpu) -> None:
     """send_timer_event -> send_guest_vcpu_virq(v, VIRQ_TIMER)."""
-    v.domain.evtchn.send_virq(v, C.Virq.TIMER)  # type: ignore[attr-defined]
+    v.domain.evtchn.send_virq(v, C.Virq.TIMER)
 
 
 def periodic_timer_work(v: Vcpu) -> None:
@@ -121,7 +118,6 @@ def fire_timers(v: Vcpu) -> bool:
     """Run the timers of v that are due at v's clock: the periodic timer, the single-shot
     timer (vcpu_singleshot_timer_fn) and the SCHEDOP_poll timeout (poll_timer_fn).
     True when something fired."""
-    from xenwb.hypervisor.vcpu import VcpuState
     now = v.domain.time.now(v)
     fired = False
     if v.periodic_period and now >= v.periodic_last + v.periodic_period:
@@ -143,7 +139,7 @@ def timer_deadlines(v: Vcpu, *, effective: bool = False) -> list[tuple[int, str]
     change something: a VIRQ_TIMER with no port bound goes nowhere, a poll timeout always
     wakes its poller."""
     out: list[tuple[int, str]] = []
-    timer_bound = not effective or v.domain.evtchn.virq_bound(C.Virq.TIMER, v.id)  # type: ignore[attr-defined]
+    timer_bound = not effective or v.domain.evtchn.virq_bound(C.Virq.TIMER, v.id)
     if timer_bound:
         if v.periodic_period:
             out.append((v.periodic_last + v.periodic_period, "periodic"))
@@ -176,7 +172,7 @@ def do_poll(vcpu: Vcpu, arg: int) -> int:
         return EFAULT
     if local_events_need_delivery(vcpu):
         return 0
-    ev = dom.evtchn  # type: ignore[attr-defined]
+    ev = dom.evtchn
     ports: list[int] = []
     for i in range(p.nr_ports):
         try:
@@ -203,6 +199,13 @@ def shutdown(vcpu: Vcpu, reason: int) -> int:
     return 0
 
 
+def poll(vcpu: Vcpu, ports: list[int], timeout: int) -> None:
+    """Block polling `ports` until one is pending or the timeout (0: none) passes."""
+    vcpu.poll_ports = list(ports)
+    vcpu.poll_deadline = timeout or None
+    vcpu_block(vcpu)
+
+
 def do_yield(vcpu: Vcpu) -> int:
     """vcpu_yield: give up the rest of this turn. The scheduler runs the vcpu whose clock is
     furthest behind next, which may be this one again (as on Xen with an idle pCPU)."""
@@ -211,7 +214,6 @@ def do_yield(vcpu: Vcpu) -> int:
     return 0
 
 
-@hypercall(C.Hypercall.sched_op, decoder=lambda v, cmd, arg, *_: decode_sched(v, cmd, arg))
 def do_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     dom = vcpu.domain
     if cmd == SchedOp.yield_:
@@ -228,7 +230,7 @@ def do_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         return do_poll(vcpu, arg)
     if cmd == SchedOp.shutdown_code:
         try:
-            dom.extra["shutdown_code"] = vcpu.read_u32(arg)
+            dom.shutdown_code = vcpu.read_u32(arg)
         except GuestFault:
             return EFAULT
         return 0
@@ -259,7 +261,6 @@ def decode_sched(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
     return out
 
 
-@hypercall(C.Hypercall.sched_op_compat, decoder=lambda v, cmd, arg, *_: {"cmd": cmd, "arg": arg})
 def do_sched_op_compat(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     """do_sched_op_compat: yield, block, shutdown(reason in arg); anything else -ENOSYS."""
     if cmd == SchedOp.yield_:
@@ -271,7 +272,6 @@ def do_sched_op_compat(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     return ENOSYS
 
 
-@hypercall(C.Hypercall.set_timer_op, decoder=lambda v, lo, hi, *_: {"deadline_ns": lo | (hi << 32)})
 def do_set_timer_op(vcpu: Vcpu, lo: int, hi: int, *_: int) -> int:
     """do_set_timer_op: a one-shot VIRQ_TIMER at an absolute system time (lo, hi); 0 stops
     it; a negative deadline, or one more than 2^50 ns ahead, becomes NOW() + 100 ms."""
@@ -287,3 +287,15 @@ def do_set_timer_op(vcpu: Vcpu, lo: int, hi: int, *_: int) -> int:
         timeout = now + SET_TIMER_OP_FALLBACK_NS
     vcpu.singleshot_deadline = timeout
     return 0
+
+
+def decode_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> Any:
+    return decode_sched(vcpu, cmd, arg)
+
+
+def decode_sched_op_compat(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> Any:
+    return {"cmd": cmd, "arg": arg}
+
+
+def decode_set_timer_op(vcpu: Vcpu, lo: int, hi: int, *_: int) -> Any:
+    return {"deadline_ns": lo | (hi << 32)}

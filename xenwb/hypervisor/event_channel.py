@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, EvtchnOp
-from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.sched import evtchn_check_pollers, vcpu_kick
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
@@ -204,7 +204,7 @@ class EventChannels:
         if dom.trace.active:
             dom.trace.emit(v, "event", "set_pending", port=port, notify_vcpu=vid, edge=edge, masked=masked,
                            already_pending=False)
-        dom.evtchn_check_pollers(port)
+        evtchn_check_pollers(dom, port)
 
     def _mark_selector(self, v: Vcpu, port: int) -> bool:
         """Test-and-set the selector bit; on a 0 -> 1 change, vcpu_mark_events_pending."""
@@ -226,7 +226,7 @@ class EventChannels:
         view[off] = old | 1
         if not old & 1:
             self.stats["edges"] += 1
-            self.dom.kick(v)
+            vcpu_kick(v)
 
     def unmask(self, port: int) -> bool:
         """evtchn_2l_unmask: True when it re-raised the event."""
@@ -478,19 +478,6 @@ def _virq_name(virq: int) -> str:
         return str(virq)
 
 
-def setup_domain_ports(dom: Domain) -> None:
-    """The toolstack's ports (xenstore, console), connected to the workbench backends, which
-    play domain 0 (libxl allocates them unbound; xenstored and xenconsoled bind them)."""
-    from xenwb.backends import ConsoleBackend, StoreBackend
-    from xenwb.builder import CONSOLE_EVTCHN, STORE_EVTCHN
-    ev = EventChannels(dom)
-    dom.evtchn = ev  # type: ignore[attr-defined]
-    dom.console_backend = ConsoleBackend(dom, CONSOLE_EVTCHN)  # type: ignore[attr-defined]
-    dom.store_backend = StoreBackend(dom, STORE_EVTCHN)  # type: ignore[attr-defined]
-    ev.connect_backend(STORE_EVTCHN, dom.store_backend)  # type: ignore[attr-defined]
-    ev.connect_backend(CONSOLE_EVTCHN, dom.console_backend)  # type: ignore[attr-defined]
-
-
 # ---------------------------------------------------------------- the hypercall
 def _rd(vcpu: Vcpu, arg: int, L):
     return L.parse(vcpu.read_virt(arg, L.size()))
@@ -503,7 +490,7 @@ def _wr(vcpu: Vcpu, arg: int, obj) -> None:
 def evtchn_op(vcpu: Vcpu, cmd: int, arg: int) -> int:
     """do_event_channel_op: copy in, act, copy out (-EFAULT when a copy fails)."""
     dom = vcpu.domain
-    ev: EventChannels = dom.evtchn  # type: ignore[attr-defined]
+    ev = dom.evtchn
     L = dom.abi
     try:
         if cmd == EvtchnOp.alloc_unbound:
@@ -601,12 +588,10 @@ def decode_evtchn(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
     return out
 
 
-@hypercall(C.Hypercall.event_channel_op, decoder=lambda v, cmd, arg, *_: decode_evtchn(v, cmd, arg))
 def do_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     return evtchn_op(vcpu, cmd, arg)
 
 
-@hypercall(C.Hypercall.event_channel_op_compat, decoder=lambda v, arg, *_: _decode_compat(v, arg))
 def do_event_channel_op_compat(vcpu: Vcpu, arg: int, *_: int) -> int:
     """The old form (xen/arch/x86/compat.c do_event_channel_op_compat): struct evtchn_op
     {u32 cmd; union u} with the union at offset 4, copied in whole (28 bytes) first; only
@@ -625,3 +610,11 @@ def _decode_compat(vcpu: Vcpu, arg: int) -> dict[str, Any]:
         return decode_evtchn(vcpu, vcpu.read_u32(arg), arg + 4)
     except GuestFault:
         return {"arg": f"{arg:#x} (unreadable)"}
+
+
+def decode_event_channel_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> Any:
+    return decode_evtchn(vcpu, cmd, arg)
+
+
+def decode_event_channel_op_compat(vcpu: Vcpu, arg: int, *_: int) -> Any:
+    return _decode_compat(vcpu, arg)

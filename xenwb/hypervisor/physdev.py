@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, PhysdevOp
-from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
 
 if TYPE_CHECKING:
@@ -48,7 +46,7 @@ def physdev(vcpu: Vcpu, cmd: int, arg: int) -> int:
     return vcpu.domain.unimplemented(f"physdev_op command {cmd}")
 
 
-def _decode(vcpu: Vcpu, cmd: int, arg: int) -> dict:
+def decode_physdev_op(vcpu: Vcpu, cmd: int, arg: int) -> dict:
     try:
         name = PhysdevOp(cmd).name
     except ValueError:
@@ -62,15 +60,17 @@ def _decode(vcpu: Vcpu, cmd: int, arg: int) -> dict:
     return out
 
 
-@hypercall(C.Hypercall.physdev_op, decoder=_decode)
 def do_physdev_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     return physdev(vcpu, cmd, arg)
 
 
-@hypercall(C.Hypercall.physdev_op_compat, decoder=lambda v, arg, *_: {"arg": f"{arg:#x}"})
 def do_physdev_op_compat(vcpu: Vcpu, arg: int, *_: int) -> int:
     try:
         cmd = vcpu.read_u32(arg)
     except GuestFault:
         return EFAULT
     return physdev(vcpu, cmd, arg + 4)
+
+
+def decode_physdev_op_compat(vcpu: Vcpu, arg: int, *_: int) -> Any:
+    return {"arg": f"{arg:#x}"}

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import CallbackType, Errno
-from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.state import TrapInfo
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -20,9 +20,7 @@ def _fix_cs(cs: int) -> int:
     return cs | 1 if cs & 3 == 0 else cs
 
 
-@hypercall(C.Hypercall.set_trap_table, decoder=lambda v, traps, *_: decode_trap_table(v, traps))
 def do_set_trap_table(vcpu: Vcpu, traps: int, *_: int) -> int:
-    from xenwb.hypervisor.vcpu import TrapInfo
     if traps == 0:
         vcpu.trap_ctxt = [None] * 256
         return 0
@@ -56,9 +54,6 @@ def decode_trap_table(vcpu: Vcpu, traps: int) -> dict[str, Any]:
     return {"traps": f"{traps:#x}", "entries": out}
 
 
-@hypercall(C.Hypercall.set_callbacks, decoder=lambda v, ecs, eeip, fcs, feip, *_: {
-    "event": f"{ecs:#x}:{eeip:#x}", "event_symbol": v.domain.symbolize(eeip),
-    "failsafe": f"{fcs:#x}:{feip:#x}", "failsafe_symbol": v.domain.symbolize(feip)})
 def do_set_callbacks(vcpu: Vcpu, event_cs: int, event_eip: int, failsafe_cs: int, failsafe_eip: int,
                      *_: int) -> int:
     vcpu.event_cs, vcpu.event_eip = _fix_cs(event_cs), event_eip
@@ -78,7 +73,6 @@ def register_callback(vcpu: Vcpu, ctype: int, flags: int, cs: int, eip: int) -> 
     elif ctype in (CallbackType.syscall32, CallbackType.sysenter):
         vcpu.callbacks[ctype] = (cs, eip, flags)
     elif ctype == CallbackType.nmi:
-        from xenwb.hypervisor.vcpu import TrapInfo
         vcpu.trap_ctxt[2] = TrapInfo(2, 4, C.FLAT_KERNEL_CS, eip)
         vcpu.callbacks[ctype] = (cs, eip, flags)
     else:
@@ -86,7 +80,6 @@ def register_callback(vcpu: Vcpu, ctype: int, flags: int, cs: int, eip: int) -> 
     return 0
 
 
-@hypercall(C.Hypercall.callback_op, decoder=lambda v, cmd, arg, *_: decode_callback_op(v, cmd, arg))
 def do_callback_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     L = vcpu.domain.abi
     if cmd == C.CALLBACKOP_register:
@@ -131,7 +124,6 @@ def decode_callback_op(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
     return {"cmd": name, "arg": f"{arg:#x}"}
 
 
-@hypercall(C.Hypercall.nmi_op)
 def do_nmi_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     """nmi_op: 0 register (compat: handler address), 1 unregister."""
     if cmd == 0:
@@ -144,3 +136,14 @@ def do_nmi_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         vcpu.trap_ctxt[2] = None
         return 0
     return ENOSYS
+
+
+def decode_set_trap_table(vcpu: Vcpu, traps: int, *_: int) -> Any:
+    return decode_trap_table(vcpu, traps)
+
+
+def decode_set_callbacks(vcpu: Vcpu, ecs: int, eeip: int, fcs: int, feip: int, *_: int) -> Any:
+    return {
+        "event": f"{ecs:#x}:{eeip:#x}", "event_symbol": vcpu.domain.symbolize(eeip),
+        "failsafe": f"{fcs:#x}:{feip:#x}", "failsafe_symbol": vcpu.domain.symbolize(feip)}
+

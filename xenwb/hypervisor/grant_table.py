@@ -22,11 +22,10 @@
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, GnttabOp
-from xenwb.hypervisor.hypercalls import hypercall
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.mm import Sharing
 
@@ -44,27 +43,43 @@ GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE = 0, 1
 BACKEND_DOMID = 0
 
 
-def grant_frames(dom: Domain, n: int = INITIAL_NR_GRANT_FRAMES) -> list[int]:
-    """The domain's grant-table frames (MFNs), grown to at least n (gnttab_grow_table).
-    Creating the first frame seeds the toolstack's reserved entries."""
-    frames: list[int] = dom.extra.setdefault("grant_frames", [])  # type: ignore[assignment]
-    n = max(n, INITIAL_NR_GRANT_FRAMES)
-    while len(frames) < n:
-        mfn = dom.mem.alloc_xen_frame()
-        dom.mem.write(mfn << 12, bytes(4096))
-        dom.mm.share(mfn, Sharing.shared_rw)
-        frames.append(mfn)
-        if len(frames) == 1:
-            _seed(dom, mfn)
-    return frames
+class GrantTable:
+    """A domain's grant table (struct grant_table): version 1 frames in Xen's heap, shared
+    with the guest, grown on demand (gnttab_grow_table)."""
 
+    def __init__(self, dom: Domain) -> None:
+        self.dom = dom
+        self.frame_mfns: list[int] = []
+        self.version = 1
+        self._reserved: list[tuple[int, int]] = []      # (ref, frame) the toolstack grants
 
-def _seed(dom: Domain, mfn: int) -> None:
-    """xc_dom_gnttab_seed: grant_entry_v1 {u16 flags; u16 domid; u32 frame}."""
-    for ref, frame in ((GNTTAB_RESERVED_CONSOLE, getattr(dom, "console_mfn", None)),
-                       (GNTTAB_RESERVED_XENSTORE, getattr(dom, "store_mfn", None))):
-        if frame is not None:
-            dom.mem.write((mfn << 12) + 8 * ref, struct.pack("<HHI", GTF_permit_access, BACKEND_DOMID, frame))
+    def frames(self, n: int = INITIAL_NR_GRANT_FRAMES) -> list[int]:
+        """The table's frames (MFNs), grown to at least n. The first frame gets the
+        toolstack's reserved entries."""
+        dom = self.dom
+        n = max(n, INITIAL_NR_GRANT_FRAMES)
+        while len(self.frame_mfns) < n:
+            mfn = dom.mem.alloc_xen_frame()
+            dom.mem.write(mfn << 12, bytes(4096))
+            dom.mm.share(mfn, Sharing.shared_rw)
+            self.frame_mfns.append(mfn)
+            if len(self.frame_mfns) == 1:
+                for ref, frame in self._reserved:
+                    self._write_v1(ref, frame)
+        return self.frame_mfns
+
+    def seed(self, console_mfn: int, store_mfn: int) -> None:
+        """xc_dom_gnttab_seed (tools/libs/guest/xg_dom_boot.c): entry 0 grants the console
+        page and entry 1 the xenstore page to domain 0, where the backends run."""
+        self._reserved = [(GNTTAB_RESERVED_CONSOLE, console_mfn), (GNTTAB_RESERVED_XENSTORE, store_mfn)]
+        if self.frame_mfns:
+            for ref, frame in self._reserved:
+                self._write_v1(ref, frame)
+
+    def _write_v1(self, ref: int, frame: int) -> None:
+        """grant_entry_v1 {u16 flags; u16 domid; u32 frame}."""
+        mfn = self.frame_mfns[0]
+        self.dom.mem.write((mfn << 12) + 8 * ref, struct.pack("<HHI", GTF_permit_access, BACKEND_DOMID, frame))
 
 
 def _target(dom: Domain, domid: int) -> str:
@@ -76,9 +91,6 @@ def _target(dom: Domain, domid: int) -> str:
     return "none"
 
 
-@hypercall(C.Hypercall.grant_table_op, decoder=lambda v, cmd, uop, count, *_: {
-    "cmd": GnttabOp(cmd).name if cmd in GnttabOp._value2member_map_ else str(cmd),
-    "uop": f"{uop:#x}", "count": count})
 def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> int:
     dom = vcpu.domain
     L = dom.abi
@@ -100,7 +112,7 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
             elif a.nr_frames > MAX_GRANT_FRAMES:
                 a.status = GNTST_general_error
             else:
-                frames = grant_frames(dom, a.nr_frames)[: a.nr_frames]
+                frames = dom.gnttab.frames(a.nr_frames)[: a.nr_frames]
                 a.status = GNTST_okay
                 try:
                     if frames:
@@ -120,7 +132,7 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
             elif who == "denied":
                 a.status = GNTST_permission_denied
             else:
-                a.nr_frames = len(grant_frames(dom))
+                a.nr_frames = len(dom.gnttab.frames())
                 a.max_nr_frames = MAX_GRANT_FRAMES
                 a.status = GNTST_okay
             vcpu.write_virt(uop, bytes(a))
@@ -129,11 +141,11 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
             a = L.gnttab_set_version.parse(vcpu.read_virt(uop, 4))
             if a.version == 1:
                 rc = 0
-                grant_frames(dom)
-                dom.extra["gnttab_version"] = 1
+                dom.gnttab.frames()
+                dom.gnttab.version = 1
             else:
                 rc = ENOSYS if a.version == 2 else EINVAL
-            a.version = dom.extra.get("gnttab_version", 1)  # type: ignore[assignment]
+            a.version = dom.gnttab.version
             vcpu.write_virt(uop, bytes(a))
             return rc
         if cmd == GnttabOp.get_version:
@@ -143,8 +155,14 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
                 return ESRCH
             if who == "denied":
                 return EPERM
-            vcpu.write_virt(uop + 4, struct.pack("<I", dom.extra.get("gnttab_version", 1)))
+            vcpu.write_virt(uop + 4, struct.pack("<I", dom.gnttab.version))
             return 0
     except GuestFault:
         return EFAULT
     return dom.unimplemented(f"grant_table_op command {cmd}")
+
+
+def decode_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> Any:
+    return {
+        "cmd": GnttabOp(cmd).name if cmd in GnttabOp._value2member_map_ else str(cmd),
+        "uop": f"{uop:#x}", "count": count}

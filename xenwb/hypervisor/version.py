@@ -1,13 +1,12 @@
-"""xen_version: xen/common/kernel.c, public/version.h."""
+"""xen_version and vm_assist: xen/common/kernel.c, public/version.h."""
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
-from xenwb.abi.constants import Errno, XenFeat, XenVer
-from xenwb.hypervisor.hypercalls import hypercall
+from xenwb.abi.constants import Errno, Vmasst, XenFeat, XenVer
 from xenwb.hypervisor.memory import GuestFault
 
 if TYPE_CHECKING:
@@ -60,8 +59,6 @@ def _var(vcpu: Vcpu, arg: int, data: bytes) -> int:
     return len(data)
 
 
-@hypercall(C.Hypercall.xen_version, decoder=lambda v, cmd, arg, *_: {
-    "cmd": XenVer(cmd).name if cmd in XenVer._value2member_map_ else str(cmd), "arg": f"{arg:#x}"})
 def do_xen_version(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     dom = vcpu.domain
     if cmd == XenVer.version:
@@ -118,3 +115,33 @@ def do_xen_version(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
     if cmd == XenVer.commandline2:
         return _var(vcpu, arg, b"")
     return dom.unimplemented(f"xen_version command {cmd}")
+
+
+def decode_xen_version(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> Any:
+    return {
+        "cmd": XenVer(cmd).name if cmd in XenVer._value2member_map_ else str(cmd), "arg": f"{arg:#x}"}
+
+
+# VMASST types a PV32 guest may set (VM_ASSIST_VALID for compat guests)
+VMASST_VALID_PV32 = ((1 << Vmasst.four_gb_segments) | (1 << Vmasst.four_gb_segments_notify)
+                     | (1 << Vmasst.writable_pagetables) | (1 << Vmasst.pae_extended_cr3)
+                     | (1 << Vmasst.architectural_iopl) | (1 << Vmasst.runstate_update_flag))
+
+
+def do_vm_assist(vcpu: Vcpu, cmd: int, vtype: int, *_: int) -> int:
+    dom = vcpu.domain
+    if vtype >= 32 or not (VMASST_VALID_PV32 >> vtype) & 1:   # BITS_PER_LONG of a PV32 guest
+        return EINVAL
+    if cmd == C.VMASST_CMD_enable:
+        dom.vm_assist |= 1 << vtype
+    elif cmd == C.VMASST_CMD_disable:
+        dom.vm_assist &= ~(1 << vtype)
+    else:
+        return ENOSYS
+    return 0
+
+
+def decode_vm_assist(vcpu: Vcpu, cmd: int, t: int, *_: int) -> Any:
+    return {
+        "cmd": {0: "enable", 1: "disable"}.get(cmd, str(cmd)),
+        "type": Vmasst(t).name if t in Vmasst._value2member_map_ else str(t)}

@@ -1,110 +1,136 @@
-"""vcpu life cycle and time records: VCPUOP_initialise/up/down, register_vcpu_info, runstate,
-vcpu_time_info and the wallclock.
-
-Sources: xen/common/domain.c (common_vcpu_op, map_guest_area, vcpu_info_populate),
-xen/common/compat/domain.c (compat_common_vcpu_op), xen/arch/x86/domain.c (arch_set_info_guest
-for the compat vcpu_guest_context), xen/common/sched/core.c (vcpu_runstate_change,
-vcpu_runstate_get), xen/arch/x86/time.c (__update_vcpu_system_time, collect_time_info: the
-version odd/even protocol), public/vcpu.h.
-"""
+"""vcpu_op and the vcpu life cycle (initialise, up, down, register_vcpu_info):
+xen/common/domain.c (common_vcpu_op, map_guest_area, vcpu_info_populate),
+common/compat/domain.c, arch/x86/x86_64/domain.c (compat_vcpu_op) and xen/arch/x86/domain.c
+(arch_do_vcpu_op, arch_set_info_guest for the compat vcpu_guest_context)."""
 
 from __future__ import annotations
 
-import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
-from xenwb.abi.constants import Errno
+from xenwb.abi.constants import Errno, ShutdownReason, VcpuOp
+from xenwb.hypervisor import sched
+from xenwb.hypervisor.descriptors import set_gdt
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.mm import MMError, PageType, set_ldt
+from xenwb.hypervisor.state import TrapInfo, VcpuState
+from xenwb.hypervisor.time import account_runstate, runstate_info, update_runstate_area, update_vcpu_time
+from xenwb.hypervisor.traps import EFLAGS_VM
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
     from xenwb.hypervisor.vcpu import Vcpu
 
-RUNSTATE_running, RUNSTATE_runnable, RUNSTATE_blocked, RUNSTATE_offline = 0, 1, 2, 3
-XEN_PVCLOCK_TSC_STABLE_BIT = 1
-TIME_INFO_OFFSET = 32        # vcpu_info.time
-VCPU_INFO_SIZE = 64
+EINVAL, EFAULT, ENOENT, EEXIST, EBUSY, ENOSYS, ETIME = (
+    -Errno.EINVAL, -Errno.EFAULT, -Errno.ENOENT, -Errno.EEXIST, -Errno.EBUSY, -Errno.ENOSYS, -Errno.ETIME)
+MIN_PERIOD_NS = 1_000_000          # MILLISECS(1)
+STIME_DELTA_MAX = (1 << 62) - 1     # xen/include/xen/time.h
 
 
-def update_vcpu_time(dom: Domain, v: Vcpu, force: bool = False) -> None:
-    """__update_vcpu_system_time (arch/x86/time.c): collect the record, and unless it is
-    unchanged (or forced), write it with the version protocol: version odd
-    (version_update_begin), the fields, version even again (version_update_end).
-
-    The virtual TSC counts one tick per ns, so tsc_timestamp = system_time = the vcpu's clock
-    and tsc_to_system_mul = 2^31, tsc_shift = 1 (the 1 GHz case of public/xen.h).
-    XEN_PVCLOCK_TSC_STABLE_BIT stays clear (collect_time_info sets it only when Xen's
-    clocksource is the TSC): each vcpu has its own clock, up to one scheduling quantum apart,
-    so a guest must not assume the TSCs of different vcpus agree (Linux then keeps
-    pvclock readings monotonic across vcpus itself)."""
-    base = v.vcpu_info_maddr + TIME_INFO_OFFSET
-    mem = dom.mem
-    now = dom.time.now(v)
-    fields = struct.pack("<QQIbB", now, now, dom.time.mul_frac, dom.time.shift, 0)
-    if not force and mem.read(base + 8, len(fields)) == fields:
-        return
-    ver = mem.read_u32(base)
-    odd = ((ver + 1) | 1) & 0xFFFFFFFF
-    mem.write_u32(base, odd)
-    mem.write(base + 8, fields)
-    mem.write_u32(base, (odd + 1) & 0xFFFFFFFF)
+def _rd(vcpu: Vcpu, arg: int, L):
+    return L.parse(vcpu.read_virt(arg, L.size()))
 
 
-def init_wallclock(dom: Domain) -> None:
-    """shared_info wc_*: the UTC time at system time 0 (fixed, so runs are repeatable),
-    written with the same version protocol on wc_version (update_domain_wallclock_time)."""
-    from xenwb.hypervisor.time import WALLCLOCK_EPOCH
-    si = dom.abi.shared_info
-    base = dom.shared_info_mfn << 12
-    mem = dom.mem
-    mem.write_u32(base + si.offset("wc_version"), 1)
-    mem.write_u32(base + si.offset("wc_sec"), WALLCLOCK_EPOCH)
-    mem.write_u32(base + si.offset("wc_nsec"), 0)
-    mem.write_u32(base + si.offset("wc_version"), 2)
+def do_vcpu_op(vcpu: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
+    """compat_vcpu_op (arch/x86/x86_64/domain.c) -> compat_common_vcpu_op
+    (common/compat/domain.c) -> common_vcpu_op (common/domain.c)."""
+    dom = vcpu.domain
+    if vcpuid >= len(dom.vcpus):
+        return ENOENT                          # domain_vcpu() == NULL
+    target = dom.vcpus[vcpuid]
+    L = dom.abi
+    try:
+        if cmd == VcpuOp.initialise:
+            return vcpu_initialise(dom, target, arg, vcpu)
+        if cmd == VcpuOp.up:
+            return vcpu_up(dom, target, vcpu)
+        if cmd == VcpuOp.down:
+            return vcpu_down(dom, target)
+        if cmd == VcpuOp.is_up:
+            return 0 if target.state is VcpuState.down else 1
+        if cmd == VcpuOp.get_runstate_info:
+            vcpu.write_virt(arg, bytes(runstate_info(dom, target)))
+            return 0
+        if cmd == VcpuOp.register_runstate_memory_area:
+            # compat: a 32-bit handle; the whole area must be below the hypervisor range
+            a = _rd(vcpu, arg, L.vcpu_register_runstate_memory_area)
+            addr = a.addr & 0xFFFFFFFF
+            if addr + L.vcpu_runstate_info.size() > dom.geo.hv_start:
+                return EFAULT
+            target.runstate_area = addr or None
+            update_runstate_area(dom, target)
+            return 0
+        if cmd == VcpuOp.set_periodic_timer:
+            p = _rd(vcpu, arg, L.vcpu_set_periodic_timer).period_ns
+            if p < MIN_PERIOD_NS or p > STIME_DELTA_MAX:
+                return EINVAL
+            sched.set_periodic_timer(target, p)
+            return 0
+        if cmd == VcpuOp.stop_periodic_timer:
+            sched.set_periodic_timer(target, 0)
+            return 0
+        if cmd == VcpuOp.set_singleshot_timer:
+            if target is not vcpu:
+                return EINVAL
+            t = _rd(vcpu, arg, L.vcpu_set_singleshot_timer)
+            if t.timeout_abs_ns < dom.time.now(vcpu):
+                # "the timeout has already expired: just inject the event"
+                # (VCPU_SSHOTTMR_future and its -ETIME are gone from current Xen)
+                vcpu.singleshot_deadline = None
+                sched.send_timer_event(vcpu)
+                return 0
+            vcpu.singleshot_deadline = t.timeout_abs_ns
+            return 0
+        if cmd == VcpuOp.stop_singleshot_timer:
+            if target is not vcpu:
+                return EINVAL
+            vcpu.singleshot_deadline = None
+            return 0
+        if cmd == VcpuOp.register_vcpu_info:
+            a = _rd(vcpu, arg, L.vcpu_register_vcpu_info)
+            return register_vcpu_info(dom, target, a.mfn, a.offset)
+        if cmd == VcpuOp.send_nmi:
+            return dom.unimplemented("vcpu_op send_nmi")
+        if cmd == VcpuOp.get_physid:
+            return EINVAL        # only the hardware domain's pinned vcpus have one
+        if cmd in (13, 14, 15):  # register_vcpu_time_memory_area, *_phys_area
+            return dom.unimplemented(f"vcpu_op command {cmd}")
+    except GuestFault:
+        return EFAULT
+    return ENOSYS
 
 
-def runstate_of(v: Vcpu) -> int:
-    from xenwb.hypervisor.vcpu import VcpuState
-    return {VcpuState.running: RUNSTATE_running, VcpuState.blocked: RUNSTATE_blocked,
-            VcpuState.down: RUNSTATE_offline, VcpuState.stopped: RUNSTATE_runnable}[v.state]
+def decode_vcpu_op(vcpu: Vcpu, cmd: int, vid: int, arg: int) -> dict[str, Any]:
+    try:
+        name = VcpuOp(cmd).name
+    except ValueError:
+        name = str(cmd)
+    out: dict[str, Any] = {"cmd": name, "vcpu": vid, "arg": f"{arg:#x}"}
+    L = vcpu.domain.abi
+    layouts = {VcpuOp.set_periodic_timer: L.vcpu_set_periodic_timer,
+               VcpuOp.set_singleshot_timer: L.vcpu_set_singleshot_timer,
+               VcpuOp.register_vcpu_info: L.vcpu_register_vcpu_info,
+               VcpuOp.register_runstate_memory_area: L.vcpu_register_runstate_memory_area}
+    try:
+        if cmd in layouts:
+            out.update(_rd(vcpu, arg, layouts[VcpuOp(cmd)]).to_dict())
+        elif cmd == VcpuOp.initialise:
+            ctx = _rd(vcpu, arg, L.vcpu_guest_context)
+            r = ctx.user_regs
+            out["context"] = {"eip": f"{r.eip:#x}", "cs": f"{r.cs:#x}", "esp": f"{r.esp:#x}",
+                              "ss": f"{r.ss:#x}", "cr3": f"{ctx.ctrlreg[3]:#x}", "flags": ctx.flags,
+                              "event": f"{ctx.event_callback_cs:#x}:{ctx.event_callback_eip:#x}",
+                              "kernel_sp": f"{ctx.kernel_ss:#x}:{ctx.kernel_sp:#x}",
+                              "gdt_ents": ctx.gdt_ents}
+    except GuestFault:
+        out["arg"] += " (unreadable)"
+    return out
 
 
-def account_runstate(dom: Domain, v: Vcpu) -> None:
-    """vcpu_runstate_change (sched/core.c): time since the last change goes to the state the
-    vcpu was in; the vcpu enters the state it is in now. Call it after changing v.state."""
-    now = dom.time.now(v)
-    st = v.runstate_state
-    v.runstate_time[st] += max(0, now - v.runstate_entry)
-    v.runstate_entry = max(now, v.runstate_entry)
-    v.runstate_state = runstate_of(v)
-
-
-def runstate_info(dom: Domain, v: Vcpu):
-    """vcpu_runstate_get + the compat translation (44 bytes: i32 state, u64 entry, u64 time[4])."""
-    account_runstate(dom, v)
-    r = dom.abi.vcpu_runstate_info()
-    r.state = v.runstate_state
-    r.state_entry_time = v.runstate_entry
-    for i in range(4):
-        r.time[i] = v.runstate_time[i]
-    return r
-
-
-def update_runstate_area(dom: Domain, v: Vcpu) -> None:
-    """update_runstate_area: write the registered area; a fault is ignored (as Xen does)."""
-    if v.runstate_area:
-        try:
-            v.write_virt(v.runstate_area, bytes(runstate_info(dom, v)))
-        except GuestFault:
-            pass
-
-
+# ---------------------------------------------------------------- the vcpu life cycle
 def vcpu_up(dom: Domain, target: Vcpu, caller: Vcpu | None = None) -> int:
     """VCPUOP_up (common_vcpu_op): -EINVAL unless initialised; a down vcpu wakes. Its clock
     starts at the time of the vcpu that brought it up."""
-    from xenwb.hypervisor.hypercalls.sched import vcpu_wake
-    from xenwb.hypervisor.vcpu import VcpuState
     if not target.initialised:
         return -Errno.EINVAL
     if target.state is VcpuState.down:
@@ -112,7 +138,7 @@ def vcpu_up(dom: Domain, target: Vcpu, caller: Vcpu | None = None) -> int:
         if cur is not None and cur is not target:
             dom.time.advance_to(target, dom.time.now(cur))
             account_runstate(dom, target)      # the offline time up to now
-        vcpu_wake(target)
+        sched.vcpu_wake(target)
         dom.trace.emit(cur, "vcpu", "up", target=target.id)
     return 0
 
@@ -120,8 +146,6 @@ def vcpu_up(dom: Domain, target: Vcpu, caller: Vcpu | None = None) -> int:
 def vcpu_down(dom: Domain, target: Vcpu) -> int:
     """VCPUOP_down: taking the last vcpu that is up down shuts the domain down (poweroff);
     otherwise the vcpu goes offline (_VPF_down) and stops at once if it is the caller."""
-    from xenwb.abi.constants import ShutdownReason
-    from xenwb.hypervisor.vcpu import VcpuState
     if not any(v is not target and v.state is not VcpuState.down for v in dom.vcpus):
         dom.shutdown(target, ShutdownReason.poweroff)
         return 0
@@ -139,13 +163,12 @@ def register_vcpu_info(dom: Domain, v: Vcpu, mfn: int, offset: int) -> int:
     v's vcpu_info to mfn:offset (a PV guest's gfn is its mfn). The old contents are copied
     (vcpu_info_populate), then every selector bit and evtchn_upcall_pending are set so no
     event is lost in the move, and the time record is rewritten."""
-    from xenwb.hypervisor.mm import MMError, PageType
     gaddr = (mfn << 12) + offset
     if gaddr >> 12 != mfn or gaddr >= 1 << 64:
         return -Errno.EINVAL
     if v.vcpu_info_registered:
         return -Errno.EBUSY
-    if (gaddr + VCPU_INFO_SIZE - 1) >> 12 != mfn or gaddr % 4:
+    if (gaddr + dom.abi.vcpu_info.size() - 1) >> 12 != mfn or gaddr % 4:
         return -Errno.ENXIO                # crosses a page / not compat_ulong_t aligned
     if not dom.mm.is_owned(mfn):
         return -Errno.EINVAL               # check_get_page_from_gfn
@@ -153,7 +176,7 @@ def register_vcpu_info(dom: Domain, v: Vcpu, mfn: int, offset: int) -> int:
         dom.mm.get_page_type(mfn, PageType.writable)
     except MMError:
         return -Errno.EACCES
-    old = dom.mem.read(v.vcpu_info_maddr, VCPU_INFO_SIZE)
+    old = dom.mem.read(v.vcpu_info_maddr, dom.abi.vcpu_info.size())
     dom.mem.write(gaddr, old)
     v.vcpu_info_maddr = gaddr
     v.vcpu_info_registered = True
@@ -171,10 +194,6 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     (fixup_guest_code/stack_selector); EFLAGS.VM, a misaligned LDT base, more than 8192 LDT
     entries or 16 GDT frames are -EINVAL; CR3 must name a validated top-level table. The
     vcpu stays down until VCPUOP_up."""
-    from xenwb.hypervisor.hypercalls.descriptors import set_gdt
-    from xenwb.hypervisor.mm import MMError
-    from xenwb.hypervisor.traps import EFLAGS_VM
-    from xenwb.hypervisor.vcpu import TrapInfo
     L = dom.abi.vcpu_guest_context
     try:
         ctx = L.parse(caller.read_virt(arg, L.size()))
@@ -208,7 +227,6 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
             v.cr3_mfn = old_cr3
             return rc
     if ctx.ldt_ents:
-        from xenwb.hypervisor.hypercalls.mm import set_ldt
         set_ldt(v, ctx.ldt_base, ctx.ldt_ents)
     v.trap_ctxt = [None] * 256
     for i, ti in enumerate(ctx.trap_ctxt):               # XLAT_trap_info: by position

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, hypercall_name
-from xenwb.hypervisor.hypercalls import PREEMPT_BATCH, create_continuation, decode_args, hypercall
+from xenwb.hypervisor.hypercall import PREEMPT_BATCH, create_continuation
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.traps import do_iret
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 EINVAL, EFAULT = -Errno.EINVAL, -Errno.EFAULT
 
 
-@hypercall(C.Hypercall.multicall, decoder=lambda v, calls, nr, *_: decode_multicall(v, calls, nr))
 def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
     if vcpu.in_multicall:
         return EINVAL
@@ -45,7 +45,6 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
                 return EFAULT
             dom.stats["multicall_entries"] += 1
             if e.op == C.Hypercall.iret:
-                from xenwb.hypervisor.traps import do_iret
                 do_iret(vcpu)
                 return 0
             if e.op == C.Hypercall.multicall:
@@ -77,5 +76,6 @@ def decode_multicall(vcpu: Vcpu, calls: int, nr: int) -> dict[str, Any]:
         except GuestFault:
             entries.append({"unreadable": f"{calls + i * size:#x}"})
             break
-        entries.append({"op": hypercall_name(e.op), "args": decode_args(vcpu, e.op, tuple(e.args[:5]))})
+        entries.append({"op": hypercall_name(e.op), "args": vcpu.domain.decode_args(vcpu, e.op, tuple(e.args[:5]))})
     return {"calls": f"{calls:#x}", "nr": nr, "entries": entries}
+

@@ -1,0 +1,113 @@
+"""The hypercall table: every hypercall of the x86 PV ABI on one screen, as
+xen/include/hypercall-defs.c lists them: number, name, the handler for a 32-bit PV guest,
+the handler for a 64-bit one, and the decoder that turns the arguments (and the guest
+structures they point to) into plain data for the trace.
+
+A number that is absent, or whose handler for the guest's width is None, is -ENOSYS, as
+for a hypercall Xen does not have (do_ni_hypercall). iret is listed for its number: Xen
+handles it on its own path (it does not return to the caller), and so does the domain.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from xenwb.abi.constants import Hypercall as H
+from xenwb.hypervisor import (
+    callback,
+    console,
+    descriptors,
+    event_channel,
+    grant_table,
+    memory_op,
+    misc,
+    mm,
+    multicall,
+    physdev,
+    sched,
+    vcpu_op,
+    version,
+)
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.vcpu import Vcpu
+
+Handler = Callable[..., int]
+Decoder = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Entry:
+    nr: int
+    name: str
+    pv32: Handler | None
+    pv64: Handler | None
+    decoder: Decoder | None
+    decoder_arity: int = field(init=False)       # argument registers the decoder takes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decoder_arity", _arity(self.decoder) if self.decoder else 0)
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    params = list(inspect.signature(fn).parameters.values())[1:]   # after the vcpu
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 5
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _e(nr: H, pv32: Handler | None, pv64: Handler | None, decoder: Decoder | None = None) -> Entry:
+    return Entry(int(nr), nr.name, pv32, pv64, decoder)
+
+
+#       number                           pv32 handler                      pv64 handler  decoder
+TABLE: dict[int, Entry] = {e.nr: e for e in (
+    _e(H.set_trap_table,                  callback.do_set_trap_table,       None, callback.decode_set_trap_table),
+    _e(H.mmu_update,                      mm.do_mmu_update,                 None, mm.decode_mmu_update),
+    _e(H.set_gdt,                         descriptors.do_set_gdt,           None, descriptors.decode_set_gdt),
+    _e(H.stack_switch,                    misc.do_stack_switch,             None, misc.decode_stack_switch),
+    _e(H.set_callbacks,                   callback.do_set_callbacks,        None, callback.decode_set_callbacks),
+    _e(H.fpu_taskswitch,                  misc.do_fpu_taskswitch,           None, misc.decode_fpu_taskswitch),
+    _e(H.sched_op_compat,                 sched.do_sched_op_compat,         None, sched.decode_sched_op_compat),
+    _e(H.set_debugreg,                    misc.do_set_debugreg,             None, misc.decode_set_debugreg),
+    _e(H.get_debugreg,                    misc.do_get_debugreg,             None, misc.decode_get_debugreg),
+    _e(H.update_descriptor,               descriptors.do_update_descriptor, None,
+       descriptors.decode_update_descriptor),
+    _e(H.memory_op,                       memory_op.do_memory_op,           None, memory_op.decode_memory_op),
+    _e(H.multicall,                       multicall.do_multicall,           None, multicall.decode_multicall),
+    _e(H.update_va_mapping,               mm.do_update_va_mapping,          None, mm.decode_update_va_mapping),
+    _e(H.set_timer_op,                    sched.do_set_timer_op,            None, sched.decode_set_timer_op),
+    _e(H.event_channel_op_compat,         event_channel.do_event_channel_op_compat, None,
+       event_channel.decode_event_channel_op_compat),
+    _e(H.xen_version,                     version.do_xen_version,           None, version.decode_xen_version),
+    _e(H.console_io,                      console.do_console_io,            None, console.decode_console_io),
+    _e(H.physdev_op_compat,               physdev.do_physdev_op_compat,     None, physdev.decode_physdev_op_compat),
+    _e(H.grant_table_op,                  grant_table.do_grant_table_op,    None, grant_table.decode_grant_table_op),
+    _e(H.vm_assist,                       version.do_vm_assist,             None, version.decode_vm_assist),
+    _e(H.update_va_mapping_otherdomain,   mm.do_update_va_mapping_otherdomain, None),
+    _e(H.iret,                            None,                             None),
+    _e(H.vcpu_op,                         vcpu_op.do_vcpu_op,               None, vcpu_op.decode_vcpu_op),
+    _e(H.set_segment_base,                None,                             None),
+    _e(H.mmuext_op,                       mm.do_mmuext_op,                  None, mm.decode_mmuext_op),
+    _e(H.xsm_op,                          misc.do_xsm_op,                   None),
+    _e(H.nmi_op,                          callback.do_nmi_op,               None),
+    _e(H.sched_op,                        sched.do_sched_op,                None, sched.decode_sched_op),
+    _e(H.callback_op,                     callback.do_callback_op,          None, callback.decode_callback_op),
+    _e(H.event_channel_op,                event_channel.do_event_channel_op, None,
+       event_channel.decode_event_channel_op),
+    _e(H.physdev_op,                      physdev.do_physdev_op,            None, physdev.decode_physdev_op),
+)}
+
+
+def decode_args(vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
+    """Decoded arguments of a call, or the raw registers when no decoder exists."""
+    e = TABLE.get(nr)
+    if e is None or e.decoder is None:
+        return {"args": [f"{a:#x}" for a in args]}
+    try:
+        return e.decoder(vcpu, *args[: e.decoder_arity])
+    except Exception as ex:  # a decoder must never take the machine down
+        return {"undecodable": str(ex), "args": [f"{a:#x}" for a in args]}
