@@ -70,7 +70,7 @@ class EventMaskPlugin(Plugin):
     def vcpu_state(self, v: Vcpu) -> dict[str, Any]:
         dom = self.machine.domain
         ev = dom.evtchn  # type: ignore[attr-defined]
-        sel = dom.mem.read_u32(v.vcpu_info_maddr + 4)
+        sel = v.pending_sel
         ports = []
         for port, p in enumerate(ev.ports):
             if port == 0 or p.state == 0 or p.vcpu != v.id:

@@ -1,10 +1,11 @@
 """Cross-check xenwb.abi (struct layouts and numbers) against the Xen public headers.
 
-One C file is generated from the tables below, compiled once with ``gcc -m32 -ffreestanding -S``
-(PV32 layouts are the i386 ones), and every ``sizeof``/``offsetof`` and macro value it emits is
-compared with the ctypes layouts in ``xenwb.abi.structs.PV32`` and the numbers in
-``xenwb.abi.constants`` / ``xenwb.abi.elfnotes``. Nothing is run: the values are read back from
-the assembler output, so no 32-bit libc is needed.
+One C file is generated from the tables below and compiled with ``gcc -m32 -ffreestanding -S``
+(PV32 layouts are the i386 ones) and with ``-m64`` (PV64, the x86_64 ones); every
+``sizeof``/``offsetof`` and macro value it emits is compared with the ctypes layouts in
+``xenwb.abi.structs.PV32`` / ``PV64`` and the numbers in ``xenwb.abi.constants`` /
+``xenwb.abi.elfnotes``. Nothing is run: the values are read back from the assembler output, so
+no 32-bit libc is needed.
 
 The installed headers (Debian libxen-dev) may be older than the Xen the ABI sheet describes.
 A field or constant that only newer Xen has is listed in ``NEWER_*`` with its value from
@@ -24,7 +25,7 @@ from support import XEN_INCLUDE, probe_c
 
 from xenwb.abi import constants as C
 from xenwb.abi import elfnotes
-from xenwb.abi.structs import PV32
+from xenwb.abi.structs import PV32, PV64, Layouts
 
 pytestmark = pytest.mark.skipif(not (XEN_INCLUDE / "xen.h").exists(),
                                 reason="Xen public headers not installed (/usr/include/xen/xen.h missing)")
@@ -35,6 +36,7 @@ HEADERS = [
     "xen/elfnote.h", "xen/arch-x86/cpuid.h", "xen/arch-x86/hvm/start_info.h", "xen/io/console.h",
     "xen/io/xs_wire.h",
 ]
+WIDTHS = {32: PV32, 64: PV64}
 
 # The e820 record of XENMEM_memory_map is not declared in the public headers (Xen keeps it in
 # asm/e820.h, packed): this is its C declaration, used as the reference for both our layouts.
@@ -90,7 +92,6 @@ LAYOUTS: dict[str, list[tuple[str, dict[str, str | None]]]] = {
     "xen_memory_reservation": [("struct xen_memory_reservation", {"extent_start": "extent_start.p"})],
     "xen_memory_map": [("struct xen_memory_map", {"buffer": "buffer.p"})],
     "e820_entry": [("struct xenwb_e820entry", {})],
-    "e820_entry_packed": [("struct xenwb_e820entry", {})],
     "xen_machphys_mapping": [("struct xen_machphys_mapping", {})],
     "xen_machphys_mfn_list": [("struct xen_machphys_mfn_list", {"extent_start": "extent_start.p"})],
     "xen_add_to_physmap": [("struct xen_add_to_physmap", {})],
@@ -107,6 +108,24 @@ LAYOUTS: dict[str, list[tuple[str, dict[str, str | None]]]] = {
     "xencons_interface": [("struct xencons_interface", {"in_": "in"})],
     "xenstore_domain_interface": [("struct xenstore_domain_interface", {})],
     "xsd_sockmsg": [("struct xsd_sockmsg", {})],
+    "evtchn_init_control": [("struct evtchn_init_control", {"_pad": None})],
+    "evtchn_expand_array": [("struct evtchn_expand_array", {})],
+    "evtchn_set_priority": [("struct evtchn_set_priority", {})],
+    "vcpu_register_time_memory_area": [("struct vcpu_register_time_memory_area", {"addr": "addr.p"})],
+    "iret_context": [("struct iret_context", {})],
+    "grant_entry_v1": [("struct grant_entry_v1", {})],
+}
+# Where the x86_64 header names a member differently from the i386 one.
+LAYOUTS_64: dict[str, list[tuple[str, dict[str, str | None]]]] = {
+    "callback_register": [("struct callback_register", {"_pad": None})],
+    "cpu_user_regs": [("struct cpu_user_regs", {f"_pad{i}": None for i in range(7)})],
+}
+# Layouts no public header declares (frames Xen's entry code pushes), with their source;
+# test_frames_follow_entry_S checks them against that source's description.
+NO_HEADER = {
+    "bounce_frame": "xen/arch/x86/x86_64/entry.S create_bounce_frame",
+    "bounce_frame_ec": "xen/arch/x86/x86_64/entry.S create_bounce_frame (TBF_EXCEPTION_ERRCODE)",
+    "failsafe_frame": "xen/arch/x86/x86_64/entry.S (failsafe bounce, domain.c load_segments)",
 }
 
 # Union alternatives narrower than the word we declare: only their offset must agree.
@@ -126,12 +145,23 @@ NEWER_FIELDS: dict[tuple[str, str], tuple[int, int, int]] = {
 }
 
 
-def _layout(name: str) -> type:
-    return getattr(PV32, name)
+def _layout(name: str, bits: int = 32) -> type:
+    return getattr(WIDTHS[bits], name)
 
 
-def _pv32_layouts() -> dict[str, type]:
-    return {k: v for k, v in vars(PV32).items() if isinstance(v, type) and issubclass(v, ctypes.Structure)}
+def _layouts_of(abi: Layouts) -> dict[str, type]:
+    return {k: v for k, v in vars(abi).items() if isinstance(v, type) and issubclass(v, ctypes.Structure)}
+
+
+def _mapping(name: str, bits: int) -> list[tuple[str, dict[str, str | None]]]:
+    if bits == 64 and name in LAYOUTS_64:
+        return LAYOUTS_64[name]
+    return LAYOUTS[name]
+
+
+def _checked(bits: int) -> list[str]:
+    """The layouts of that width that have a header to be checked against."""
+    return sorted(n for n in _layouts_of(WIDTHS[bits]) if n in LAYOUTS)
 
 
 def _c_member(name: str, entry: dict[str, str | None], field: str) -> str | None:
@@ -209,7 +239,7 @@ def _constant_table() -> list[tuple[str, int, str]]:
 CONSTANTS = _constant_table()
 
 
-def _generate_probe(newer_present: frozenset[tuple[str, str]] = frozenset()) -> str:
+def _generate_probe(newer_present: frozenset[tuple[str, str]] = frozenset(), bits: int = 32) -> str:
     out = ["#define __XEN_INTERFACE_VERSION__ 0x00040e00", "#include <stddef.h>", "#include <stdint.h>"]
     out += [f"#include <{h}>" for h in HEADERS]
     out.append(EXTRA_C)
@@ -221,9 +251,9 @@ def _generate_probe(newer_present: frozenset[tuple[str, str]] = frozenset()) -> 
     default: (__builtin_classify_type(x) == 5 ? 'p' : 'o'))
 """)
     out.append("void xenwb_layouts(void) {")
-    for name, backings in LAYOUTS.items():
-        ours = _layout(name)
-        for j, (ctype, entry) in enumerate(backings):
+    for name in _checked(bits):
+        ours = _layout(name, bits)
+        for j, (ctype, entry) in enumerate(_mapping(name, bits)):
             out.append(f'    XENWB_EMIT("size {name} {j}", sizeof({ctype}));')
             for fname, ftype in ours._fields_:
                 member = _c_member(name, entry, fname)
@@ -269,7 +299,9 @@ def _newer_field_present(tmp: Path, struct: str, member: str) -> bool:
 
 
 class Probe:
-    def __init__(self, pairs: list[tuple[str, int]], newer_present: dict[tuple[str, str], bool]) -> None:
+    def __init__(self, pairs: list[tuple[str, int]], newer_present: dict[tuple[str, str], bool],
+                 bits: int = 32) -> None:
+        self.bits = bits
         self.values: dict[str, int] = {}
         self.errno: dict[str, int] = {}
         for tag, v in pairs:
@@ -297,28 +329,52 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Probe:
     return Probe(probe_c(_generate_probe(present), tmp / "main"), newer)
 
 
+@pytest.fixture(scope="session")
+def probe64(tmp_path_factory: pytest.TempPathFactory, probe: Probe) -> Probe:
+    """The same probe compiled for x86_64 (the newer-field decisions are the same headers')."""
+    tmp = tmp_path_factory.mktemp("xenabi64")
+    present = frozenset(k for k, v in probe.newer_present.items() if v)
+    return Probe(probe_c(_generate_probe(present, 64), tmp / "main", bits=64), probe.newer_present, 64)
+
+
 # ------------------------------------------------------------------------------------ layouts
 def test_every_layout_has_a_mapping() -> None:
-    """A layout added to PV32 without a row here would escape the cross-check."""
-    missing = sorted(set(_pv32_layouts()) - set(LAYOUTS))
-    assert not missing, f"PV32 layouts with no header mapping in LAYOUTS: {missing}"
-    stale = sorted(set(LAYOUTS) - set(_pv32_layouts()))
-    assert not stale, f"LAYOUTS rows for layouts PV32 no longer has: {stale}"
+    """A layout added to PV32 or PV64 without a row here would escape the cross-check."""
+    for abi in (PV32, PV64):
+        missing = sorted(set(_layouts_of(abi)) - set(LAYOUTS) - set(NO_HEADER))
+        assert not missing, f"{abi.abi.name} layouts with no header mapping in LAYOUTS: {missing}"
+    stale = sorted(set(LAYOUTS) - set(_layouts_of(PV32)) - set(_layouts_of(PV64)))
+    assert not stale, f"LAYOUTS rows for layouts neither ABI has: {stale}"
 
 
 def test_mapping_names_only_real_fields() -> None:
-    for name, backings in LAYOUTS.items():
-        ours = {f for f, _ in _layout(name)._fields_}
-        for _ctype, entry in backings:
+    for bits in (32, 64):
+        for name in _checked(bits):
+            _check_mapping_fields(name, bits)
+
+
+def _check_mapping_fields(name: str, bits: int) -> None:
+        ours = {f for f, _ in _layout(name, bits)._fields_}
+        for _ctype, entry in _mapping(name, bits):
             unknown = set(entry) - ours
             assert not unknown, f"{name}: mapping names fields the layout does not have: {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("name", sorted(LAYOUTS))
+@pytest.mark.parametrize("name", _checked(32))
 def test_layout_matches_header(probe: Probe, name: str) -> None:
-    ours = _layout(name)
+    _compare(probe, name)
+
+
+@pytest.mark.parametrize("name", _checked(64))
+def test_layout_matches_header_64(probe64: Probe, name: str) -> None:
+    _compare(probe64, name)
+
+
+def _compare(probe: Probe, name: str) -> None:
+    bits = probe.bits
+    ours = _layout(name, bits)
     problems = []
-    for j, (ctype, entry) in enumerate(LAYOUTS[name]):
+    for j, (ctype, entry) in enumerate(_mapping(name, bits)):
         newer_here = [(n, f) for (n, f) in NEWER_FIELDS if n == name and not probe.newer_present[(n, f)]]
         expect_size = NEWER_FIELDS[newer_here[0]][2] if newer_here else probe.get(f"size {name} {j}")
         if ctypes.sizeof(ours) != expect_size:
@@ -355,7 +411,7 @@ def test_layout_matches_header(probe: Probe, name: str) -> None:
                     problems.append(f"{fname}: xenwb {'signed' if _is_signed(ftype) else 'unsigned'}, "
                                     f"header {ctype}.{member} is "
                                     f"{ {'s': 'signed', 'u': 'unsigned', 'p': 'a pointer', 'o': 'not a scalar'}[kind]}")
-    assert not problems, f"{name} differs from the Xen headers:\n  " + "\n  ".join(problems)
+    assert not problems, f"{name} ({bits}-bit) differs from the Xen headers:\n  " + "\n  ".join(problems)
 
 
 @pytest.mark.parametrize("i", range(len(UNION_ALIASES)),
@@ -363,6 +419,34 @@ def test_layout_matches_header(probe: Probe, name: str) -> None:
 def test_union_alternatives_share_the_field_offset(probe: Probe, i: int) -> None:
     layout, field, ctype, member = UNION_ALIASES[i]
     assert getattr(_layout(layout), field).offset == probe.get(f"alias {i}"), f"{ctype}.{member}"
+
+
+def test_pv64_sizes_and_offsets_named_by_the_abi_sheet() -> None:
+    """/work/shared/xen-pv64-abi.md: start_info 0x490, vcpu_guest_context 0x1430 with flags @0x200,
+    user_regs @0x208, trap_ctxt @0x2d0, gdt_frames @0x12e0, kernel_ss @0x1368, ctrlreg @0x1378,
+    callbacks @0x13f8/0x1400/0x1408, fs_base @0x1418, gs_base_kernel @0x1420, gs_base_user @0x1428;
+    shared_info's arch @0xc10, 0xc40 used; vcpu_info 64 with cr2 @0x10 and time @0x20."""
+    G = PV64.vcpu_guest_context
+    assert (PV64.start_info.size(), G.size(), PV64.vcpu_info.size(), PV64.shared_info.size()) == \
+        (0x490, 0x1430, 64, 0xc40)
+    want = {"flags": 0x200, "user_regs": 0x208, "trap_ctxt": 0x2D0, "gdt_frames": 0x12E0, "gdt_ents": 0x1360,
+            "kernel_ss": 0x1368, "kernel_sp": 0x1370, "ctrlreg": 0x1378, "event_callback_eip": 0x13F8,
+            "failsafe_callback_eip": 0x1400, "syscall_callback_eip": 0x1408, "fs_base": 0x1418,
+            "gs_base_kernel": 0x1420, "gs_base_user": 0x1428}
+    assert {f: G.offset(f) for f in want} == want
+    assert (PV64.vcpu_info.offset("arch"), PV64.vcpu_info.offset("time")) == (0x10, 0x20)
+    assert PV64.shared_info.offset("arch") == 0xC10 and PV64.shared_info.offset("wc_sec_hi") == 0xC0C
+
+
+def test_frames_follow_entry_S() -> None:
+    """The frames of x86_64/entry.S create_bounce_frame, lowest address first: RCX, R11,
+    [error code], RIP, CS, RFLAGS, RSP, SS; the failsafe frame adds DS, ES, FS, GS after R11."""
+    names = lambda L: [f for f, _ in L._fields_]   # noqa: E731
+    assert names(PV64.bounce_frame) == ["rcx", "r11", "rip", "cs", "rflags", "rsp", "ss"]
+    assert names(PV64.bounce_frame_ec) == ["rcx", "r11", "error_code", "rip", "cs", "rflags", "rsp", "ss"]
+    assert names(PV64.failsafe_frame) == ["rcx", "r11", "ds", "es", "fs", "gs", "rip", "cs", "rflags", "rsp", "ss"]
+    for L in (PV64.bounce_frame, PV64.bounce_frame_ec, PV64.failsafe_frame):
+        assert L.size() == 8 * len(L._fields_)
 
 
 def test_pv32_sizes_named_by_the_abi_sheet() -> None:

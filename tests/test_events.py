@@ -173,8 +173,7 @@ def test_interdomain_loopback(hv: Hv) -> None:
     assert port_op(hv, E.close, a) == 0
     assert not pending(hv, a)                                   # evtchn_free clears pending
     assert status(hv, b)[:4] == (0, UNBOUND, 0, dom)
-    clear = hv.dom.evtchn._test_and_set
-    clear(SI_PENDING, b, False)
+    hv.dom.evtchn.ops.clear_pending(b)                         # what the guest's upcall does
     assert port_op(hv, E.send, b) == 0
     assert not pending(hv, b)                                   # unbound: dropped
     # the unbound end can be connected again
@@ -214,7 +213,7 @@ def test_backend_ports_close_and_rebind(hv: Hv) -> None:
     new = bind_interdomain(hv, 0, rport)
     assert new > 0 and status(hv, new)[:5] == (0, INTERDOMAIN, 0, 0, rport)
     assert pending(hv, new)
-    ev._test_and_set(SI_PENDING, new, False)
+    ev.ops.clear_pending(new)
     ev.notify_guest(si_store)
     assert pending(hv, new)
     assert port_op(hv, E.send, new) == 0
@@ -291,7 +290,7 @@ def test_bind_vcpu(hv2: Hv) -> None:
         assert bind_vcpu(hv, p, 1) == 0
         assert status(hv, p)[2] == 1
     clear_vcpu_info(hv, 0)
-    hv.dom.evtchn._test_and_set(SI_PENDING, a, False)
+    hv.dom.evtchn.ops.clear_pending(a)
     assert port_op(hv, E.send, b) == 0                          # raises a, now on vcpu 1
     assert sel(hv, 1) and not sel(hv, 0)
     assert port_op(hv, E.close, a) == 0

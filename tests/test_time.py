@@ -227,15 +227,15 @@ def test_poll_semantics_on_the_hypervisor_side() -> None:
     ev.set_mask(a, True)
     ev.set_pending(a)
     assert poll(2) == 0 and v0.state is VcpuState.running          # already pending
-    ev._test_and_set(ev._pending, a, False)
+    ev.ops.clear_pending(a)
     assert poll(1) == 0 and v0.state is VcpuState.blocked and v0.poll_ports == [a]
     ev.set_mask(b, True)
     ev.set_pending(b)                                              # not its port: still polling
     assert v0.state is VcpuState.blocked
     ev.set_pending(a)                                              # masked, but its port
     assert v0.state is VcpuState.running and v0.poll_ports is None
-    ev._test_and_set(ev._pending, a, False)
-    ev._test_and_set(ev._pending, b, False)
+    ev.ops.clear_pending(a)
+    ev.ops.clear_pending(b)
     assert poll(2) == 0 and v0.poll_ports == [a, b]
     d = ev.bind_ipi(1)
     ev.set_mask(d, True)

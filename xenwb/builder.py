@@ -56,8 +56,9 @@ class BuildConfig:
 def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     if image.machine == EM_X86_64:
         raise XenwbError(f"{image.path}: 64-bit PV guests are not supported yet (only 32-bit PV)")
-    if image.hv_start_low is not None and image.hv_start_low > 0xF5800000:
-        raise XenwbError(f"{image.path}: HV_START_LOW {image.hv_start_low:#x} is above 0xf5800000 (-ERANGE)")
+    if image.hv_start_low is not None and image.hv_start_low > C.HYPERVISOR_VIRT_START_PAE:
+        raise XenwbError(f"{image.path}: HV_START_LOW {image.hv_start_low:#x} is above "
+                         f"{C.HYPERVISOR_VIRT_START_PAE:#x} (-ERANGE)")
     # Features Xen can honour for a PV domU: pagetable writes through the ptwr assist,
     # PAE top tables above 4 GiB (extended-cr3). Anything else required is refused.
     if image.features_required & ~((1 << C.XenFeat.writable_page_tables) | (1 << C.XenFeat.pae_pgdir_above_4gb)):
@@ -117,8 +118,10 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     except MMError as e:
         raise XenwbError(f"bootstrap pagetables rejected: {e.why}") from None
     # shared_info: zeroed, every vcpu_info starts with events masked
-    for i in range(32):
-        mem.write((dom.shared_info_mfn << 12) + 64 * i + 1, b"\x01")
+    si_layout, vi = dom.abi.shared_info, dom.abi.vcpu_info
+    for i in range(C.XEN_LEGACY_MAX_VCPUS):
+        mem.write((dom.shared_info_mfn << 12) + si_layout.offset("vcpu_info") + vi.size() * i
+                  + vi.offset("evtchn_upcall_mask"), b"\x01")
     console, store = _connect_backends(dom, start_info)
     for vid in range(cfg.vcpus):
         dom.vcpus.append(Vcpu(dom, vid))

@@ -20,6 +20,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
+from xenwb.abi import constants as C
 from xenwb.abi.constants import XenFeat
 from xenwb.abi.elfnotes import FEATURE_NAMES, NUMERIC_NOTES, STRING_NOTES, ElfNote
 from xenwb.bzimage import Packing, unpack_kernel
@@ -494,7 +495,7 @@ def _check(img: GuestImage, path: Path) -> None:
                               f"[{img.kernel_start:#x}, {img.kernel_end:#x})")
     if img.hypercall_page is not None and not (img.kernel_start <= img.hypercall_page < img.kernel_end):
         raise GuestImageError(f"{path}: HYPERCALL_PAGE {img.hypercall_page:#x} is outside the kernel")
-    if img.machine == EM_386 and img.kernel_end > 0xF5800000:
+    if img.machine == EM_386 and img.kernel_end > C.HYPERVISOR_VIRT_START_PAE:
         raise GuestImageError(f"{path}: kernel ends at {img.kernel_end:#x}, inside the hypervisor range")
 
 

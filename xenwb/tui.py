@@ -283,7 +283,7 @@ class Shell:
         lines.append(f"eip {r['eip']:08x}   efl {r['eflags']:08x}")
         lines.append(f"cs {r['cs']:04x} ss {r['ss']:04x} ds {r['ds']:04x} fs {r['fs']:04x}")
         lines.append(f"cr3 mfn {v.cr3_mfn:#x}  cr2 {v.cr2:#x}")
-        sel = self.machine.domain.mem.read_u32(v.vcpu_info_maddr + 4)
+        sel = v.pending_sel
         lines.append(f"upcall mask {v.upcall_mask} pending {v.upcall_pending} sel {sel:#x}")
         sym = self.machine.domain.symbolize(r["eip"])
         if sym:

@@ -60,9 +60,9 @@ PROBE_PRELUDE = r"""
 _PROBE_LINE = re.compile(r'\.ascii\s+"@@ (.*) (-?\d+)"')
 
 
-def probe_c(source: str, workdir: Path, *, flags: Iterable[str] = ()) -> list[tuple[str, int]]:
+def probe_c(source: str, workdir: Path, *, flags: Iterable[str] = (), bits: int = 32) -> list[tuple[str, int]]:
     """Compile ``source`` (which uses ``XENWB_EMIT("tag words", value)`` inside a function)
-    for i386 and return the emitted ``(tag, value)`` pairs in order.
+    for i386 (bits=32) or x86_64 (bits=64) and return the emitted ``(tag, value)`` pairs in order.
 
     Values are compile-time constants; negative results of 64-bit casts are folded back to
     unsigned 64-bit numbers (every constant the tests read is unsigned)."""
@@ -70,7 +70,7 @@ def probe_c(source: str, workdir: Path, *, flags: Iterable[str] = ()) -> list[tu
     src = workdir / "probe.c"
     src.write_text(PROBE_PRELUDE + source)
     out = workdir / "probe.s"
-    run(["gcc", "-m32", "-ffreestanding", "-O0", "-S", *flags, "-o", out, src])
+    run(["gcc", f"-m{bits}", "-ffreestanding", "-O0", "-S", *flags, "-o", out, src])
     pairs = []
     for line in out.read_text().splitlines():
         m = _PROBE_LINE.search(line)

@@ -365,6 +365,7 @@ class Virq(enum.IntEnum):
 
 NR_VIRQS = 24
 PER_VCPU_VIRQS = frozenset({Virq.TIMER, Virq.DEBUG, Virq.XENOPROF, Virq.XENPMU})
+XEN_LEGACY_MAX_VCPUS = 32   # vcpu_info slots in shared_info (public/xen.h)
 NR_EVTCHN_2L_PV32 = 1024  # 32 * 32: 2-level ABI limit for a 32-bit guest
 
 # --- physdev.h -------------------------------------------------------------------

@@ -8,7 +8,8 @@ The rules, each with the Xen function it comes from:
   a valid but free port is "closed". Port 0 is reserved (evtchn_init). New ports take the
   lowest free number (get_free_port); the 2-level ABI of a 32-bit guest has 32 * 32 = 1024
   ports (max_evtchns: BITS_PER_EVTCHN_WORD squared), so the 1024th allocation is -ENOSPC
-  (evtchn_allocate_port).
+  (evtchn_allocate_port). The per-ABI port operations (pending, mask, unmask) are behind an
+  ops table, as Xen's evtchn_port_ops: event_2l.py.
 * Raising port p for vcpu v (evtchn_2l_set_pending): test-and-set evtchn_pending[p]; if it
   was already set, stop. If evtchn_mask[p] is clear and the test-and-set of bit p/32 of v's
   evtchn_pending_sel was clear, mark events pending on v (vcpu_mark_events_pending,
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, EvtchnOp
+from xenwb.hypervisor.event_2l import TwoLevel
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.sched import evtchn_check_pollers, vcpu_kick
 
@@ -56,7 +58,6 @@ EINVAL, EFAULT, ENOENT, EEXIST, ENOSPC, EPERM, ESRCH, ENOSYS, EBUSY = (
     -Errno.ESRCH, -Errno.ENOSYS, -Errno.EBUSY)
 BACKEND_DOMID = 0          # the workbench's backends play the hardware domain
 EVTCHNS_PER_BUCKET = 64    # PAGE_SIZE / next_power_of_2(sizeof(struct evtchn)) (64-byte aligned)
-BITS_PER_EVTCHN_WORD = 32  # compat (32-bit) shared_info: unsigned long is 32 bits
 NR_PIRQS_DOMU = 24 + 32    # nr_static_irqs (a 24-pin IO-APIC) + extra_domU_irqs (common/domain.c)
 EVTCHN_OP_SIZE = 4 + 24    # struct evtchn_op: cmd + the largest member (evtchn_status)
 COMPAT_OPS = frozenset({EvtchnOp.bind_interdomain, EvtchnOp.bind_virq, EvtchnOp.bind_pirq, EvtchnOp.close,
@@ -141,18 +142,13 @@ class EventChannels:
 
     def __init__(self, dom: Domain) -> None:
         self.dom = dom
-        self.nr_ports = C.NR_EVTCHN_2L_PV32        # BITS_PER_EVTCHN_WORD ** 2
+        self.ops = TwoLevel(dom)                    # evtchn_port_ops (event_2l.c)
+        self.nr_ports = self.ops.max_ports
         self.table = PortTable(dom.domid, self.nr_ports)
         self.dom0 = PortTable(BACKEND_DOMID, self.nr_ports)
         # v->virq_to_evtchn[]: (virq, vcpu id) -> port; global VIRQs live on vcpu 0
         self.virq_ports: dict[tuple[int, int], int] = {}
         self._backend_ports: dict[int, int] = {}   # guest port at connect time -> dom0 port
-        si = dom.abi.shared_info
-        self._si = dom.mem.frame(dom.shared_info_mfn)
-        self._pending = si.offset("evtchn_pending")
-        self._mask = si.offset("evtchn_mask")
-        self.pending_off = (dom.shared_info_mfn << 12) + self._pending
-        self.mask_off = (dom.shared_info_mfn << 12) + self._mask
         self.stats = {"set_pending": 0, "edges": 0, "sends": 0}
 
     # -- compatibility views ----------------------------------------------------------
@@ -163,24 +159,15 @@ class EventChannels:
     def valid(self, port: int) -> bool:
         return self.table.valid(port)
 
-    # -- bitmaps in shared_info (guest_test_and_set_bit & co.) -------------------------
-    def _test_and_set(self, base: int, port: int, on: bool) -> bool:
-        si = self._si
-        i = base + (port >> 3)
-        bit = 1 << (port & 7)
-        old = si[i]
-        si[i] = (old | bit) if on else (old & ~bit)
-        return bool(old & bit)
-
     def is_pending(self, port: int) -> bool:
-        return bool(self._si[self._pending + (port >> 3)] >> (port & 7) & 1)
+        return self.ops.is_pending(port)
 
     def is_masked(self, port: int) -> bool:
-        return bool(self._si[self._mask + (port >> 3)] >> (port & 7) & 1)
+        return self.ops.is_masked(port)
 
     def set_mask(self, port: int, on: bool) -> None:
         """What a guest does with a locked bts/btr on evtchn_mask (tests, tools)."""
-        self._test_and_set(self._mask, port, on)
+        self.ops.set_mask(port, on)
 
     # -- raising ----------------------------------------------------------------------
     def set_pending(self, port: int, vcpu_id: int | None = None) -> None:
@@ -192,38 +179,18 @@ class EventChannels:
         vid = p.vcpu if vcpu_id is None else vcpu_id
         v = dom.vcpus[vid]
         self.stats["set_pending"] += 1
-        if self._test_and_set(self._pending, port, True):
-            if dom.trace.active:
-                dom.trace.emit(v, "event", "set_pending", port=port, notify_vcpu=vid, edge=False,
-                               masked=self.is_masked(port), already_pending=True)
-            return
-        masked = self.is_masked(port)
-        edge = False
-        if not masked:
-            edge = self._mark_selector(v, port)
+        already, masked, edge = self.ops.set_pending(v, port)
         if dom.trace.active:
             dom.trace.emit(v, "event", "set_pending", port=port, notify_vcpu=vid, edge=edge, masked=masked,
-                           already_pending=False)
-        evtchn_check_pollers(dom, port)
-
-    def _mark_selector(self, v: Vcpu, port: int) -> bool:
-        """Test-and-set the selector bit; on a 0 -> 1 change, vcpu_mark_events_pending."""
-        mem = self.dom.mem
-        sel_addr = v.vcpu_info_maddr + 4
-        sel = mem.read_u32(sel_addr)
-        bit = 1 << (port // BITS_PER_EVTCHN_WORD)
-        if sel & bit:
-            return False
-        mem.write_u32(sel_addr, sel | bit)
-        self.mark_events_pending(v)
-        return True
+                           already_pending=already)
+        if not already:
+            evtchn_check_pollers(dom, port)
 
     def mark_events_pending(self, v: Vcpu) -> None:
         """vcpu_mark_events_pending (arch/x86/domain.c): test-and-set bit 0 of
         evtchn_upcall_pending; if it was clear, vcpu_kick."""
-        view, off = self.dom.mem._where(v.vcpu_info_maddr, 1)
-        old = view[off]
-        view[off] = old | 1
+        old = v.upcall_pending
+        v.upcall_pending = 1
         if not old & 1:
             self.stats["edges"] += 1
             vcpu_kick(v)
@@ -233,11 +200,7 @@ class EventChannels:
         p = self.table.ports[port]
         if not p.usable:
             return False
-        if not self._test_and_set(self._mask, port, False):
-            return False
-        if not self.is_pending(port):
-            return False
-        return self._mark_selector(self.dom.vcpus[p.vcpu], port)
+        return self.ops.unmask(self.dom.vcpus[p.vcpu], port)
 
     def send_virq(self, vcpu: Vcpu, virq: int) -> bool:
         """send_guest_vcpu_virq / send_guest_domain_virq."""
@@ -364,7 +327,7 @@ class EventChannels:
 
     def _free(self, port: int) -> None:
         """evtchn_free: clear pending, keep the mask bit, back to vcpu 0."""
-        self._test_and_set(self._pending, port, False)
+        self.ops.clear_pending(port)
         self.table.ports[port] = Port()
 
     def close(self, port: int) -> int:

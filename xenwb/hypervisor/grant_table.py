@@ -77,9 +77,9 @@ class GrantTable:
                 self._write_v1(ref, frame)
 
     def _write_v1(self, ref: int, frame: int) -> None:
-        """grant_entry_v1 {u16 flags; u16 domid; u32 frame}."""
+        E = self.dom.abi.grant_entry_v1
         mfn = self.frame_mfns[0]
-        self.dom.mem.write((mfn << 12) + 8 * ref, struct.pack("<HHI", GTF_permit_access, BACKEND_DOMID, frame))
+        self.dom.mem.write((mfn << 12) + E.size() * ref, bytes(E(GTF_permit_access, BACKEND_DOMID, frame)))
 
 
 def _target(dom: Domain, domid: int) -> str:

@@ -138,7 +138,7 @@ def _memory_map(vcpu: Vcpu, arg: int) -> int:
     m = L.parse(vcpu.read_virt(arg, L.size()))
     entries = [(0, dom.max_pages * 4096, C.E820_RAM)]
     n = min(m.nr_entries, len(entries))
-    E = dom.abi.e820_entry_packed
+    E = dom.abi.e820_entry
     data = b"".join(bytes(E(a, s, t)) for a, s, t in entries[:n])
     vcpu.write_virt(m.buffer, data)
     m.nr_entries = n

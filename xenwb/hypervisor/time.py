@@ -11,7 +11,6 @@ the 1 GHz example).
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from xenwb.hypervisor.memory import GuestFault
@@ -52,8 +51,6 @@ class VirtualTime:
 # vcpu_runstate_get), public/vcpu.h.
 RUNSTATE_running, RUNSTATE_runnable, RUNSTATE_blocked, RUNSTATE_offline = 0, 1, 2, 3
 XEN_PVCLOCK_TSC_STABLE_BIT = 1
-TIME_INFO_OFFSET = 32        # vcpu_info.time
-VCPU_INFO_SIZE = 64
 
 
 def update_vcpu_time(dom: Domain, v: Vcpu, force: bool = False) -> None:
@@ -67,17 +64,20 @@ def update_vcpu_time(dom: Domain, v: Vcpu, force: bool = False) -> None:
     clocksource is the TSC): each vcpu has its own clock, up to one scheduling quantum apart,
     so a guest must not assume the TSCs of different vcpus agree (Linux then keeps
     pvclock readings monotonic across vcpus itself)."""
-    base = v.vcpu_info_maddr + TIME_INFO_OFFSET
+    T = dom.abi.vcpu_time_info
+    base = v.vcpu_info_maddr + dom.abi.vcpu_info.offset("time")
     mem = dom.mem
     now = dom.time.now(v)
-    fields = struct.pack("<QQIbB", now, now, dom.time.mul_frac, dom.time.shift, 0)
-    if not force and mem.read(base + 8, len(fields)) == fields:
+    rec = T(tsc_timestamp=now, system_time=now, tsc_to_system_mul=dom.time.mul_frac, tsc_shift=dom.time.shift)
+    first, end = T.offset("tsc_timestamp"), T.offset("flags") + 1
+    fields = bytes(rec)[first:end]
+    if not force and mem.read(base + first, len(fields)) == fields:
         return
-    ver = mem.read_u32(base)
-    odd = ((ver + 1) | 1) & 0xFFFFFFFF
-    mem.write_u32(base, odd)
-    mem.write(base + 8, fields)
-    mem.write_u32(base, (odd + 1) & 0xFFFFFFFF)
+    ver = base + T.offset("version")
+    odd = ((mem.read_u32(ver) + 1) | 1) & 0xFFFFFFFF
+    mem.write_u32(ver, odd)
+    mem.write(base + first, fields)
+    mem.write_u32(ver, (odd + 1) & 0xFFFFFFFF)
 
 
 def init_wallclock(dom: Domain) -> None:

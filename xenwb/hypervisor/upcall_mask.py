@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
     from xenwb.hypervisor.vcpu import Vcpu
 
-MASK_OFFSET = 1            # vcpu_info.evtchn_upcall_mask (public/xen.h)
 WIDEST_STORE = 8
 
 
@@ -47,7 +46,7 @@ class MaskObserver:
             self._hook(v)
 
     def _hook(self, v: Vcpu) -> None:
-        maddr = v.vcpu_info_maddr + MASK_OFFSET
+        maddr = v.vcpu_info_maddr + self.dom.abi.vcpu_info.offset("evtchn_upcall_mask")
         h = v.cpu.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_write, v, maddr - WIDEST_STORE + 1, maddr)
         self._hooks[v.id] = (h, maddr)
 

@@ -51,7 +51,15 @@ class Vcpu:
         self.ldt_base = self.ldt_ents = 0
         self.cr3_mfn = 0
         self._vcpu_info_maddr = 0
-        self.vcpu_info_maddr = (domain.shared_info_mfn << 12) + 64 * vcpu_id
+        vi = domain.abi.vcpu_info
+        self._vi_size = vi.size()
+        self._mask_off = vi.offset("evtchn_upcall_mask")
+        self._pending_off = vi.offset("evtchn_upcall_pending")
+        self._sel_off = vi.offset("evtchn_pending_sel")
+        self._sel_size = domain.abi.abi.word
+        self._cr2_off = vi.offset("arch") + domain.abi.arch_vcpu_info.offset("cr2")
+        si = domain.abi.shared_info
+        self.vcpu_info_maddr = (domain.shared_info_mfn << 12) + si.offset("vcpu_info") + self._vi_size * vcpu_id
         self.in_multicall = False
         self.pending_iret_target: dict[int, int] | None = None
         self.hold_exit: Callable[[], None] | None = None   # a debugger stops this exit from the hypervisor
@@ -234,14 +242,15 @@ class Vcpu:
             self.cpu.uc.emu_stop()
 
     # -- vcpu_info -------------------------------------------------------------
+    # Fields of vcpu_info (public/xen.h), at the offsets the domain's ABI gives.
     @property
     def upcall_mask(self) -> int:
-        return self._vi_view[self._vi_off + 1]
+        return self._vi_view[self._vi_off + self._mask_off]
 
     @upcall_mask.setter
     def upcall_mask(self, v: int) -> None:
         old = self.upcall_mask
-        self.domain.mem.write(self.vcpu_info_maddr + 1, bytes([v & 1]))
+        self._vi_view[self._vi_off + self._mask_off] = v & 1
         if old != (v & 1):
             self.domain.trace.emit_mask(self, old, v & 1)
 
@@ -254,19 +263,33 @@ class Vcpu:
     @vcpu_info_maddr.setter
     def vcpu_info_maddr(self, maddr: int) -> None:
         self._vcpu_info_maddr = maddr
-        self._vi_view, self._vi_off = self.domain.mem._where(maddr, 64)   # checked on every exit
+        self._vi_view, self._vi_off = self.domain.mem._where(maddr, self._vi_size)   # read on every exit
         self.domain.mask_observer.vcpu_info_moved(self)
 
     @property
     def upcall_pending(self) -> int:
-        return self._vi_view[self._vi_off]
+        return self._vi_view[self._vi_off + self._pending_off]
 
     @upcall_pending.setter
     def upcall_pending(self, v: int) -> None:
-        self.domain.mem.write(self.vcpu_info_maddr, bytes([v & 1]))
+        self._vi_view[self._vi_off + self._pending_off] = v & 1
+
+    @property
+    def pending_sel(self) -> int:
+        """evtchn_pending_sel: one bit per word of shared_info's pending bitmap."""
+        off = self._vi_off + self._sel_off
+        return int.from_bytes(self._vi_view[off: off + self._sel_size], "little")
+
+    @pending_sel.setter
+    def pending_sel(self, v: int) -> None:
+        off = self._vi_off + self._sel_off
+        self._vi_view[off: off + self._sel_size] = (v & ((1 << (8 * self._sel_size)) - 1)).to_bytes(
+            self._sel_size, "little")
 
     def write_vcpu_info_cr2(self, cr2: int) -> None:
-        self.domain.mem.write_u32(self.vcpu_info_maddr + 8, cr2)
+        off = self._vi_off + self._cr2_off
+        self._vi_view[off: off + self._sel_size] = (cr2 & ((1 << (8 * self._sel_size)) - 1)).to_bytes(
+            self._sel_size, "little")
 
     def set_virtual_ts(self, on: bool) -> None:
         self.virtual_ts = on

@@ -181,8 +181,8 @@ def register_vcpu_info(dom: Domain, v: Vcpu, mfn: int, offset: int) -> int:
     v.vcpu_info_maddr = gaddr
     v.vcpu_info_registered = True
     dom.trace.emit(dom.current or v, "vcpu", "register_vcpu_info", target=v.id, maddr=gaddr)
-    dom.mem.write_u32(gaddr + 4, 0xFFFFFFFF)
-    dom.evtchn.mark_events_pending(v)  # type: ignore[attr-defined]
+    v.pending_sel = ~0
+    dom.evtchn.mark_events_pending(v)
     update_vcpu_time(dom, v, force=True)
     return 0
 
