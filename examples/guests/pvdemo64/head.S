@@ -445,8 +445,10 @@ probe_softint_next:
         xorl    %eax, %eax
         ret
 
-/* uint64_t probe_int_nohandler(void): "int $0x82" with no trap_info (DPL 0):
- * Xen reflects the #GP, error code (0x82 << 3) | 2 = 0x412, RIP = the int. */
+/* uint64_t probe_int_nohandler(void): "int $0x83" with no trap_info (DPL 0):
+ * Xen reflects the #GP, error code (0x83 << 3) | 2 = 0x41a, RIP = the int.
+ * (Not 0x82: that is Xen's DPL-1 gate for 32-bit PV hypercalls, and 0x80
+ * its DPL-3 int80_direct_trap; both would still #GP from ring 3.) */
         .globl probe_int_nohandler, probe_int_nohandler_insn
 probe_int_nohandler:
         PROBE_SETUP probe_fixup

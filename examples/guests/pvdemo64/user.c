@@ -119,7 +119,8 @@ void user_upcall(struct trap_frame *f)
 {
     if (!in_user_task)
         return;
-    if (user_upcalls.count++ == 0) {
+    user_upcalls.count++;
+    {   /* the last one: the one the task waited for in its step 8 */
         user_upcalls.cs = f->cs & 0xffff;
         user_upcalls.ss = f->ss;
         user_upcalls.rsp = f->rsp;
@@ -325,12 +326,13 @@ void step_user(void)
           f2->action == 2 && ud->fault_resumed == 1 && ud->kernel_read_val == USER_KERNEL_READ_SENTINEL,
           "user read of kernel address %#lx faulted (error code %#lx: the user L4 maps no kernel) "
           "and was resumed at its fixup", f2->cr2, f2->error_code);
-    check(user_upcalls.count >= 1 && ud->user_upcalls >= 1 && user_upcalls.cs == user_cs &&
+    check(user_upcalls.count >= 1 && ud->user_upcalls == user_upcalls.count && ud->waited_tsc < ud->tsc_limit &&
+          user_upcalls.cs == user_cs &&
           user_upcalls.ss == user_ss && user_upcalls.rsp >= USER_STACK_VA &&
           user_upcalls.rsp <= USER_STACK_TOP && user_upcalls.frame_rip_va == kernel_sp_frame_rip &&
           user_upcalls.saved_mask == 0 && (user_upcalls.rflags & X86_EFLAGS_IF),
-          "an event upcall interrupted user mode (%u, after %lu TSC ticks): frame CS %#lx, SS %#lx, "
-          "RSP %#lx on the user stack, saved mask 0, on the stack_switch stack",
+          "event upcalls interrupted user mode (%u; the task waited %lu TSC ticks for the last): "
+          "frame CS %#lx, SS %#lx, RSP %#lx on the user stack, saved mask 0, on the stack_switch stack",
           user_upcalls.count, ud->waited_tsc, user_upcalls.cs, user_upcalls.ss, user_upcalls.rsp);
     check(user_said_len == (long)strlen("hello from user mode") && ud->write_ret == (uint64_t)user_said_len &&
           strcmp(user_said, "hello from user mode") == 0,

@@ -122,13 +122,14 @@ user_entry:                                 /* RDI = USER_DATA_VA, RSP = USER_ST
         movq    $7, UD_PROGRESS(%r15)
 
         /* 8. Spin with events enabled until an event upcall interrupted us
-         * (the kernel's callback counts it in UD_USER_UPCALLS), at most
-         * UD_TSC_LIMIT TSC ticks. */
+         * (the kernel's callback counts them in UD_USER_UPCALLS: wait for
+         * one more), at most UD_TSC_LIMIT TSC ticks. */
+        movq    UD_USER_UPCALLS(%r15), %r13
         rdtsc
         shlq    $32, %rdx
         orq     %rdx, %rax
         movq    %rax, %r12
-3:      cmpq    $0, UD_USER_UPCALLS(%r15)
+3:      cmpq    %r13, UD_USER_UPCALLS(%r15)
         jne     4f
         pause
         rdtsc

@@ -62,7 +62,7 @@
 #define VEC_SYSCALL         0x101       /* syscall from guest user mode */
 #define VEC_SYSCALL32       0x102       /* syscall32 / sysenter callbacks (never used) */
 #define VEC_SOFTINT         0x81        /* "int $0x81": trap_info DPL 1, reachable from the kernel */
-#define VEC_NOHANDLER       0x82        /* "int $0x82": no trap_info, so #GP((0x82 << 3) | 2) */
+#define VEC_NOHANDLER       0x83        /* "int $0x83": no trap_info, so #GP((0x83 << 3) | 2) */
 
 /* System calls of the user task (userprog.S -> user.c), numbers in RAX. */
 #define SYS_CHECK           1           /* the kernel checks the bounce frame */
