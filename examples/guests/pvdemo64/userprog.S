@@ -121,10 +121,13 @@ user_entry:                                 /* RDI = USER_DATA_VA, RSP = USER_ST
         movq    $1, UD_FAULT_RESUMED(%r15)
         movq    $7, UD_PROGRESS(%r15)
 
-        /* 8. Spin with events enabled until an event upcall interrupted us
-         * (the kernel's callback counts them in UD_USER_UPCALLS: wait for
-         * one more), at most UD_TSC_LIMIT TSC ticks. */
+        /* 8. Ask for a timer event in 1 ms, then spin with events enabled
+         * until an event upcall interrupted us (the kernel's callback counts
+         * them in UD_USER_UPCALLS: wait for one more), at most UD_TSC_LIMIT
+         * TSC ticks. */
         movq    UD_USER_UPCALLS(%r15), %r13
+        movl    $SYS_ARM_TIMER, %eax
+        syscall
         rdtsc
         shlq    $32, %rdx
         orq     %rdx, %rax

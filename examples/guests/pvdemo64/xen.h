@@ -69,6 +69,7 @@
 #define SYS_SET_GS_USER     2           /* set_segment_base(SEGBASE_GS_USER, rdi) */
 #define SYS_SET_GS_SEL      3           /* set_segment_base(SEGBASE_GS_USER_SEL, rdi) */
 #define SYS_WRITE           4           /* print rsi bytes at rdi */
+#define SYS_ARM_TIMER       5           /* VCPUOP_set_singleshot_timer(now + 1 ms) */
 #define SYS_EXIT            60          /* back to the kernel for good */
 #define SYS_CHECK_MAGIC     0x5a5a0000  /* SYS_CHECK returns this | rdi */
 
