@@ -33,9 +33,9 @@ def boot(name: str) -> tuple[Machine, bytes, list[dict]]:
     return m, console, events
 
 
-def test_four_examples_bundled() -> None:
-    assert len(EXAMPLES) == 4
-    assert {"pvdemo-pae", "pvdemo-nonpae"} <= set(EXAMPLES)
+def test_every_example_family_bundled() -> None:
+    assert len(EXAMPLES) == 6
+    assert {"pvdemo-pae", "pvdemo-nonpae", "pvdemo64", "pvdemo64-inline"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -1,4 +1,4 @@
-"""x86 32-bit paging as Xen PV guests use it: 2-level (non-PAE) and 3-level PAE.
+"""x86 paging as Xen PV guests use it: 2-level (non-PAE), 3-level PAE and 4-level long mode.
 
 One walker serves the hypervisor (copy to/from guest), the gdb stub and the
 pagetable plugin. It reads the live tables in machine memory, as the CPU does.
@@ -33,7 +33,7 @@ class PagingMode:
     """Geometry of one paging mode."""
 
     name: str
-    levels: int          # 2 or 3
+    levels: int          # 2, 3 or 4
     pte_size: int        # 4 or 8
     entries: int         # per table page
     shifts: tuple[int, ...]  # VA shift per level, top first
@@ -55,10 +55,18 @@ class PagingMode:
 
 NONPAE = PagingMode("non-PAE", 2, 4, 1024, (22, 12), 0xFFFFF000)
 PAE = PagingMode("PAE", 3, 8, 512, (30, 21, 12), 0x000FFFFFFFFFF000)
+LONG = PagingMode("4-level", 4, 8, 512, (39, 30, 21, 12), 0x000FFFFFFFFFF000)
+
+
+def canonical(va: int) -> bool:
+    """A 48-bit canonical address: bits 63..47 all equal (x86_64 is_canonical_address)."""
+    return (va >> 47) in (0, 0x1FFFF)
 
 
 def cr3_to_mfn(cr3: int, mode: PagingMode) -> int:
     """The top-level table's frame from a CR3 value (PAE L3 is 32-byte aligned)."""
+    if mode is LONG:
+        return (cr3 & LONG.mfn_mask) >> 12
     return (cr3 & 0xFFFFF000) >> 12
 
 
