@@ -248,8 +248,16 @@ def test_shell_gdb_pane_is_refreshed_after_shell_stops() -> None:
         type_line("gdb p/x $pc")
         pc = f"0x{m.vcpus[0].cpu.eip:x}"
         await _until(lambda: gdb_has(shell, rf"^\$\d+ = {pc}$", mark), 30)
+        # a stop on the other vcpu: gdb switches to its thread
+        type_line("delete all")
+        type_line("break secondary_startup")
+        mark = shell.gdb.lines.appended
+        type_line("continue")
+        await _until(lambda: gdb_has(shell, r"^#0 .*secondary_startup \(\)", mark), 30)
+        type_line("gdb info threads")
+        await _until(lambda: gdb_has(shell, r'^\* 2 +Thread 2 "vcpu1"', mark), 30)
 
-    _drive(script)
+    _drive(script, vcpus=2)
 
 
 def _output_pane(screen: str) -> list[str]:

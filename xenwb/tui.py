@@ -190,7 +190,6 @@ class Pane(UIControl):
         self.on_click: Callable[[Pane], None] | None = None
         self.rows: list[Line] = []                     # the rows of the last render
         self.size = (80, 0)                            # its width and height
-        self._start: Pos | None = None                 # the position of its first row
 
     def _text(self, width: int) -> _Text:
         first, lines = self.source()
@@ -203,33 +202,36 @@ class Pane(UIControl):
             return t.backward((self.home(), 0), height // 4)[1]
         return t.first, 0
 
-    def render(self, width: int, height: int) -> list[Line]:
-        """The rows shown in a window of this size."""
-        t = self._text(width)
+    def _view(self, t: _Text, height: int) -> tuple[list[Line], Pos]:
+        """The rows in view and the position of the first."""
         start = t.clamp(self.top) if self.top is not None else self._home(t, height)
         rows, _ = t.forward(start, height)
         if len(rows) < height:                         # the end is in view: a full window's worth
             more, start = t.backward(start, height - len(rows))
             rows = more + rows
-        self.rows, self.size, self._start = rows, (width, height), start
-        return rows
+        return rows, start
+
+    def render(self, width: int, height: int) -> list[Line]:
+        """The rows shown in a window of this size."""
+        self.rows, _ = self._view(self._text(width), height)
+        self.size = (width, height)
+        return self.rows
 
     def scroll(self, delta: int) -> None:
-        """Scroll by delta rows (negative: up)."""
-        if self._start is None:
-            return
+        """Scroll by delta rows (negative: up) in the window of the last render."""
         width, height = self.size
-        t = self._text(width)
-        if delta < 0:
-            self.top = self._start = t.backward(self._start, -delta)[1]
+        if not height:
             return
-        _, pos = t.forward(self._start, delta)
+        t = self._text(width)
+        _, start = self._view(t, height)
+        if delta < 0:
+            self.top = t.backward(start, -delta)[1]
+            return
+        _, pos = t.forward(start, delta)
         if len(t.forward(pos, height)[0]) < height:   # scrolled to the end
-            pos = t.backward((t.end, 0), height)[1]
-            self.top = None if self.follow else pos
+            self.top = None if self.follow else t.backward((t.end, 0), height)[1]
         else:
             self.top = pos
-        self._start = pos
 
     def page(self, direction: int) -> None:
         self.scroll(direction * max(1, self.size[1] - 1))
@@ -512,9 +514,9 @@ class ShellControl:
             return "running"
         if ev.kind is StopKind.exited:
             return f"shut down ({ev.detail.removeprefix('shutdown (').removesuffix(')')})"
-        first = ev.describe(self.machine).splitlines()[0]
         if ev.kind is StopKind.killed:
             return "killed"
+        first = ev.describe(self.machine).splitlines()[0]
         if dbg.finished:
             return f"ended: {first}"
         if dbg.postmortem:
@@ -539,14 +541,14 @@ class GdbPane:
     workbench's own stub with the guest ELF's symbols. Commands are written at once and
     their output collected as it comes (poll), so the screen never waits for gdb."""
 
-    def __init__(self, elf: str, port: int) -> None:
+    def __init__(self, elf: str, host: str, port: int) -> None:
         from pygdbmi.gdbcontroller import GdbController
         self.lines = LineLog(GDB_LINES)
         self.threads: dict[int, str] = {}          # vcpu -> gdb's thread number
         self._token = 0
         self.ctl = GdbController(command=["gdb", "--nx", "--quiet", "--interpreter=mi3", elf])
         self._write("-gdb-set pagination off")
-        self._write(f"-target-select remote 127.0.0.1:{port}")
+        self._write(f"-target-select remote {host}:{port}")
         self._thread_info = self._write("-thread-info")
 
     def _write(self, mi: str) -> int:
@@ -882,7 +884,7 @@ class Shell:
         if self.ctl.running:
             self.ctl.stop()
         if self.gdb is None:
-            self.gdb = GdbPane(str(m.image.path), self.ctl.server.port)
+            self.gdb = GdbPane(str(m.image.path), *self.ctl.server.address)
             self.ctl.take_stale()                     # a new gdb reads everything afresh
         self._sync_gdb()
         self.ctl.ours = False                         # what gdb does next, gdb sees
