@@ -482,11 +482,15 @@ def text_defines() -> dict[str, int]:
 
 
 @pytest.mark.parametrize(("label", "value", "macro"), CONSTANTS, ids=[r[0] for r in CONSTANTS])
-def test_constant_matches_header(probe: Probe, text_defines: dict[str, int], label: str, value: int,
-                                 macro: str) -> None:
+def test_constant_matches_header(probe: Probe, probe64: Probe, text_defines: dict[str, int], label: str,
+                                 value: int, macro: str) -> None:
+    """Each constant against the headers compiled -m32, or -m64 for a name only the 64-bit
+    ABI defines (FLAT_KERNEL_CS64, VGCF_in_syscall, SEGBASE_*)."""
     tag = f"const {macro}"
     if tag in probe.values:
         ref, where = probe.values[tag], "compiled headers"
+    elif tag in probe64.values:
+        ref, where = probe64.values[tag], "compiled headers (-m64)"
     elif macro in text_defines:
         ref, where = text_defines[macro], "header text (outside the guest view)"
     elif macro in NEWER_CONSTANTS:

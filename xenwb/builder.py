@@ -21,7 +21,7 @@ from xenwb.hypervisor.memory import MachineMemory
 from xenwb.hypervisor.mm import MMError, Sharing
 from xenwb.hypervisor.state import VcpuState
 from xenwb.hypervisor.time import update_vcpu_time
-from xenwb.hypervisor.vcpu import Vcpu
+from xenwb.hypervisor.vcpu import Vcpu32
 from xenwb.hypervisor.xenarea import MAX_VCPUS, NONPAE_GEOMETRY, PAE_GEOMETRY
 from xenwb.layout import BootLayout, compute_layout
 from xenwb.loader import EM_X86_64, GuestImage
@@ -124,7 +124,7 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
                   + vi.offset("evtchn_upcall_mask"), b"\x01")
     console, store = _connect_backends(dom, start_info)
     for vid in range(cfg.vcpus):
-        dom.vcpus.append(Vcpu(dom, vid))
+        dom.vcpus.append(Vcpu32(dom, vid))
     store.seed_vcpus(cfg.vcpus)            # xenstore cpu/<i>/availability
     v0 = dom.vcpus[0]
     start_vcpu0(dom, v0, layout, top_mfn)

@@ -49,7 +49,6 @@ from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import walk
 from xenwb.hypervisor.state import VcpuState
-from xenwb.hypervisor.traps import guest_regs
 from xenwb.machine import RunResult, StopReason
 
 if TYPE_CHECKING:
@@ -133,7 +132,7 @@ class StopEvent:
         v = machine.vcpus[self.vcpu] if self.vcpu is not None and self.vcpu < len(machine.vcpus) else None
         where = ""
         if v is not None:
-            pc = guest_regs(v)[0]["eip"]
+            pc = v.guest_regs()[0]["pc"]
             sym = machine.domain.symbolize(pc)
             where = f" at {pc:#010x}" + (f" <{sym}>" if sym else "")
         what = {StopKind.swbreak: "breakpoint", StopKind.hwbreak: "hardware breakpoint",
@@ -231,12 +230,12 @@ class Controller:
         if not any(c.kind == "hypercall" and not c.failed_only and c.matches(nr) for c in self._catches.values()):
             return False
         # hold the call: the vcpu stops after the instruction; resuming re-issues it
-        pc = vcpu.cpu.eip
+        pc = vcpu.cpu.pc                          # after the int $0x82 / syscall (2 bytes)
         vcpu.clock.units -= 2                     # the trapping instruction runs again then
         self._syscall_nr[vid] = nr
 
         def reissue() -> None:
-            vcpu.cpu.eip = pc - 2
+            vcpu.cpu.pc = pc - 2
             self._skip_entry.add(vid)
         vcpu.hold_exit = reissue
         self._record(StopEvent(StopKind.syscall_entry, vid, nr=nr))
@@ -309,7 +308,7 @@ class Controller:
     def guest_regs(self, vid: int) -> dict[str, int]:
         """The registers the vcpu resumes with (in a ring transition: the guest's, not the
         hypervisor stub's)."""
-        return guest_regs(self.vcpu(vid))[0]
+        return self.vcpu(vid).guest_regs()[0]
 
     def _require_stopped(self) -> None:
         if self._running:
@@ -574,7 +573,7 @@ class Controller:
         self._pending = None
         self._skip.clear()
         for v in self.vcpus:
-            pc = guest_regs(v)[0]["eip"]
+            pc = v.guest_regs()[0]["pc"]
             if pc in self._bp_kinds:
                 self._skip[v.id] = pc          # a vcpu sitting on a breakpoint leaves it once
             if v.held_exception is not None and signal == 0:
@@ -679,7 +678,7 @@ class Controller:
                 return StopEvent(StopKind.interrupt, v.id)
             ev = self._step(v)
             self._skip.clear()
-            pc = guest_regs(v)[0]["eip"]
+            pc = v.guest_regs()[0]["pc"]
             if ev.kind is not StopKind.step or not start <= pc < end:
                 return ev
             if pc in self._bp_kinds:

@@ -107,7 +107,7 @@ class DebuggerCommands:
 
     def _where(self, vid: int) -> str:
         m = self.machine
-        pc = self.ctl.guest_regs(vid)["eip"]
+        pc = self.ctl.guest_regs(vid)["pc"]
         sym = m.domain.symbolize(pc)
         line = m.image.line_at(pc) if m.image.symbols else None
         src = f" at {line[0]}:{line[1]}" if line else ""
@@ -264,7 +264,7 @@ class DebuggerCommands:
         for _ in range(n):
             if self.ctl.finished:
                 break
-            pc = self.ctl.guest_regs(self.selected)["eip"]
+            pc = self.ctl.guest_regs(self.selected)["pc"]
             line = m.image.line_at(pc)
             ev = self._run("step") if line is None else self._run("range", start=line[2], end=line[3])
             if ev.kind is not StopKind.step:
@@ -387,7 +387,7 @@ class DebuggerCommands:
     def disas(self, m: Machine, args: list[str]) -> Result:
         self._stopped()
         v = m.vcpus[self.selected]
-        addr = self._addr(args[0]) if args else self.ctl.guest_regs(self.selected)["eip"]
+        addr = self._addr(args[0]) if args else self.ctl.guest_regs(self.selected)["pc"]
         count = parse_int(args[1], "count") if len(args) > 1 else 12
         lines = disassemble(m, v, addr, count)
         return Result([{"address": a, "text": t} for a, t in lines], "\n".join(t for _, t in lines))

@@ -27,7 +27,7 @@ from xenwb.hypervisor.domain import Domain
 from xenwb.hypervisor.sched import fire_timers, timer_deadlines
 from xenwb.hypervisor.state import DomainCrash, VcpuState
 from xenwb.hypervisor.time import update_runstate_area, update_vcpu_time
-from xenwb.hypervisor.traps import deliver_event_upcall, reload_segments
+from xenwb.hypervisor.traps import deliver_event_upcall
 from xenwb.hypervisor.vcpu import Vcpu
 from xenwb.layout import BootLayout
 from xenwb.loader import GuestImage, load_guest
@@ -236,7 +236,7 @@ class Machine:
         self.turn = Turn(v, deadline)
         try:
             if (self._last_run is not v or v.rescheduled) and v.cpu.cpl:
-                reload_segments(v)              # Xen's load_segments when it switches to v
+                v.reload_segments()             # Xen's load_segments when it switches to v
             deliver_event_upcall(v)
         except DomainCrash as e:
             dom.crash(v, str(e))
@@ -334,7 +334,7 @@ class Machine:
             if v.state is not VcpuState.blocked:
                 parts.append(f"vcpu{v.id} {v.state.value}")
                 continue
-            eip = v.cpu.eip
+            eip = v.cpu.pc
             sym = self.domain.symbolize(eip)
             what = (f"in SCHEDOP_poll on ports {v.poll_ports}" if v.poll_ports is not None
                     else "in SCHEDOP_block")

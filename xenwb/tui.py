@@ -793,7 +793,7 @@ class Shell:
         if self.ctl.running:
             return 0, [[("class:dim", "(running)")]]
         v = self.machine.vcpus[self.ctl.selected]
-        pc = self.ctl.dbg.guest_regs(v.id)["eip"]
+        pc = self.ctl.dbg.guest_regs(v.id)["pc"]
         key = (self.ctl.stops, v.id, pc)
         if key != self._disas_key:
             self._disas_key = key
@@ -802,7 +802,7 @@ class Shell:
         return 0, [[("class:pc" if addr == pc else "", text)] for addr, text in self._disas]
 
     def _pc_line(self) -> int:
-        pc = self.ctl.dbg.guest_regs(self.ctl.selected)["eip"]
+        pc = self.ctl.dbg.guest_regs(self.ctl.selected)["pc"]
         return next((i for i, (addr, _) in enumerate(self._disas) if addr == pc), 0)
 
     def _disas_width(self) -> int:

@@ -19,6 +19,7 @@ from functools import cache
 
 from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
 from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib
 
 from xenwb.hypervisor.memory import MachineMemory
@@ -107,106 +108,54 @@ class RegBatch:
             raise UcError(err)
 
 
-class Cpu:
-    """The emulated CPU of one vcpu."""
+class CpuBase:
+    """What every vcpu engine has, whatever the guest's width: the virtual clock, the
+    code hooks of breakpoints and exact stops, the translation cache, the run loop and
+    the #DF artefact fix. Subclasses set up the engine for their mode."""
 
-    def __init__(self, vcpu_id: int, mem: MachineMemory, xen: XenArea, pae: bool) -> None:
+    uc: Uc
+    clock: VClock
+
+    def _init_engine(self, vcpu_id: int, uc: Uc, mem: MachineMemory, skip: tuple[int, int]) -> None:
         self.id = vcpu_id
-        self.xen = xen
-        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self.uc = uc
         mem.map_into(uc)
-        # the hypervisor's range (transition trampoline) does not count as guest instructions
-        self.clock = VClock(uc, skip=(xen.geo.hv_start, 1 << 32))
+        # the hypervisor's range (transition stubs) does not count as guest instructions
+        self.clock = VClock(uc, skip=skip)
         self._exact_reasons: set[str] = set()
         self._breakpoint_hooks: set[int] = set()
         self._pc_synced: set[tuple[int, int]] = set()
         self._pending_invalidations: list[tuple[int, int]] = []
-        self._eip_buf = ctypes.c_uint64()
+        self._pc_buf = ctypes.c_uint64()
         self._oe_off = old_exception_offset()
-        xen.setup_vcpu(vcpu_id)
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, xen.gdt_va(vcpu_id), GDT_LIMIT, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
-        uc.reg_write(X.UC_X86_REG_LDTR, (0, 0, 0, 0))
-        # type 9 (available 32-bit TSS): QEMU's stack switch insists on it
-        uc.reg_write(X.UC_X86_REG_TR, (XEN_TSS_SEL, xen.tss_va(vcpu_id), 0x67, 0x8900))
-        self.pae = pae
         self.ring_switches = 0
-        self._hypercall_regs = RegBatch(uc, HYPERCALL_REGS)
-        self.continuation_out = RegBatch(uc, [X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
-                                              X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EIP])
-        # fixed register sets of the instruction hooks (the binding's calls cost microseconds)
-        self.cpuid_in = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
-        self.cpuid_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX])
-        self.tsc_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EDX])
-        self.tscp_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EDX, X.UC_X86_REG_ECX])
-        self._all_names = list(_REG)
-        self._all_regs = RegBatch(uc, [_REG[n] for n in self._all_names])
-        self._cs_ss = RegBatch(uc, [X.UC_X86_REG_CS, X.UC_X86_REG_SS])        # transfer(): the hot path
-        self._eip_esp_eflags = RegBatch(uc, [X.UC_X86_REG_EIP, X.UC_X86_REG_ESP, X.UC_X86_REG_EFLAGS])
-        self._u32 = ctypes.c_uint32()
-        self._eax_id = X.UC_X86_REG_EAX
 
-    def start_paging(self, top_mfn: int) -> None:
-        uc = self.uc
-        if self.pae:
-            uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
-            uc.msr_write(MSR_EFER, EFER_NXE)
-        uc.reg_write(X.UC_X86_REG_CR3, top_mfn << 12)
-        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
-        uc.reg_write(X.UC_X86_REG_CS, XENWB_RING0_CS)
-        uc.reg_write(X.UC_X86_REG_SS, XENWB_RING0_DS)
-        uc.reg_write(X.UC_X86_REG_DS, XENWB_RING0_DS)
-        uc.reg_write(X.UC_X86_REG_ES, XENWB_RING0_DS)
-
-    # -- registers -----------------------------------------------------------
-    def reg(self, name: str) -> int:
-        return self.uc.reg_read(_REG[name])
-
-    def set_reg(self, name: str, value: int) -> None:
-        self.uc.reg_write(_REG[name], value & 0xFFFFFFFF)
+    exit_address: int = 0
+    pc_reg: int = X.UC_X86_REG_EIP
+    pc_mask: int = 0xFFFFFFFF
 
     @property
-    def eip(self) -> int:
-        """EIP through one raw uc_reg_read (the binding's reg_read costs several us)."""
-        buf = self._eip_buf
-        if uclib.uc_reg_read(self.uc._uch, X.UC_X86_REG_EIP, ctypes.byref(buf)):
-            return self.uc.reg_read(X.UC_X86_REG_EIP)
-        return buf.value & 0xFFFFFFFF
+    def pc(self) -> int:
+        """The guest's program counter through one raw uc_reg_read (the binding's reg_read
+        costs several us)."""
+        buf = self._pc_buf
+        if uclib.uc_reg_read(self.uc._uch, self.pc_reg, ctypes.byref(buf)):
+            return self.uc.reg_read(self.pc_reg)
+        return buf.value & self.pc_mask
 
-    @eip.setter
-    def eip(self, v: int) -> None:
-        self.uc.reg_write(X.UC_X86_REG_EIP, v & 0xFFFFFFFF)
-
-    @property
-    def cpl(self) -> int:
-        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+    @pc.setter
+    def pc(self, v: int) -> None:
+        self.uc.reg_write(self.pc_reg, v & self.pc_mask)
 
     def regs(self) -> dict[str, int]:
-        vals = self._all_regs.read()
-        out = dict(zip(self._all_names, vals, strict=True))
-        for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
-            out[seg] &= 0xFFFF
-        return out
+        raise NotImplementedError
 
-    def hypercall_regs(self) -> list[int]:
-        """EAX, EBX, ECX, EDX, ESI, EDI, CS, EIP, ESP in one call (the hot path)."""
-        return self._hypercall_regs.read()
-
-    def set_eax(self, value: int) -> None:
-        self._u32.value = value & 0xFFFFFFFF
-        uclib.uc_reg_write(self.uc._uch, self._eax_id, ctypes.byref(self._u32))
+    def set_reg(self, name: str, value: int) -> None:
+        raise NotImplementedError
 
     def flush_tlb(self) -> None:
         """Drop unicorn's cached translations (UC_CTL_TLB_FLUSH)."""
-        from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
-
-    def set_cr3(self, top_mfn: int) -> None:
-        self.uc.reg_write(X.UC_X86_REG_CR3, top_mfn << 12)
-
-    def set_ts(self, on: bool) -> None:
-        cr0 = self.uc.reg_read(X.UC_X86_REG_CR0)
-        self.uc.reg_write(X.UC_X86_REG_CR0, (cr0 | CR0_TS) if on else (cr0 & ~CR0_TS))
 
     def clear_pending_exception(self) -> None:
         """Forget the exception just handled, so the next one is not a #DF (unicorn #1883)."""
@@ -214,32 +163,13 @@ class Cpu:
         ctypes.memmove(ctx.context.value + self._oe_off, struct.pack("<i", -1), 4)
         self.uc.context_restore(ctx)
 
-    # -- ring changes ------------------------------------------------------------
-    def transfer(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
-        """Continue the guest at cs:eip with ss:esp, changing ring if needed."""
-        uc = self.uc
-        cur_cs, cur_ss = (r & 0xFFFF for r in self._cs_ss.read())
-        if cur_cs == cs and cur_ss == ss:
-            self._eip_esp_eflags.write(eip & 0xFFFFFFFF, esp & 0xFFFFFFFF, eflags & 0xFFFFFFFF)
-            return
-        self.xen.write_iret_frame(self.id, eip, cs, eflags, esp, ss)
-        self.ring_switches += 1
-        if cur_cs & 3 == 0:
-            uc.reg_write(X.UC_X86_REG_EIP, self.xen.stub_va(self.id))   # already in ring 0
-        else:
-            self.xen.arm_gate(self.id, True)
-            uc.reg_write(X.UC_X86_REG_EIP, TRAMPOLINE_VA)
-
-    def disarm(self) -> None:
-        self.xen.arm_gate(self.id, False)
-
     def run(self) -> None:
         """Run until a hook or the clock stops the engine; the clock is then settled, so it
         counts exactly the instructions that completed."""
         try:
-            self.uc.emu_start(self.eip, EXIT_ADDRESS)
+            self.uc.emu_start(self.pc, self.exit_address)
         finally:
-            self.clock.settle(self.eip)
+            self.clock.settle(self.pc)
             while self._pending_invalidations:
                 lo, hi = self._pending_invalidations.pop()
                 try:
@@ -313,3 +243,106 @@ class Cpu:
         """Stop before the (n+1)-th guest instruction from now (needs need_exact)."""
         self.clock.insn_deadline = self.clock.insns + n
 
+
+class Cpu32(CpuBase):
+    """The emulated CPU of one 32-bit PV vcpu (protected mode; the kernel in ring 1)."""
+
+    exit_address = EXIT_ADDRESS
+
+    def __init__(self, vcpu_id: int, mem: MachineMemory, xen: XenArea, pae: bool) -> None:
+        self.xen = xen
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self._init_engine(vcpu_id, uc, mem, (xen.geo.hv_start, 1 << 32))
+        xen.setup_vcpu(vcpu_id)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, xen.gdt_va(vcpu_id), GDT_LIMIT, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+        uc.reg_write(X.UC_X86_REG_LDTR, (0, 0, 0, 0))
+        # type 9 (available 32-bit TSS): QEMU's stack switch insists on it
+        uc.reg_write(X.UC_X86_REG_TR, (XEN_TSS_SEL, xen.tss_va(vcpu_id), 0x67, 0x8900))
+        self.pae = pae
+        self._hypercall_regs = RegBatch(uc, HYPERCALL_REGS)
+        self.continuation_out = RegBatch(uc, [X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
+                                              X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EIP])
+        # fixed register sets of the instruction hooks (the binding's calls cost microseconds)
+        self.cpuid_in = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
+        self.cpuid_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX])
+        self.tsc_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EDX])
+        self.tscp_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EDX, X.UC_X86_REG_ECX])
+        self._all_names = list(_REG)
+        self._all_regs = RegBatch(uc, [_REG[n] for n in self._all_names])
+        self._cs_ss = RegBatch(uc, [X.UC_X86_REG_CS, X.UC_X86_REG_SS])        # transfer(): the hot path
+        self._eip_esp_eflags = RegBatch(uc, [X.UC_X86_REG_EIP, X.UC_X86_REG_ESP, X.UC_X86_REG_EFLAGS])
+        self._u32 = ctypes.c_uint32()
+        self._eax_id = X.UC_X86_REG_EAX
+
+    def start_paging(self, top_mfn: int) -> None:
+        uc = self.uc
+        if self.pae:
+            uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE)
+            uc.msr_write(MSR_EFER, EFER_NXE)
+        uc.reg_write(X.UC_X86_REG_CR3, top_mfn << 12)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+        uc.reg_write(X.UC_X86_REG_CS, XENWB_RING0_CS)
+        uc.reg_write(X.UC_X86_REG_SS, XENWB_RING0_DS)
+        uc.reg_write(X.UC_X86_REG_DS, XENWB_RING0_DS)
+        uc.reg_write(X.UC_X86_REG_ES, XENWB_RING0_DS)
+
+    # -- registers -----------------------------------------------------------
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(_REG[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(_REG[name], value & 0xFFFFFFFF)
+
+    @property
+    def eip(self) -> int:
+        return self.pc
+
+    @eip.setter
+    def eip(self, v: int) -> None:
+        self.pc = v
+
+    @property
+    def cpl(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    def regs(self) -> dict[str, int]:
+        vals = self._all_regs.read()
+        out = dict(zip(self._all_names, vals, strict=True))
+        for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
+            out[seg] &= 0xFFFF
+        return out
+
+    def hypercall_regs(self) -> list[int]:
+        """EAX, EBX, ECX, EDX, ESI, EDI, CS, EIP, ESP in one call (the hot path)."""
+        return self._hypercall_regs.read()
+
+    def set_eax(self, value: int) -> None:
+        self._u32.value = value & 0xFFFFFFFF
+        uclib.uc_reg_write(self.uc._uch, self._eax_id, ctypes.byref(self._u32))
+
+    def set_cr3(self, top_mfn: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_CR3, top_mfn << 12)
+
+    def set_ts(self, on: bool) -> None:
+        cr0 = self.uc.reg_read(X.UC_X86_REG_CR0)
+        self.uc.reg_write(X.UC_X86_REG_CR0, (cr0 | CR0_TS) if on else (cr0 & ~CR0_TS))
+
+    # -- ring changes ------------------------------------------------------------
+    def transfer(self, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
+        """Continue the guest at cs:eip with ss:esp, changing ring if needed."""
+        uc = self.uc
+        cur_cs, cur_ss = (r & 0xFFFF for r in self._cs_ss.read())
+        if cur_cs == cs and cur_ss == ss:
+            self._eip_esp_eflags.write(eip & 0xFFFFFFFF, esp & 0xFFFFFFFF, eflags & 0xFFFFFFFF)
+            return
+        self.xen.write_iret_frame(self.id, eip, cs, eflags, esp, ss)
+        self.ring_switches += 1
+        if cur_cs & 3 == 0:
+            uc.reg_write(X.UC_X86_REG_EIP, self.xen.stub_va(self.id))   # already in ring 0
+        else:
+            self.xen.arm_gate(self.id, True)
+            uc.reg_write(X.UC_X86_REG_EIP, TRAMPOLINE_VA)
+
+    def disarm(self) -> None:
+        self.xen.arm_gate(self.id, False)

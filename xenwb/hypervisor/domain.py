@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, ShutdownReason, hypercall_name
-from xenwb.abi.structs import PV32
+from xenwb.abi.structs import PV32, PV64
 from xenwb.hypervisor.event_channel import EventChannels
 from xenwb.hypervisor.grant_table import GrantTable
 from xenwb.hypervisor.hypercall_table import TABLE, decode_args
-from xenwb.hypervisor.memory import GuestFault, MachineMemory, PhysMap
+from xenwb.hypervisor.memory import MachineMemory, PhysMap
 from xenwb.hypervisor.mm import MM
 from xenwb.hypervisor.state import DomainCrash
 from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime, init_wallclock
-from xenwb.hypervisor.traps import do_iret
 from xenwb.hypervisor.upcall_mask import MaskObserver
 from xenwb.hypervisor.xenarea import HvGeometry, XenArea
+from xenwb.hypervisor.xenarea64 import XenArea64
 from xenwb.trace import TraceBus
 
 if TYPE_CHECKING:
@@ -59,9 +59,11 @@ class CrashReport:
     symbol: str | None
     reason: str
 
+    word: int = 4
+
     def __str__(self) -> str:
-        where = f"{self.eip:#010x}" + (f" <{self.symbol}>" if self.symbol else "")
-        return f"domain crashed: vcpu{self.vcpu} at eip {where}: {self.reason}"
+        where = f"{self.eip:#0{2 + 2 * self.word}x}" + (f" <{self.symbol}>" if self.symbol else "")
+        return f"domain crashed: vcpu{self.vcpu} at {'rip' if self.word == 8 else 'eip'} {where}: {self.reason}"
 
 
 class Domain:
@@ -69,13 +71,15 @@ class Domain:
 
     def __init__(self, image: GuestImage, mem: MachineMemory, geo: HvGeometry, nr_pages: int) -> None:
         self.image = image
-        self.pae = image.is_pae
-        self.abi = PV32
+        self.is_64 = geo.long_mode
+        self.word = 8 if self.is_64 else 4          # bytes in the guest's unsigned long
+        self.pae = image.is_pae or self.is_64
+        self.abi = PV64 if self.is_64 else PV32
         self.mem = mem
         self.geo = geo
         self.mode = geo.mode
-        self.xen = XenArea(mem, geo)
-        self.physmap = PhysMap(mem, nr_pages, self.xen.m2p_maddr)
+        self.xen: XenArea | XenArea64 = XenArea64(mem, geo) if self.is_64 else XenArea(mem, geo)
+        self.physmap = PhysMap(mem, nr_pages, self.xen.m2p_maddr, geo.m2p_entry_size)
         self.mm = MM(mem, geo, self.xen)
         self.nr_pages = nr_pages
         self.max_pages = nr_pages
@@ -98,7 +102,7 @@ class Domain:
         self.shutdown_code: int | None = None      # SCHEDOP_shutdown_code
         self.current: Vcpu | None = None
         self.observer: DebugObserver | None = None
-        self._stub_cache: dict[int, bool] = {}     # return address after `int $0x82` -> in a stub?
+        self.stub_cache: dict[int, bool] = {}      # pc after a hypercall instruction -> in a page stub?
         self.free_frames: list[int] = []
         self.evtchn = EventChannels(self)
         self.gnttab = GrantTable(self)
@@ -129,10 +133,10 @@ class Domain:
         self.console_sink(data)
 
     # -- hypercalls ---------------------------------------------------------------------
-    def hypercall(self, vcpu: Vcpu, vals: tuple[int, ...]) -> None:
-        """int $0x82 from the guest kernel: EAX = number, EBX..EDI = arguments."""
-        nr = vals[0]
-        args = tuple(vals[1:6])
+    def hypercall(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], pc: int) -> None:
+        """A hypercall from the guest kernel (int $0x82 or syscall; pc is the address after
+        the instruction): dispatch it, then store the result or, when it was preempted, set
+        the registers up for the instruction to run again (pv/hypercall.c _pv_hypercall)."""
         obs = self.observer
         if obs is not None and obs.hypercall_entry(vcpu, nr, args):
             return                              # held by a debugger: re-issued on resume
@@ -140,17 +144,16 @@ class Domain:
         if nr == C.Hypercall.iret:
             self.time.charge(vcpu, HYPERCALL_COST_NS)
             if self.trace.active:
-                self.trace.emit_hypercall(vcpu, nr, args, 0, vals[7] - 2, {})
-            do_iret(vcpu)
+                self.trace.emit_hypercall(vcpu, nr, args, 0, pc - 2, {})
+            vcpu.do_iret()
             return
-        ret = self.call(vcpu, nr, args,
-                        eip=self.caller_eip(vcpu, vals[7], vals[8]) if self.trace.active else 0)
-        if vcpu.continuation is not None:       # preempted: the guest re-executes int $0x82
+        ret = self.call(vcpu, nr, args, eip=vcpu.caller_pc(pc) if self.trace.active else 0)
+        if vcpu.continuation is not None:       # preempted: the guest re-executes the instruction
             cont = (tuple(vcpu.continuation) + (0,) * 5)[:5]
             vcpu.continuation = None
-            vcpu.cpu.continuation_out.write(*(a & 0xFFFFFFFF for a in cont), vals[7] - 2)
+            vcpu.restart_hypercall(cont, pc - 2)
             return
-        vcpu.cpu.set_eax(ret)
+        vcpu.set_hypercall_result(ret)
         if obs is not None:
             obs.hypercall_return(vcpu, nr, ret)
 
@@ -161,7 +164,7 @@ class Domain:
         t0 = vcpu.clock.units
         vcpu.clock.units = t0 + HYPERCALL_COST_NS       # the hypervisor's work takes virtual time
         decoded = decode_args(vcpu, nr, args) if self.trace.active else None
-        handler = None if entry is None else entry.pv32
+        handler = None if entry is None else entry.pv64 if self.is_64 else entry.pv32
         if entry is None:
             ret = self.unimplemented(f"hypercall {hypercall_name(nr)} ({nr})")
         elif handler is None:
@@ -177,48 +180,42 @@ class Domain:
                 raise DomainCrash(f"xenwb internal error in {hypercall_name(nr)}: "
                                   f"{type(e).__name__}: {e} (please report; XENWB_DEBUG=1 shows the traceback)") \
                     from None
-        ret = _signed32(ret)
+        ret = _signed(ret, self.word)
         if self.trace.active:
             self.trace.emit_hypercall(vcpu, nr, args, ret, eip, decoded, multicall,
                                       time_ns=t0, duration_ns=vcpu.clock.units - t0)
         return ret
 
-    def caller_eip(self, vcpu: Vcpu, eip: int | None = None, esp: int | None = None) -> int:
-        """Where a hypercall came from: the `int $0x82` itself, or, inside a hypercall-page
-        stub (`mov $n,%eax; int $0x82; ret`), the return address the caller pushed."""
-        if eip is None:
-            eip = vcpu.cpu.eip
-        stub = self._stub_cache.get(eip)
-        if stub is None:
-            code = vcpu.debug_read(eip - 7, 8)
-            stub = len(code) == 8 and code[0] == 0xB8 and code[5:7] == b"\xcd\x82" and code[7] == 0xC3
-            if len(self._stub_cache) < 4096:
-                self._stub_cache[eip] = stub
-        if stub:
-            try:
-                return vcpu.read_u32(vcpu.cpu.reg("esp") if esp is None else esp)
-            except GuestFault:
-                return eip - 2
-        return eip - 2
+    def caller_eip(self, vcpu: Vcpu) -> int:
+        """Where the hypercall being handled came from (see Vcpu.caller_pc)."""
+        return vcpu.caller_pc(vcpu.cpu.pc)
 
     # -- hypercall page ---------------------------------------------------------------
     def write_hypercall_page(self, mfn: int) -> bool:
-        """Fill a guest frame with the 128 PV32 stubs (pv/hypercall.c hypercall_page_initialise)."""
+        """Fill a guest frame with the 128 stubs (pv/hypercall.c: pv_ring1_init_hypercall_page
+        for 32-bit guests, pv_ring3_init_hypercall_page for 64-bit ones)."""
         if not self.mm.is_owned(mfn):
             return False
         page = bytearray(b"\xcc" * 4096)
         for n in range(128):
-            if n == C.Hypercall.iret:
-                stub = bytes([0x50, 0xB8]) + n.to_bytes(4, "little") + bytes([0xCD, 0x82])
+            nr = n.to_bytes(4, "little")
+            if self.is_64:
+                # push %rcx; push %r11; [push %rax;] mov $n,%eax; syscall; [pop %r11; pop %rcx; ret]
+                if n == C.Hypercall.iret:
+                    stub = bytes([0x51, 0x41, 0x53, 0x50, 0xB8]) + nr + bytes([0x0F, 0x05])
+                else:
+                    stub = bytes([0x51, 0x41, 0x53, 0xB8]) + nr + bytes([0x0F, 0x05, 0x41, 0x5B, 0x59, 0xC3])
+            elif n == C.Hypercall.iret:
+                stub = bytes([0x50, 0xB8]) + nr + bytes([0xCD, 0x82])
             else:
-                stub = bytes([0xB8]) + n.to_bytes(4, "little") + bytes([0xCD, 0x82, 0xC3])
+                stub = bytes([0xB8]) + nr + bytes([0xCD, 0x82, 0xC3])
             page[n * 32: n * 32 + len(stub)] = stub
         for v in self.vcpus:   # through unicorn, so translated code of that page is dropped
             v.cpu.uc.mem_write(mfn << 12, bytes(page))
         if not self.vcpus:
             self.mem.write(mfn << 12, bytes(page))
         self.hypercall_page_mfn = mfn
-        self._stub_cache.clear()
+        self.stub_cache.clear()
         return True
 
     # -- end of life ----------------------------------------------------------------------
@@ -234,8 +231,8 @@ class Domain:
 
     def crash(self, vcpu: Vcpu, reason: str) -> None:
         if self.crash_report is None and self.shutdown_reason is None:
-            eip = vcpu.cpu.eip
-            self.crash_report = CrashReport(vcpu.id, eip, self.symbolize(eip), reason)
+            eip = vcpu.cpu.pc
+            self.crash_report = CrashReport(vcpu.id, eip, self.symbolize(eip), reason, self.word)
             self.trace.emit(vcpu, "crash", "domain_crash", reason=reason, eip=eip)
         self.stop_all()
 
@@ -248,6 +245,8 @@ class Domain:
         return self.shutdown_reason is not None or self.crash_report is not None
 
 
-def _signed32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v & 0x80000000 else v
+def _signed(v: int, word: int) -> int:
+    """A hypercall's result as the guest's signed long."""
+    bits = 8 * word
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v

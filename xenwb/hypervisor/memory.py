@@ -139,21 +139,29 @@ class PhysMap:
     mfns breaks here as it would on Xen.
     """
 
-    def __init__(self, mem: MachineMemory, nr_pages: int, m2p_base: int) -> None:
+    def __init__(self, mem: MachineMemory, nr_pages: int, m2p_base: int, entry_size: int = 4) -> None:
         self.mem = mem
         self.nr_pages = nr_pages
-        self.m2p_base = m2p_base    # machine address of the M2P table (u32 entries)
+        self.m2p_base = m2p_base    # machine address of the M2P table
+        self.entry_size = entry_size  # 4 (32-bit guests' M2P) or 8 (unsigned long on x86_64)
+        self.invalid = (1 << (8 * entry_size)) - 1      # INVALID_M2P_ENTRY: ~0
+        self.shared = self.invalid - 1                   # SHARED_M2P_ENTRY: ~0 - 1
         self.p2m = [GUEST_MFN_BASE + nr_pages - 1 - pfn for pfn in range(nr_pages)]
 
     def mfn(self, pfn: int) -> int:
         return self.p2m[pfn]
 
     def m2p(self, mfn: int) -> int:
+        if self.entry_size == 8:
+            return self.mem.read_u64(self.m2p_base + 8 * mfn)
         return self.mem.read_u32(self.m2p_base + 4 * mfn)
 
     def set_m2p(self, mfn: int, pfn: int) -> None:
-        self.mem.write_u32(self.m2p_base + 4 * mfn, pfn)
+        if self.entry_size == 8:
+            self.mem.write_u64(self.m2p_base + 8 * mfn, pfn)
+        else:
+            self.mem.write_u32(self.m2p_base + 4 * mfn, pfn)
 
     def pfn(self, mfn: int) -> int | None:
-        v = self.m2p(mfn) if 0 <= mfn < self.mem.max_mfn else INVALID_M2P_ENTRY
-        return None if v in (INVALID_M2P_ENTRY, SHARED_M2P_ENTRY) else v
+        v = self.m2p(mfn) if 0 <= mfn < self.mem.max_mfn else self.invalid
+        return None if v in (self.invalid, self.shared) else v

@@ -50,7 +50,7 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                 break
             mm.take_back(gmfn)
             pfn = pm.pfn(gmfn)
-            pm.set_m2p(gmfn, 0xFFFFFFFF)
+            pm.set_m2p(gmfn, pm.invalid)
             if pfn is not None and pfn < len(pm.p2m):
                 pm.p2m[pfn] = 0xFFFFFFFF
             dom.free_frames.append(gmfn)

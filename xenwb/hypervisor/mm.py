@@ -502,7 +502,7 @@ def machphys_update(vcpu: Vcpu, ptr: int, val: int) -> int:
     if not dom.mm.is_owned(mfn):
         dom.mm.last_error = f"machphys_update: mfn {mfn:#x} is not owned by the domain"
         return EINVAL
-    dom.physmap.set_m2p(mfn, val & 0xFFFFFFFF)
+    dom.physmap.set_m2p(mfn, val & dom.physmap.invalid)
     return 0
 
 

@@ -13,7 +13,6 @@ from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, hypercall_name
 from xenwb.hypervisor.hypercall import PREEMPT_BATCH, create_continuation
 from xenwb.hypervisor.memory import GuestFault
-from xenwb.hypervisor.traps import do_iret
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -45,7 +44,7 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
                 return EFAULT
             dom.stats["multicall_entries"] += 1
             if e.op == C.Hypercall.iret:
-                do_iret(vcpu)
+                vcpu.do_iret()
                 return 0
             if e.op == C.Hypercall.multicall:
                 ret = EINVAL
@@ -54,7 +53,7 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
             else:
                 ret = dom.call(vcpu, e.op, tuple(e.args[:5]), eip=eip, multicall=batch)
             try:
-                vcpu.write_virt(addr + L.offset("result"), (ret & 0xFFFFFFFF).to_bytes(4, "little"))
+                vcpu.write_ulong(addr + L.offset("result"), ret)
             except GuestFault:
                 return EFAULT
             if dom.finished:

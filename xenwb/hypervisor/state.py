@@ -23,6 +23,11 @@ class TrapInfo:
     cs: int
     address: int
 
+    def registered(self, word: int) -> bool:
+        """pv/traps.c null_trap_bounce: a 64-bit entry needs an address, a 32-bit one a
+        non-null code selector."""
+        return bool(self.address) if word == 8 else bool(self.cs & ~3)
+
 
 class DomainCrash(Exception):
     """The hypervisor crashes the domain (as domain_crash() does)."""

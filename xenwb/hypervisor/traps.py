@@ -1,8 +1,10 @@
-"""Reflecting exceptions and events into a PV32 guest, as Xen's compat entry code does.
+"""Reflecting exceptions and events into a PV guest: the width-independent rules
+(xen/arch/x86/pv/traps.c pv_inject_event, entry.S test_guest_events) and the PV32 frames
+as Xen's compat entry code builds them.
 
-Frame layouts: xen/arch/x86/x86_64/compat/entry.S (compat_create_bounce_frame,
-compat_failsafe_callback), xen/arch/x86/pv/traps.c (pv_inject_event),
-xen/arch/x86/pv/iret.c (compat_iret).
+PV32 frame layouts: xen/arch/x86/x86_64/compat/entry.S (compat_create_bounce_frame,
+compat_failsafe_callback), xen/arch/x86/pv/iret.c (compat_iret). The 64-bit frames are
+in traps64.py; each vcpu class says which it pushes (Vcpu.bounce).
 """
 
 from __future__ import annotations
@@ -95,13 +97,14 @@ def bounce_exception(vcpu: Vcpu, vector: int, error_code: int | None = None, cr2
     if vector == C.TRAP_no_device:
         vcpu.set_virtual_ts(False)   # Xen clears the virtual CR0.TS before reflecting #NM
     vcpu.domain.trace.emit_fault(vcpu, vector, error_code, cr2, regs)
-    if ti is None or not (ti.cs & ~3):
-        r = regs or vcpu.cpu.regs()
+    if ti is None or not ti.registered(vcpu.word):
+        pc = (regs or {}).get("pc", vcpu.cpu.pc)
         raise DomainCrash(f"{C.TRAP_NAMES.get(vector, f'vector {vector}')}"
                           f"{f' error code {error_code:#x}' if error_code is not None else ''}"
                           f"{f' cr2 {cr2:#x}' if cr2 is not None else ''} with no handler"
-                          f" registered (bounce to null selector) at eip {r['eip']:#x}")
-    create_bounce_frame(vcpu, ti.cs, ti.address, error_code, bool(ti.flags & 4), regs=regs)
+                          f" registered (bounce to a null {'address' if vcpu.word == 8 else 'selector'})"
+                          f" at {pc:#x}")
+    vcpu.bounce(ti.cs, ti.address, error_code, bool(ti.flags & 4), regs=regs)
 
 
 def guest_regs(vcpu: Vcpu) -> tuple[dict[str, int], bool]:
@@ -140,13 +143,14 @@ def deliver_event_upcall(vcpu: Vcpu) -> bool:
     selector crashes the domain (compat_bounce_null_selector)."""
     if not vcpu.upcall_pending or vcpu.upcall_mask:
         return False
-    r, pending = guest_regs(vcpu)
-    if not vcpu.event_cs & ~3:
-        raise DomainCrash("event upcall with no event callback registered (bounce to null selector)")
+    r, pending = vcpu.guest_regs()
+    if not vcpu.event_callback_registered():
+        null = "address" if vcpu.word == 8 else "selector"
+        raise DomainCrash(f"event upcall with no event callback registered (bounce to a null {null})")
     if pending:
-        vcpu.cpu.disarm()              # the frame is rebuilt below; transfer re-arms if needed
+        vcpu.prepare_rebounce()
     vcpu.domain.trace.emit_upcall(vcpu)
-    create_bounce_frame(vcpu, vcpu.event_cs, vcpu.event_eip, None, True, regs=r)
+    vcpu.bounce(vcpu.event_cs, vcpu.event_eip, None, True, regs=r)
     return True
 
 

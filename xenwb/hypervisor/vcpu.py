@@ -1,4 +1,9 @@
-"""A PV vcpu: Xen's per-vcpu state plus the engine hooks that call into the hypervisor."""
+"""A PV vcpu: Xen's per-vcpu state plus the engine hooks that call into the hypervisor.
+
+`Vcpu` holds what every PV vcpu has (struct vcpu and struct pv_vcpu, vcpu_info, timers,
+guest memory access through its tables); `Vcpu32` is a 32-bit PV vcpu on its protected-mode
+engine (kernel in ring 1, hypercalls by `int $0x82`); the 64-bit one is in vcpu64.py.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps
-from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu
+from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
 from xenwb.hypervisor.state import DomainCrash, TrapInfo, VcpuState
@@ -27,10 +32,15 @@ SOFT_INT_DIRECT = frozenset({3, 4})      # Xen's IDT has DPL3 gates for int3 and
 
 
 class Vcpu:
-    def __init__(self, domain: Domain, vcpu_id: int) -> None:
+    """What Xen keeps for every PV vcpu; the width-specific engine and hooks are a subclass's."""
+
+    cpu: CpuBase
+    word = 4          # bytes in the guest's unsigned long
+
+    def __init__(self, domain: Domain, vcpu_id: int, cpu: CpuBase) -> None:
         self.domain = domain
         self.id = vcpu_id
-        self.cpu = Cpu(vcpu_id, domain.mem, domain.xen, domain.pae)
+        self.cpu = cpu
         self.clock = self.cpu.clock
         self.state = VcpuState.down
         self.initialised = False
@@ -82,24 +92,16 @@ class Vcpu:
         self.runstate_state = 3          # RUNSTATE_offline until brought up
         self.runstate_entry = 0
         self.runstate_time = [0, 0, 0, 0]
-        self._install_hooks()
 
-    # -- hooks ------------------------------------------------------------------
-    def _install_hooks(self) -> None:
+    # -- hooks every width has ----------------------------------------------------
+    def _install_common_hooks(self) -> None:
         uc = self.cpu.uc
-        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self._rdtsc_cb = HOOK_INSN_CPUID_CFUNC(lambda _h, _k: self._on_rdtsc())
         uc._Uc__do_hook_add(UC_HOOK_INSN, self._rdtsc_cb, 1, 0, X.UC_X86_INS_RDTSC)
         self._rdtscp_cb = HOOK_INSN_CPUID_CFUNC(lambda _h, _k: self._on_rdtsc(rdtscp=True))
         uc._Uc__do_hook_add(UC_HOOK_INSN, self._rdtscp_cb, 1, 0, X.UC_X86_INS_RDTSCP)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
-        stub = self.domain.xen.stub_va(self.id)
-        uc.hook_add(UC_HOOK_CODE, self._on_stub, None, stub, stub)
-
-    def _on_stub(self, uc, address, size, _ud) -> None:
-        """The ring-0 transition stub runs: close the call gate again."""
-        self.cpu.disarm()
 
     def _guarded(self, what: str, fn, *args):
         """Run hypervisor work for a hook: a DomainCrash crashes the domain; any other
@@ -138,6 +140,200 @@ class Vcpu:
         self._guarded("an invalid opcode", self._invalid)
         return True
 
+    def _after_guest_exit(self) -> None:
+        """On the way back to the guest from the hypervisor. A debugger that holds this exit
+        (hold_exit) stops the engine here; what the exit still had to do runs when the vcpu
+        resumes, so the guest sees the same thing either way."""
+        if self.domain.finished:
+            self.cpu.uc.emu_stop()
+            return
+        if self.hold_exit is not None:
+            self.on_resume, self.hold_exit = self.hold_exit, None
+            self.cpu.uc.emu_stop()
+            return
+        self.return_to_guest()
+
+    def return_to_guest(self) -> None:
+        """Deliver pending events (Xen's test_all_events); stop if the vcpu no longer runs."""
+        traps.deliver_event_upcall(self)
+        if self.state is not VcpuState.running:
+            self.cpu.uc.emu_stop()
+
+    # -- what each width defines ----------------------------------------------------------
+    def bounce(self, handler_cs: int, handler_ip: int, error_code: int | None, mask_events: bool, *,
+               regs: dict[str, int] | None = None) -> None:
+        """Push Xen's frame for this width and continue at the handler (create_bounce_frame)."""
+        raise NotImplementedError
+
+    def event_callback_registered(self) -> bool:
+        raise NotImplementedError
+
+    def guest_regs(self) -> tuple[dict[str, int], bool]:
+        """The registers the guest resumes with (each dict also has "pc"), and whether a
+        transfer the hypervisor started is still on its way through its stub."""
+        raise NotImplementedError
+
+    def set_guest_regs(self, **regs: int) -> None:
+        raise NotImplementedError
+
+    def prepare_rebounce(self) -> None:
+        """A pending transfer's frame is about to be rebuilt (an event bounced on top)."""
+
+    def failsafe(self, target: dict[str, int]) -> None:
+        raise NotImplementedError
+
+    def reload_segments(self) -> bool:
+        """Xen reloads the data selectors when it switches to this vcpu (load_segments)."""
+        return False
+
+    # -- vcpu_info -------------------------------------------------------------
+    # Fields of vcpu_info (public/xen.h), at the offsets the domain's ABI gives.
+    @property
+    def upcall_mask(self) -> int:
+        return self._vi_view[self._vi_off + self._mask_off]
+
+    @upcall_mask.setter
+    def upcall_mask(self, v: int) -> None:
+        old = self.upcall_mask
+        self._vi_view[self._vi_off + self._mask_off] = v & 1
+        if old != (v & 1):
+            self.domain.trace.emit_mask(self, old, v & 1)
+
+    @property
+    def vcpu_info_maddr(self) -> int:
+        """Machine address of this vcpu's vcpu_info (shared_info slot, or where
+        VCPUOP_register_vcpu_info moved it)."""
+        return self._vcpu_info_maddr
+
+    @vcpu_info_maddr.setter
+    def vcpu_info_maddr(self, maddr: int) -> None:
+        self._vcpu_info_maddr = maddr
+        self._vi_view, self._vi_off = self.domain.mem._where(maddr, self._vi_size)   # read on every exit
+        self.domain.mask_observer.vcpu_info_moved(self)
+
+    @property
+    def upcall_pending(self) -> int:
+        return self._vi_view[self._vi_off + self._pending_off]
+
+    @upcall_pending.setter
+    def upcall_pending(self, v: int) -> None:
+        self._vi_view[self._vi_off + self._pending_off] = v & 1
+
+    @property
+    def pending_sel(self) -> int:
+        """evtchn_pending_sel: one bit per word of shared_info's pending bitmap."""
+        off = self._vi_off + self._sel_off
+        return int.from_bytes(self._vi_view[off: off + self._sel_size], "little")
+
+    @pending_sel.setter
+    def pending_sel(self, v: int) -> None:
+        off = self._vi_off + self._sel_off
+        self._vi_view[off: off + self._sel_size] = (v & ((1 << (8 * self._sel_size)) - 1)).to_bytes(
+            self._sel_size, "little")
+
+    def write_vcpu_info_cr2(self, cr2: int) -> None:
+        off = self._vi_off + self._cr2_off
+        self._vi_view[off: off + self._sel_size] = (cr2 & ((1 << (8 * self._sel_size)) - 1)).to_bytes(
+            self._sel_size, "little")
+
+    def set_virtual_ts(self, on: bool) -> None:
+        self.virtual_ts = on
+        self.cpu.set_ts(on)
+
+    # -- guest memory through this vcpu's pagetables ---------------------------------
+    def _check_range(self, va: int, n: int) -> None:
+        if not self.domain.geo.guest_range_ok(va, n):
+            raise GuestFault(va)
+
+    def virt_to_maddr(self, va: int, write: bool = False) -> int | None:
+        return translate(self.domain.mem, self.domain.mode, self.cr3_mfn, va, write)
+
+    def read_virt(self, va: int, n: int) -> bytes:
+        """copy_from_guest: guest-kernel view, the hypervisor range refused."""
+        self._check_range(va, n)
+        return self._copy(va, n, None)
+
+    def write_virt(self, va: int, data: bytes) -> None:
+        """copy_to_guest: needs a writable mapping (Xen runs with CR0.WP set)."""
+        self._check_range(va, len(data))
+        self._copy(va, len(data), data)
+
+    def _copy(self, va: int, n: int, data: bytes | None) -> bytes:
+        mem = self.domain.mem
+        out = bytearray()
+        pos = 0
+        while pos < n:
+            cur = va + pos
+            chunk = min(n - pos, 4096 - (cur & 0xFFF))
+            maddr = self.virt_to_maddr(cur, write=data is not None)
+            if maddr is None or not mem.valid(maddr, chunk):
+                raise GuestFault(cur, data is not None)
+            if data is None:
+                out += mem.read(maddr, chunk)
+            else:
+                mem.write(maddr, data[pos: pos + chunk])
+            pos += chunk
+        return bytes(out)
+
+    def read_u32(self, va: int) -> int:
+        return struct.unpack("<I", self.read_virt(va, 4))[0]
+
+    def read_u64(self, va: int) -> int:
+        return struct.unpack("<Q", self.read_virt(va, 8))[0]
+
+    def read_ulong(self, va: int) -> int:
+        """An unsigned long (or pointer, xen_pfn_t) of the guest's width."""
+        return self.read_u64(va) if self.word == 8 else self.read_u32(va)
+
+    def write_ulong(self, va: int, v: int) -> None:
+        self.write_virt(va, (v & ((1 << (8 * self.word)) - 1)).to_bytes(self.word, "little"))
+
+    def read_ulongs(self, va: int, n: int) -> list[int]:
+        return list(struct.unpack(f"<{n}{'Q' if self.word == 8 else 'I'}", self.read_virt(va, n * self.word)))
+
+    def debug_read(self, va: int, n: int) -> bytes:
+        """Debugger read: any mapped byte, hypervisor range included; stops at a hole."""
+        mem = self.domain.mem
+        mode = self.domain.mode
+        out = bytearray()
+        pos = 0
+        while pos < n:
+            cur = (va + pos) & self.domain.geo.va_mask
+            chunk = min(n - pos, 4096 - (cur & 0xFFF))
+            maddr = translate(mem, mode, self.cr3_mfn, cur)
+            if maddr is None or not mem.valid(maddr, chunk):
+                break
+            out += mem.read(maddr, chunk)
+            pos += chunk
+        return bytes(out)
+
+    # -- description ---------------------------------------------------------------
+    def describe(self) -> str:
+        r = self.cpu.regs()
+        pc = self.cpu.pc
+        sym = self.domain.symbolize(pc)
+        name = "rip" if self.word == 8 else "eip"
+        return f"vcpu{self.id} {name} {pc:#0{2 + 2 * self.word}x}{f' <{sym}>' if sym else ''} cs {r['cs']:#x}"
+
+
+class Vcpu32(Vcpu):
+    """A 32-bit PV vcpu: the kernel in ring 1, hypercalls by `int $0x82`, ring changes
+    through the call-gate trampoline (xenarea.py)."""
+
+    cpu: Cpu32
+
+    def __init__(self, domain: Domain, vcpu_id: int) -> None:
+        super().__init__(domain, vcpu_id, Cpu32(vcpu_id, domain.mem, domain.xen, domain.pae))
+        self._install_common_hooks()
+        uc = self.cpu.uc
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        stub = self.domain.xen.stub_va(self.id)
+        uc.hook_add(UC_HOOK_CODE, self._on_stub, None, stub, stub)
+
+    def _on_stub(self, uc, address, size, _ud) -> None:
+        """The ring-0 transition stub runs: close the call gate again."""
+        self.cpu.disarm()
+
     def _on_interrupt(self, uc, intno: int, _ud) -> None:
         # a fault leaves EIP on the faulting instruction, `int n` after it: either way the
         # clock keeps only the instructions that completed
@@ -146,7 +342,7 @@ class Vcpu:
             vals = self.cpu.hypercall_regs()
             if vals[6] & 3 == 1:
                 try:
-                    self.domain.hypercall(self, vals)
+                    self.domain.hypercall(self, vals[0], tuple(vals[1:6]), vals[7])
                     self._after_guest_exit()
                 except DomainCrash as e:
                     self.domain.crash(self, str(e))
@@ -157,7 +353,7 @@ class Vcpu:
         if intno == 0x82:
             vals = self.cpu.hypercall_regs()
             if vals[6] & 3 == 1:
-                self.domain.hypercall(self, vals)
+                self.domain.hypercall(self, vals[0], tuple(vals[1:6]), vals[7])
                 self._after_guest_exit()
                 return
         r = self.cpu.regs()
@@ -222,135 +418,57 @@ class Vcpu:
         self.cpu.eip = r["eip"]
         traps.bounce_exception(self, 13, (n << 3) | 2, regs=r)
 
-    def _after_guest_exit(self) -> None:
-        """On the way back to the guest from the hypervisor. A debugger that holds this exit
-        (hold_exit) stops the engine here; what the exit still had to do runs when the vcpu
-        resumes, so the guest sees the same thing either way."""
-        if self.domain.finished:
-            self.cpu.uc.emu_stop()
-            return
-        if self.hold_exit is not None:
-            self.on_resume, self.hold_exit = self.hold_exit, None
-            self.cpu.uc.emu_stop()
-            return
-        self.return_to_guest()
+    # -- the hypercall ABI: int $0x82, EAX = number, EBX..EDI = arguments ------------------
+    def caller_pc(self, pc: int) -> int:
+        """Where a hypercall came from: the `int $0x82` itself, or, inside a hypercall-page
+        stub (`mov $n,%eax; int $0x82; ret`), the return address the caller pushed."""
+        cache = self.domain.stub_cache
+        stub = cache.get(pc)
+        if stub is None:
+            code = self.debug_read(pc - 7, 8)
+            stub = len(code) == 8 and code[0] == 0xB8 and code[5:7] == b"\xcd\x82" and code[7] == 0xC3
+            if len(cache) < 4096:
+                cache[pc] = stub
+        if stub:
+            try:
+                return self.read_u32(self.cpu.reg("esp"))
+            except GuestFault:
+                return pc - 2
+        return pc - 2
 
-    def return_to_guest(self) -> None:
-        """Deliver pending events (Xen's test_all_events); stop if the vcpu no longer runs."""
-        traps.deliver_event_upcall(self)
-        if self.state is not VcpuState.running:
-            self.cpu.uc.emu_stop()
+    def set_hypercall_result(self, ret: int) -> None:
+        self.cpu.set_eax(ret)
 
-    # -- vcpu_info -------------------------------------------------------------
-    # Fields of vcpu_info (public/xen.h), at the offsets the domain's ABI gives.
-    @property
-    def upcall_mask(self) -> int:
-        return self._vi_view[self._vi_off + self._mask_off]
+    def restart_hypercall(self, args: tuple[int, ...], pc: int) -> None:
+        """A preempted hypercall: new arguments in EBX..EDI, EIP back on the int $0x82."""
+        self.cpu.continuation_out.write(*(a & 0xFFFFFFFF for a in args), pc)
 
-    @upcall_mask.setter
-    def upcall_mask(self, v: int) -> None:
-        old = self.upcall_mask
-        self._vi_view[self._vi_off + self._mask_off] = v & 1
-        if old != (v & 1):
-            self.domain.trace.emit_mask(self, old, v & 1)
+    def do_iret(self) -> None:
+        traps.do_iret(self)
 
-    @property
-    def vcpu_info_maddr(self) -> int:
-        """Machine address of this vcpu's vcpu_info (shared_info slot, or where
-        VCPUOP_register_vcpu_info moved it)."""
-        return self._vcpu_info_maddr
+    # -- frames and registers of the compat ABI (traps.py) -------------------------------
+    def bounce(self, handler_cs: int, handler_ip: int, error_code: int | None, mask_events: bool, *,
+               regs: dict[str, int] | None = None) -> None:
+        traps.create_bounce_frame(self, handler_cs, handler_ip, error_code, mask_events, regs=regs)
 
-    @vcpu_info_maddr.setter
-    def vcpu_info_maddr(self, maddr: int) -> None:
-        self._vcpu_info_maddr = maddr
-        self._vi_view, self._vi_off = self.domain.mem._where(maddr, self._vi_size)   # read on every exit
-        self.domain.mask_observer.vcpu_info_moved(self)
+    def event_callback_registered(self) -> bool:
+        return bool(self.event_cs & ~3)
 
-    @property
-    def upcall_pending(self) -> int:
-        return self._vi_view[self._vi_off + self._pending_off]
+    def guest_regs(self) -> tuple[dict[str, int], bool]:
+        r, pending = traps.guest_regs(self)
+        r["pc"] = r["eip"]
+        return r, pending
 
-    @upcall_pending.setter
-    def upcall_pending(self, v: int) -> None:
-        self._vi_view[self._vi_off + self._pending_off] = v & 1
+    def set_guest_regs(self, **regs: int) -> None:
+        if "pc" in regs:
+            regs["eip"] = regs.pop("pc")
+        traps.set_guest_regs(self, **regs)
 
-    @property
-    def pending_sel(self) -> int:
-        """evtchn_pending_sel: one bit per word of shared_info's pending bitmap."""
-        off = self._vi_off + self._sel_off
-        return int.from_bytes(self._vi_view[off: off + self._sel_size], "little")
+    def prepare_rebounce(self) -> None:
+        self.cpu.disarm()              # the frame is rebuilt; transfer re-arms if needed
 
-    @pending_sel.setter
-    def pending_sel(self, v: int) -> None:
-        off = self._vi_off + self._sel_off
-        self._vi_view[off: off + self._sel_size] = (v & ((1 << (8 * self._sel_size)) - 1)).to_bytes(
-            self._sel_size, "little")
+    def failsafe(self, target: dict[str, int]) -> None:
+        traps.failsafe_callback(self, target)
 
-    def write_vcpu_info_cr2(self, cr2: int) -> None:
-        off = self._vi_off + self._cr2_off
-        self._vi_view[off: off + self._sel_size] = (cr2 & ((1 << (8 * self._sel_size)) - 1)).to_bytes(
-            self._sel_size, "little")
-
-    def set_virtual_ts(self, on: bool) -> None:
-        self.virtual_ts = on
-        self.cpu.set_ts(on)
-
-    # -- guest memory through this vcpu's pagetables ---------------------------------
-    def _check_range(self, va: int, n: int) -> None:
-        if va + n > self.domain.geo.hv_start or va < 0:
-            raise GuestFault(va)
-
-    def virt_to_maddr(self, va: int, write: bool = False) -> int | None:
-        return translate(self.domain.mem, self.domain.mode, self.cr3_mfn, va, write)
-
-    def read_virt(self, va: int, n: int) -> bytes:
-        """copy_from_guest: guest-kernel view, the hypervisor range refused."""
-        self._check_range(va, n)
-        return self._copy(va, n, None)
-
-    def write_virt(self, va: int, data: bytes) -> None:
-        """copy_to_guest: needs a writable mapping (Xen runs with CR0.WP set)."""
-        self._check_range(va, len(data))
-        self._copy(va, len(data), data)
-
-    def _copy(self, va: int, n: int, data: bytes | None) -> bytes:
-        mem = self.domain.mem
-        out = bytearray()
-        pos = 0
-        while pos < n:
-            cur = va + pos
-            chunk = min(n - pos, 4096 - (cur & 0xFFF))
-            maddr = self.virt_to_maddr(cur, write=data is not None)
-            if maddr is None or not mem.valid(maddr, chunk):
-                raise GuestFault(cur, data is not None)
-            if data is None:
-                out += mem.read(maddr, chunk)
-            else:
-                mem.write(maddr, data[pos: pos + chunk])
-            pos += chunk
-        return bytes(out)
-
-    def read_u32(self, va: int) -> int:
-        return struct.unpack("<I", self.read_virt(va, 4))[0]
-
-    def debug_read(self, va: int, n: int) -> bytes:
-        """Debugger read: any mapped byte, hypervisor range included; stops at a hole."""
-        mem = self.domain.mem
-        mode = self.domain.mode
-        out = bytearray()
-        pos = 0
-        while pos < n:
-            cur = (va + pos) & 0xFFFFFFFF
-            chunk = min(n - pos, 4096 - (cur & 0xFFF))
-            maddr = translate(mem, mode, self.cr3_mfn, cur)
-            if maddr is None or not mem.valid(maddr, chunk):
-                break
-            out += mem.read(maddr, chunk)
-            pos += chunk
-        return bytes(out)
-
-    # -- description ---------------------------------------------------------------
-    def describe(self) -> str:
-        r = self.cpu.regs()
-        sym = self.domain.symbolize(r["eip"])
-        return f"vcpu{self.id} eip {r['eip']:#010x}{f' <{sym}>' if sym else ''} cs {r['cs']:#x}"
+    def reload_segments(self) -> bool:
+        return traps.reload_segments(self)

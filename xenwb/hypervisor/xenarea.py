@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import SHARED_M2P_ENTRY, MachineMemory
-from xenwb.hypervisor.paging import NONPAE, PAE, PagingMode
+from xenwb.hypervisor.paging import NONPAE, PAE, PagingMode, canonical
 
 PERDOMAIN_VA = 0xFFE00000
 PERDOMAIN_PAGES = 512                  # 0xFFE00000 .. 0xFFFFFFFF
@@ -69,18 +69,43 @@ def call_gate(selector: int, offset: int, dpl: int, present: bool) -> int:
 
 @dataclass(frozen=True)
 class HvGeometry:
-    """Where the hypervisor range starts and which top-level slots are Xen's."""
+    """Where the hypervisor range lies and which top-level slots are Xen's.
+
+    32-bit guests: Xen owns everything from hv_start to 4 GiB (the top slots of an L2).
+    64-bit guests: Xen owns the hole [hv_start, hv_end), L4 slots 256-271
+    (asm/x86_64/page.h is_guest_l4_slot); the rest of the canonical space is the guest's."""
 
     mode: PagingMode
     hv_start: int
     m2p_start: int
     m2p_end: int
-    first_xen_l2_slot: int     # in the L2 for the top of the address space
+    first_xen_l2_slot: int     # in the L2 for the top of the address space (32-bit)
     va_mask: int = 0xFFFFFFFF  # the guest's virtual addresses
+    hv_end: int = 1 << 32
+    xen_l4_slots: range = range(0)
+    m2p_entry_size: int = 4    # bytes per M2P entry (an unsigned long of the guest's Xen)
 
     @property
     def xen_l2_slots(self) -> range:
         return range(self.first_xen_l2_slot, self.mode.entries)
+
+    @property
+    def long_mode(self) -> bool:
+        return self.mode.levels == 4
+
+    def guest_range_ok(self, va: int, n: int) -> bool:
+        """Xen's access_ok / __addr_ok: [va, va+n) lies in guest space (for 64-bit guests
+        canonical and outside the hypervisor hole)."""
+        end = va + max(n, 1) - 1
+        if va < 0:
+            return False
+        if not self.long_mode:
+            return va + n <= self.hv_start
+        if end >= 1 << 64 or not canonical(va) or not canonical(end):
+            return False
+        if (va >> 47) != (end >> 47):
+            return False                      # wraps across the non-canonical gap
+        return end < self.hv_start or va >= self.hv_end
 
 
 PAE_GEOMETRY = HvGeometry(PAE, C.HYPERVISOR_VIRT_START_PAE, C.MACH2PHYS_VIRT_START_PAE,
