@@ -311,6 +311,7 @@ class Cpu32(CpuBase):
         out = dict(zip(self._all_names, vals, strict=True))
         for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
             out[seg] &= 0xFFFF
+        out["pc"] = out["eip"]
         return out
 
     def hypercall_regs(self) -> list[int]:

@@ -140,6 +140,7 @@ class Cpu64(CpuBase):
         for seg in ("cs", "ss", "ds", "es", "fs", "gs"):
             out[seg] &= 0xFFFF
         out["k_gs_base"] = self.uc.msr_read(MSR_SHADOW_GS_BASE)
+        out["pc"] = out["rip"]
         return out
 
     def hypercall_regs(self) -> list[int]:

@@ -15,7 +15,7 @@ import struct
 from functools import cache
 from typing import TYPE_CHECKING
 
-from capstone import CS_ARCH_X86, CS_MODE_32, Cs
+from capstone import CS_ARCH_X86, CS_MODE_32, CS_MODE_64, Cs
 from capstone import x86_const as CX
 from unicorn import x86_const as X
 
@@ -23,25 +23,26 @@ from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.misc import set_debugreg
 from xenwb.hypervisor.mm import MMError, PageType, new_baseptr
-from xenwb.hypervisor.paging import walk
+from xenwb.hypervisor.paging import canonical, walk
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
 
 
 @cache
-def _disasm() -> Cs:
-    md = Cs(CS_ARCH_X86, CS_MODE_32)
+def _disasm(bits: int = 32) -> Cs:
+    md = Cs(CS_ARCH_X86, CS_MODE_64 if bits == 64 else CS_MODE_32)
     md.detail = True
     return md
 
 
-def decode(vcpu: Vcpu, eip: int):
+def decode(vcpu: Vcpu, pc: int):
+    """The instruction at pc, decoded as the vcpu executes it (32-bit code in compat mode)."""
     try:
-        code = vcpu.debug_read(eip, 16)
+        code = vcpu.debug_read(pc, 16)
     except GuestFault:
         return None
-    for insn in _disasm().disasm(code, eip, 1):
+    for insn in _disasm(vcpu.code_bits()).disasm(code, pc, 1):
         return insn
     return None
 
@@ -66,9 +67,12 @@ def cpuid_leaf(vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]
             return vcpu.domain.time.tsc_khz, 0, 0, 0
         return 0, 0, 0, 0
     if leaf == base + 5:
-        return 0, 36 if vcpu.domain.pae else 32, 0, 0
+        # PV-specific parameters: EBX = the machine address width (flsl(highest MFN) + 12)
+        return 0, (vcpu.domain.mem.max_mfn - 1).bit_length() + 12, 0, 0
     if base < leaf <= base + 0xFF:
         return 0, 0, 0, 0
+    if vcpu.word == 8:
+        return cpuid_leaf64(vcpu, leaf, subleaf)
     if leaf == 0:
         ebx, edx, ecx = struct.unpack("<III", b"GenuineIntel")
         return 0xD, ebx, ecx, edx
@@ -87,6 +91,40 @@ def cpuid_leaf(vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]
     return 0, 0, 0, 0
 
 
+# Leaf 1 and 7 and 0x80000001 feature bits a 64-bit PV guest sees: a baseline x86_64 CPU
+# limited to what unicorn's TCG implements (measured, xen-pv64-abi.md section 12: no AVX,
+# FMA, 1 GiB pages), and without XSAVE (so no XSETBV emulation is needed), FSGSBASE, SMEP,
+# PCID or the APIC features a PV guest cannot use (Xen's PV policy hides those too).
+CPUID64_1_EDX = sum(1 << b for b in (0, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 19, 23, 24, 25, 26))
+CPUID64_1_ECX = sum(1 << b for b in (0, 1, 9, 13, 19, 20, 22, 23, 25, 30, 31))   # ... hypervisor (31)
+CPUID64_7_EBX = sum(1 << b for b in (3, 8, 9))          # BMI1, BMI2, ERMS
+CPUID64_EXT1_EDX = sum(1 << b for b in (11, 20, 27, 29))   # SYSCALL, NX, RDTSCP, LM
+CPUID64_EXT1_ECX = sum(1 << b for b in (0, 5, 8))           # LAHF_LM, ABM, PREFETCHW
+BRAND = b"xenwb virtual x86_64 CPU (unicorn)".ljust(48, b"\0")
+
+
+def cpuid_leaf64(vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    """The standard and extended leaves of a 64-bit domain's CPUID policy (cpuid.c
+    guest_cpuid over the PV max policy, trimmed to what the emulated CPU executes)."""
+    if leaf == 0:
+        ebx, edx, ecx = struct.unpack("<III", b"GenuineIntel")
+        return 0xD, ebx, ecx, edx
+    if leaf == 1:
+        # family 6 model 0x3c stepping 3; EBX: CLFLUSH line 8 qwords, one logical cpu, APIC id
+        return 0x000306C3, (vcpu.id << 24) | (1 << 16) | (8 << 8), CPUID64_1_ECX, CPUID64_1_EDX
+    if leaf == 7:
+        return (0, CPUID64_7_EBX, 0, 0) if subleaf == 0 else (0, 0, 0, 0)
+    if leaf == 0x80000000:
+        return 0x80000008, 0, 0, 0
+    if leaf == 0x80000001:
+        return 0, 0, CPUID64_EXT1_ECX, CPUID64_EXT1_EDX
+    if 0x80000002 <= leaf <= 0x80000004:
+        return struct.unpack_from("<4I", BRAND, 16 * (leaf - 0x80000002))
+    if leaf == 0x80000008:
+        return 0x3028, 0, 0, 0                # 40 physical, 48 virtual address bits
+    return 0, 0, 0, 0
+
+
 CPUID_TRAP_COST_NS = 1000   # a faulting CPUID and Xen's emulation of it take about a microsecond
 
 
@@ -100,14 +138,14 @@ def cpuid(vcpu: Vcpu) -> None:
 
 def invalid_opcode(vcpu: Vcpu) -> bool:
     """#UD: the forced-emulation prefix followed by CPUID is emulated, anything else is #UD."""
-    eip = vcpu.cpu.eip
+    pc = vcpu.cpu.pc
     try:
-        code = vcpu.read_virt(eip, 7)
+        code = vcpu.read_virt(pc, 7)
     except GuestFault:
         return False
     if code[:5] == C.XEN_EMULATE_PREFIX and code[5:7] == b"\x0f\xa2":
         cpuid(vcpu)
-        vcpu.cpu.eip = eip + 7
+        vcpu.cpu.pc = pc + 7
         return True
     return False
 
@@ -132,21 +170,22 @@ def _writes_memory(insn, cr2: int, regs: dict[str, int]) -> bool:
 def page_fault_error_code(vcpu: Vcpu, regs: dict[str, int], cr2: int) -> int:
     """Unicorn does not expose the hardware #PF error code: rebuild it (P from a walk,
     W from the instruction, U from guest user mode, I/D for fetches with NX on)."""
-    w = walk(vcpu.domain.mem, vcpu.domain.mode, vcpu.cr3_mfn, cr2)
+    w = walk(vcpu.domain.mem, vcpu.domain.mode, vcpu.active_top_mfn, cr2)
     ec = 0
+    pc = regs["pc"]
+    fetch = (cr2 & ~0xFFF) == (pc & ~0xFFF) and (not w.mapped or w.nx) or cr2 == pc
+    cpl3 = regs["cs"] & 3 == 3
     if w.mapped:
-        ec |= C.PFEC_present
-    eip = regs["eip"]
-    fetch = (cr2 & ~0xFFF) == (eip & ~0xFFF) and (not w.mapped or w.nx) or cr2 == eip
+        ec |= C.PFEC_present          # mapped, yet it faulted: a protection violation
     if fetch:
         if vcpu.domain.pae:
             ec |= C.PFEC_insn_fetch
-    elif w.mapped and not w.writable:
-        ec |= C.PFEC_write_access     # a supervisor read of a present page cannot fault
-    elif _writes_memory(decode(vcpu, eip), cr2, regs):
+    elif w.mapped and not w.writable and (w.user or not cpl3):
+        ec |= C.PFEC_write_access     # a read of a present, accessible page cannot fault
+    elif _writes_memory(decode(vcpu, pc), cr2, regs):
         ec |= C.PFEC_write_access
-    if regs["cs"] & 3 == 3:
-        ec |= C.PFEC_user_mode
+    if cpl3:
+        ec |= C.PFEC_user_mode        # the hardware's view; pv_inject_event rewrites it for the guest
     return ec
 
 
@@ -158,10 +197,44 @@ _REG_BY_CS = {
     CX.X86_REG_AL: "eax", CX.X86_REG_BL: "ebx", CX.X86_REG_CL: "ecx", CX.X86_REG_DL: "edx",
     CX.X86_REG_SI: "esi", CX.X86_REG_DI: "edi",
 }
+_GPR64 = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"] + [f"r{i}" for i in range(8, 16)]
+_REG_BY_CS64: dict[int, str] = {}
+for _i, _n in enumerate(_GPR64):
+    for _suffix in ("", "D", "W", "B") if _i >= 8 else ():
+        _REG_BY_CS64[getattr(CX, f"X86_REG_{_n.upper()}{_suffix}")] = _n
+for _n32, _n64 in zip(("EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI"), _GPR64[:8], strict=True):
+    _REG_BY_CS64[getattr(CX, f"X86_REG_{_n64.upper()}")] = _n64
+    _REG_BY_CS64[getattr(CX, f"X86_REG_{_n32}")] = _n64
+    _REG_BY_CS64[getattr(CX, f"X86_REG_{_n32[1:]}")] = _n64
+for _n8, _n64 in (("AL", "rax"), ("CL", "rcx"), ("DL", "rdx"), ("BL", "rbx"), ("SPL", "rsp"), ("BPL", "rbp"),
+                  ("SIL", "rsi"), ("DIL", "rdi")):
+    _REG_BY_CS64[getattr(CX, f"X86_REG_{_n8}")] = _n64
 
 
-def _reg_value(regs: dict[str, int], reg: int, size: int) -> int:
-    return regs[_REG_BY_CS[reg]] & ((1 << (8 * size)) - 1)
+def _reg_name(vcpu: Vcpu, reg: int) -> str:
+    """The register dict name of a capstone register (the full register it is part of)."""
+    return (_REG_BY_CS64 if vcpu.word == 8 else _REG_BY_CS)[reg]
+
+
+def _reg_value(vcpu: Vcpu, regs: dict[str, int], reg: int, size: int) -> int:
+    return regs[_reg_name(vcpu, reg)] & ((1 << (8 * size)) - 1)
+
+
+def _acc(vcpu: Vcpu) -> tuple[str, str, str, str]:
+    """The accumulator, data, base and count registers' names (cmpxchg, cmpxchg8b/16b)."""
+    return ("rax", "rdx", "rbx", "rcx") if vcpu.word == 8 else ("eax", "edx", "ebx", "ecx")
+
+
+def _write_reg(vcpu: Vcpu, regs: dict[str, int], name: str, value: int, size: int) -> None:
+    """A register write of `size` bytes: 4-byte writes zero-extend in 64-bit mode, 1 and 2
+    keep the rest of the register."""
+    full = regs[name]
+    if size >= vcpu.word or (size == 4 and vcpu.word == 8):
+        new = value
+    else:
+        mask = (1 << (8 * size)) - 1
+        new = (full & ~mask) | (value & mask)
+    vcpu.cpu.set_reg(name, new)
 
 
 def ptwr(vcpu: Vcpu, regs: dict[str, int], cr2: int, ec: int) -> bool:
@@ -169,15 +242,15 @@ def ptwr(vcpu: Vcpu, regs: dict[str, int], cr2: int, ec: int) -> bool:
     dom = vcpu.domain
     if not dom.vm_assist & (1 << C.Vmasst.writable_pagetables):
         return False
-    if regs["cs"] & 3 != 1 or ec & (C.PFEC_present | C.PFEC_write_access) != 3:
+    if not vcpu.in_kernel_mode(regs) or ec & (C.PFEC_present | C.PFEC_write_access) != 3:
         return False
-    w = walk(dom.mem, dom.mode, vcpu.cr3_mfn, cr2)
+    w = walk(dom.mem, dom.mode, vcpu.active_top_mfn, cr2)
     if not w.mapped:
         return False
     pi = dom.mm.pages.get(w.mfn)
     if pi is None or pi.type != PageType.l1 or not pi.type_count:
         return False
-    insn = decode(vcpu, regs["eip"])
+    insn = decode(vcpu, regs["pc"])
     if insn is None:
         return False
     m = insn.mnemonic
@@ -197,27 +270,29 @@ def ptwr(vcpu: Vcpu, regs: dict[str, int], cr2: int, ec: int) -> bool:
     src = next((o for o in insn.operands if o.type != CX.X86_OP_MEM), None)
     srcv = None
     if src is not None:
-        srcv = src.imm & ((1 << (8 * size)) - 1) if src.type == CX.X86_OP_IMM else _reg_value(regs, src.reg, size)
-    write_back: dict[str, int] = {}
+        srcv = (src.imm & ((1 << (8 * size)) - 1) if src.type == CX.X86_OP_IMM
+                else _reg_value(vcpu, regs, src.reg, size))
+    write_back: dict[str, tuple[int, int]] = {}      # register -> (value, operand size)
     flags_zf: bool | None = None
+    a, d, b, c = _acc(vcpu)
     if m == "mov":
         new_val = srcv
     elif m == "xchg":
         new_val = srcv
-        write_back[_REG_BY_CS[src.reg]] = old_val
+        write_back[_reg_name(vcpu, src.reg)] = (old_val, size)
     elif m == "cmpxchg":
-        if old_val == regs["eax"] & ((1 << (8 * size)) - 1):
+        if old_val == regs[a] & ((1 << (8 * size)) - 1):
             new_val, flags_zf = srcv, True
         else:
             new_val, flags_zf = old_val, False
-            write_back["eax"] = old_val
+            write_back[a] = (old_val, size)
     elif m == "cmpxchg8b":
-        cmp = regs["eax"] | (regs["edx"] << 32)
+        cmp = (regs[a] & 0xFFFFFFFF) | ((regs[d] & 0xFFFFFFFF) << 32)
         if old_val == cmp:
-            new_val, flags_zf = regs["ebx"] | (regs["ecx"] << 32), True
+            new_val, flags_zf = (regs[b] & 0xFFFFFFFF) | ((regs[c] & 0xFFFFFFFF) << 32), True
         else:
             new_val, flags_zf = old_val, False
-            write_back["eax"], write_back["edx"] = old_val & 0xFFFFFFFF, old_val >> 32
+            write_back[a], write_back[d] = (old_val & 0xFFFFFFFF, 4), (old_val >> 32, 4)
     elif m in ("and", "or", "xor", "add", "sub"):
         op = {"and": int.__and__, "or": int.__or__, "xor": int.__xor__, "add": int.__add__,
               "sub": int.__sub__}[m]
@@ -240,45 +315,52 @@ def ptwr(vcpu: Vcpu, regs: dict[str, int], cr2: int, ec: int) -> bool:
             return False
     dom.trace.emit_ptwr(vcpu, cr2, entry_maddr, old_entry, new_entry)
     uc = vcpu.cpu.uc
-    for reg, v in write_back.items():
-        vcpu.cpu.set_reg(reg, (regs[reg] & ~((1 << (8 * size)) - 1)) | v if size < 4 else v)
+    for reg, (v, sz) in write_back.items():
+        _write_reg(vcpu, regs, reg, v, sz)
     if flags_zf is not None:
         ef = uc.reg_read(X.UC_X86_REG_EFLAGS)
         uc.reg_write(X.UC_X86_REG_EFLAGS, (ef | 0x40) if flags_zf else (ef & ~0x40))
-    vcpu.cpu.eip = regs["eip"] + insn.size
+    vcpu.cpu.pc = regs["pc"] + insn.size
     return True
 
 
 # ---------------------------------------------------------------- privileged instructions
 MSR_APIC_BASE, MSR_EFER, MSR_PAT, MSR_TSC, MSR_MISC_ENABLE = 0x1B, 0xC0000080, 0x277, 0x10, 0x1A0
+MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, MSR_TSC_AUX = 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 MSR_PERF_CAPABILITIES = 0x345
 
 
-def _iopl_ok(vcpu: Vcpu) -> bool:
-    return vcpu.iopl >= 1
+def _iopl_ok(vcpu: Vcpu, kernel: bool = True) -> bool:
+    """emul-priv-op.c iopl_ok: the virtual IOPL must reach the guest's "ring" (1 in kernel
+    mode, 3 in user mode)."""
+    return vcpu.iopl >= (1 if kernel else 3)
 
 
 def privileged_op(vcpu: Vcpu, regs: dict[str, int]) -> bool:
-    """#GP(0) from the guest kernel: emulate what Xen emulates. False: reflect #GP."""
-    if regs["cs"] & 3 == 3:
-        return False
-    insn = decode(vcpu, regs["eip"])
+    """#GP(0) from the guest: emulate what Xen emulates (pv/emul-priv-op.c). False: reflect
+    #GP. Only guest kernel mode gets the privileged instructions; port I/O and CLI/STI follow
+    the virtual IOPL in either mode."""
+    insn = decode(vcpu, regs["pc"])
     if insn is None:
         return False
     m = insn.mnemonic
-    nxt = regs["eip"] + insn.size
+    kernel = vcpu.in_kernel_mode(regs)
+    if not kernel and m not in ("cli", "sti", "in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"):
+        return False
+    nxt = regs["pc"] + insn.size
     cpu = vcpu.cpu
+    a, d, _, c = _acc(vcpu)
     if m in ("cli", "sti"):
-        if not _iopl_ok(vcpu):
+        if not _iopl_ok(vcpu, kernel):
             return False
     elif m in ("in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"):
-        if not _iopl_ok(vcpu):
+        if not _iopl_ok(vcpu, kernel):
             return False
         if m == "in":
+            # a domU has no I/O ports: reads return all ones (guest_io_read), writes vanish
             size = insn.operands[0].size
-            reg = "eax"
-            cur = regs[reg]
-            cpu.set_reg(reg, (cur & ~((1 << (8 * size)) - 1)) | ((1 << (8 * size)) - 1) if size < 4 else 0xFFFFFFFF)
+            _write_reg(vcpu, regs, a, (1 << (8 * size)) - 1, size)
     elif m == "clts":
         vcpu.set_virtual_ts(False)
     elif m == "wbinvd" or m == "invd":
@@ -292,25 +374,25 @@ def privileged_op(vcpu: Vcpu, regs: dict[str, int]) -> bool:
         if not _mov_dr(vcpu, insn, regs):
             return False
     elif m == "rdmsr":
-        v = read_msr(vcpu, regs["ecx"])
+        v = read_msr(vcpu, regs[c] & 0xFFFFFFFF)
         if v is None:
             return False
-        cpu.set_reg("eax", v & 0xFFFFFFFF)
-        cpu.set_reg("edx", v >> 32)
+        cpu.set_reg(a, v & 0xFFFFFFFF)
+        cpu.set_reg(d, v >> 32)
     elif m == "wrmsr":
-        if not write_msr(vcpu, regs["ecx"], regs["eax"] | (regs["edx"] << 32)):
+        if not write_msr(vcpu, regs[c] & 0xFFFFFFFF, (regs[a] & 0xFFFFFFFF) | ((regs[d] & 0xFFFFFFFF) << 32)):
             return False
     else:
         return False
-    vcpu.domain.trace.emit_emulated(vcpu, regs["eip"], f"{insn.mnemonic} {insn.op_str}".strip())
-    cpu.eip = nxt
+    vcpu.domain.trace.emit_emulated(vcpu, regs["pc"], f"{insn.mnemonic} {insn.op_str}".strip())
+    cpu.pc = nxt
     return True
 
 
 def _mov_cr(vcpu: Vcpu, insn, regs: dict[str, int]) -> bool:
     dst, src = insn.operands
     if dst.type == CX.X86_OP_REG and CX.X86_REG_CR0 <= dst.reg <= CX.X86_REG_CR15:
-        crn, val = dst.reg - CX.X86_REG_CR0, regs[_REG_BY_CS[src.reg]]
+        crn, val = dst.reg - CX.X86_REG_CR0, regs[_reg_name(vcpu, src.reg)]
         if crn == 0:
             cur = read_cr(vcpu, 0)
             if (cur ^ val) & ~8:
@@ -320,9 +402,14 @@ def _mov_cr(vcpu: Vcpu, insn, regs: dict[str, int]) -> bool:
             vcpu.cr2 = val
             vcpu.write_vcpu_info_cr2(val)
         elif crn == 3:
+            if vcpu.word == 8:
+                return new_baseptr(vcpu, (val >> 12) & ((1 << 40) - 1)) == 0     # xen_cr3_to_pfn
             return new_baseptr(vcpu, (val >> 12) & 0xFFFFF) == 0
         elif crn == 4:
-            vcpu.cr4 = val & ~(1 << 5 | 1 << 7)   # sanitised: PAE/PGE stay Xen's
+            if vcpu.word == 8:
+                vcpu.cr4 = pv_fixup_guest_cr4(val)
+            else:
+                vcpu.cr4 = val & ~(1 << 5 | 1 << 7)   # sanitised: PAE/PGE stay Xen's
         else:
             return False
         return True
@@ -330,8 +417,20 @@ def _mov_cr(vcpu: Vcpu, insn, regs: dict[str, int]) -> bool:
     v = read_cr(vcpu, crn)
     if v is None:
         return False
-    vcpu.cpu.set_reg(_REG_BY_CS[dst.reg], v)
+    vcpu.cpu.set_reg(_reg_name(vcpu, dst.reg), v)
     return True
+
+
+# pv/domain.c pv_fixup_guest_cr4: the guest controls TSD, DE, FSGSBASE and OSXSAVE within its
+# CPUID policy (this one has TSC and DE, no FSGSBASE, no XSAVE) and sees Xen's PAE, MCE,
+# OSFXSR and OSXMMEXCPT (PV_CR4_GUEST_MASK, PV_CR4_GUEST_VISIBLE_MASK).
+CR4_TSD, CR4_DE, CR4_PAE, CR4_MCE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 2, 1 << 3, 1 << 5, 1 << 6, 1 << 9, 1 << 10
+CR4_GUEST_CONTROLLED64 = CR4_TSD | CR4_DE
+CR4_XEN_VISIBLE64 = CR4_PAE | CR4_MCE | CR4_OSFXSR | CR4_OSXMMEXCPT
+
+
+def pv_fixup_guest_cr4(cr4: int) -> int:
+    return (cr4 & CR4_GUEST_CONTROLLED64) | CR4_XEN_VISIBLE64
 
 
 def read_cr(vcpu: Vcpu, n: int) -> int | None:
@@ -341,7 +440,7 @@ def read_cr(vcpu: Vcpu, n: int) -> int | None:
     if n == 2:
         return vcpu.cr2
     if n == 3:
-        return vcpu.cr3_mfn << 12
+        return vcpu.cr3_mfn << 12               # the kernel's table (guest_table), both modes
     if n == 4:
         return vcpu.cr4
     return None
@@ -350,19 +449,31 @@ def read_cr(vcpu: Vcpu, n: int) -> int | None:
 def _mov_dr(vcpu: Vcpu, insn, regs: dict[str, int]) -> bool:
     dst, src = insn.operands
     if dst.type == CX.X86_OP_REG and CX.X86_REG_DR0 <= dst.reg <= CX.X86_REG_DR15:
-        return set_debugreg(vcpu, dst.reg - CX.X86_REG_DR0, regs[_REG_BY_CS[src.reg]]) == 0
+        return set_debugreg(vcpu, dst.reg - CX.X86_REG_DR0, regs[_reg_name(vcpu, src.reg)]) == 0
     n = src.reg - CX.X86_REG_DR0
     if n > 7:
         return False
-    vcpu.cpu.set_reg(_REG_BY_CS[dst.reg], vcpu.debugreg[n])
+    vcpu.cpu.set_reg(_reg_name(vcpu, dst.reg), vcpu.debugreg[n])
     return True
+
+
+def guest_efer(vcpu: Vcpu) -> int:
+    """emul-priv-op.c guest_efer: Xen's EFER, LME/LMA (and SCE on Intel) hidden from 32-bit
+    guests."""
+    if vcpu.word == 8:
+        return EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+    return EFER_NXE if vcpu.domain.pae else 0
 
 
 def read_msr(vcpu: Vcpu, msr: int) -> int | None:
     if msr == MSR_APIC_BASE:
         return 0xFEE00900 if vcpu.id == 0 else 0xFEE00800
     if msr == MSR_EFER:
-        return (1 << 11) if vcpu.domain.pae else 0        # NXE; LME/LMA hidden
+        return guest_efer(vcpu)
+    if vcpu.word == 8 and msr in (MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE):
+        return vcpu.read_base_msr(msr)
+    if msr == MSR_TSC_AUX:
+        return vcpu.tsc_aux
     if msr == MSR_PAT:
         return 0x0000050100070406
     if msr == MSR_TSC:
@@ -371,7 +482,8 @@ def read_msr(vcpu: Vcpu, msr: int) -> int | None:
         return 1 << 0 | 1 << 11 | 1 << 12  # fast strings, BTS/PEBS unavailable
     if msr == MSR_PERF_CAPABILITIES:
         return 0
-    if vcpu.trap_ctxt[C.TRAP_gp_fault] is None:
+    ti = vcpu.trap_ctxt[C.TRAP_gp_fault]
+    if (ti is None or not ti.address) and msr >> 16 != 0x4000:
         return 0   # Xen's kludge for early Linux: unknown RDMSR reads 0 with no #GP handler
     return None
 
@@ -382,7 +494,12 @@ def write_msr(vcpu: Vcpu, msr: int, value: int) -> bool:
             return False
         return vcpu.domain.write_hypercall_page(value >> 12)
     if msr == MSR_EFER:
-        return value == read_msr(vcpu, MSR_EFER)
+        return value == guest_efer(vcpu)           # "Linux depends on being able to write back"
+    if vcpu.word == 8 and msr in (MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE):
+        if not canonical(value):
+            return False
+        vcpu.write_base_msr(msr, value)
+        return True
     if msr in (MSR_PAT, MSR_MISC_ENABLE, MSR_TSC):
         return True   # accepted and ignored
     return False
@@ -391,7 +508,7 @@ def write_msr(vcpu: Vcpu, msr: int, value: int) -> bool:
 def gp_error_code(vcpu: Vcpu, regs: dict[str, int]) -> int:
     """#GP error code for a fault unicorn reports without one: the selector for
     segment loads, 0 otherwise."""
-    insn = decode(vcpu, regs["eip"])
+    insn = decode(vcpu, regs["pc"])
     if insn is None:
         return 0
     m = insn.mnemonic
@@ -400,12 +517,12 @@ def gp_error_code(vcpu: Vcpu, regs: dict[str, int]) -> int:
             insn.operands and insn.operands[0].type == CX.X86_OP_REG and insn.operands[0].reg in (
                 CX.X86_REG_DS, CX.X86_REG_ES, CX.X86_REG_FS, CX.X86_REG_GS, CX.X86_REG_SS) and m == "mov":
         src = insn.operands[1]
-        if src.type == CX.X86_OP_REG and src.reg in _REG_BY_CS:
-            return regs[_REG_BY_CS[src.reg]] & 0xFFFC
+        if src.type == CX.X86_OP_REG and src.reg in (_REG_BY_CS64 if vcpu.word == 8 else _REG_BY_CS):
+            return regs[_reg_name(vcpu, src.reg)] & 0xFFFC
     if m.startswith("pop") and insn.operands and insn.operands[0].type == CX.X86_OP_REG and \
             insn.operands[0].reg in (CX.X86_REG_DS, CX.X86_REG_ES, CX.X86_REG_FS, CX.X86_REG_GS):
         try:
-            return vcpu.read_u32(regs["esp"]) & 0xFFFC
+            return vcpu.read_u32(regs["rsp" if vcpu.word == 8 else "esp"]) & 0xFFFC
         except GuestFault:
             return 0
     return 0
@@ -421,7 +538,7 @@ def store_site(vcpu: Vcpu, pc: int, block: int, block_size: int, size: int) -> i
     if pc != block or not block_size:
         return pc
     code = vcpu.debug_read(block, block_size)
-    for insn in _disasm().disasm(code, block):
+    for insn in _disasm(vcpu.code_bits()).disasm(code, block):
         for op in insn.operands:
             if op.type == CX.X86_OP_MEM and op.access & 2 and op.size == size:   # CS_AC_WRITE
                 return insn.address

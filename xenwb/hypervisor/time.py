@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.state import VcpuState
 
@@ -78,6 +79,27 @@ def update_vcpu_time(dom: Domain, v: Vcpu, force: bool = False) -> None:
     mem.write_u32(ver, odd)
     mem.write(base + first, fields)
     mem.write_u32(ver, (odd + 1) & 0xFFFFFFFF)
+    update_secondary_time(dom, v)
+
+
+def update_secondary_time(dom: Domain, v: Vcpu) -> None:
+    """The copy of vcpu_time_info at the guest address VCPUOP_register_vcpu_time_memory_area
+    gave (update_secondary_system_time, for the guest's vDSO): written through the kernel's
+    tables with the same version protocol; a fault is ignored."""
+    va = getattr(v, "time_area", None)
+    if not va:
+        return
+    T = dom.abi.vcpu_time_info
+    now = dom.time.now(v)
+    rec = T(tsc_timestamp=now, system_time=now, tsc_to_system_mul=dom.time.mul_frac, tsc_shift=dom.time.shift)
+    try:
+        ver = v.read_u32(va)
+        odd = ((ver + 1) | 1) & 0xFFFFFFFF
+        v.write_virt(va, odd.to_bytes(4, "little"))
+        v.write_virt(va + 4, bytes(rec)[4:])
+        v.write_virt(va, ((odd + 1) & 0xFFFFFFFF).to_bytes(4, "little"))
+    except GuestFault:
+        pass
 
 
 def init_wallclock(dom: Domain) -> None:
@@ -118,10 +140,22 @@ def runstate_info(dom: Domain, v: Vcpu):
     return r
 
 
+XEN_RUNSTATE_UPDATE = 1 << 63
+
+
 def update_runstate_area(dom: Domain, v: Vcpu) -> None:
-    """update_runstate_area: write the registered area; a fault is ignored (as Xen does)."""
-    if v.runstate_area:
-        try:
-            v.write_virt(v.runstate_area, bytes(runstate_info(dom, v)))
-        except GuestFault:
-            pass
+    """update_runstate_area (sched/core.c): write the registered area; a fault is ignored (as
+    Xen does). With VMASST_TYPE_runstate_update_flag the guest sees XEN_RUNSTATE_UPDATE in
+    state_entry_time while the record is being written."""
+    if not v.runstate_area:
+        return
+    info = runstate_info(dom, v)
+    L = dom.abi.vcpu_runstate_info
+    entry = v.runstate_area + L.offset("state_entry_time")
+    flag = dom.vm_assist & (1 << C.Vmasst.runstate_update_flag)
+    try:
+        if flag:
+            v.write_virt(entry, (info.state_entry_time | XEN_RUNSTATE_UPDATE).to_bytes(8, "little"))
+        v.write_virt(v.runstate_area, bytes(info))
+    except GuestFault:
+        pass

@@ -91,6 +91,10 @@ def bounce_exception(vcpu: Vcpu, vector: int, error_code: int | None = None, cr2
         return
     ti = vcpu.trap_ctxt[vector]
     vcpu.domain.stats["faults"] += 1
+    if vector == C.TRAP_page_fault and error_code is not None:
+        # "Re-set error_code.user flag appropriately for the guest" (pv_inject_event)
+        user = not vcpu.in_kernel_mode(regs or vcpu.cpu.regs())
+        error_code = (error_code & ~C.PFEC_user_mode) | (C.PFEC_user_mode if user else 0)
     if vector == C.TRAP_page_fault and cr2 is not None:
         vcpu.cr2 = cr2
         vcpu.write_vcpu_info_cr2(cr2)
@@ -117,7 +121,7 @@ def guest_regs(vcpu: Vcpu) -> tuple[dict[str, int], bool]:
     if r["eip"] != TRAMPOLINE_VA and r["eip"] != xen.stub_va(vcpu.id):
         return r, False
     eip, cs, eflags, esp, ss = struct.unpack("<5I", vcpu.domain.mem.read(xen.frame_maddr(vcpu.id), 20))
-    r.update(eip=eip, cs=cs & 0xFFFF, eflags=eflags, esp=esp, ss=ss & 0xFFFF)
+    r.update(eip=eip, pc=eip, cs=cs & 0xFFFF, eflags=eflags, esp=esp, ss=ss & 0xFFFF)
     return r, True
 
 

@@ -160,6 +160,27 @@ class Vcpu:
             self.cpu.uc.emu_stop()
 
     # -- what each width defines ----------------------------------------------------------
+    def code_bits(self) -> int:
+        """The width of the code running now (capstone decodes with it)."""
+        return 32
+
+    def in_kernel_mode(self, regs: dict[str, int] | None = None) -> bool:
+        """guest_kernel_mode (asm/x86_64/regs.h): ring 1 for a 32-bit guest."""
+        cs = (regs or self.cpu.regs())["cs"]
+        return cs & 3 == 1
+
+    @property
+    def active_top_mfn(self) -> int:
+        """The top-level table the CPU uses now."""
+        return self.cr3_mfn
+
+    def cpu_regs(self) -> dict[str, int]:
+        return self.cpu.regs()
+
+    def bounce_vector(self, vector: int, error_code: int | None, *, regs: dict[str, int] | None = None) -> None:
+        """Reflect an exception through the trap table (pv_inject_event)."""
+        traps.bounce_exception(self, vector, error_code, regs=regs)
+
     def bounce(self, handler_cs: int, handler_ip: int, error_code: int | None, mask_events: bool, *,
                regs: dict[str, int] | None = None) -> None:
         """Push Xen's frame for this width and continue at the handler (create_bounce_frame)."""
@@ -300,7 +321,7 @@ class Vcpu:
         while pos < n:
             cur = (va + pos) & self.domain.geo.va_mask
             chunk = min(n - pos, 4096 - (cur & 0xFFF))
-            maddr = translate(mem, mode, self.cr3_mfn, cur)
+            maddr = translate(mem, mode, self.active_top_mfn, cur)
             if maddr is None or not mem.valid(maddr, chunk):
                 break
             out += mem.read(maddr, chunk)
