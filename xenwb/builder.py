@@ -1,8 +1,8 @@
 """The domain builder: lay out and start a PV domU the way Xen's toolstack does.
 
 Source: tools/libs/guest/xg_dom_core.c, xg_dom_x86.c (layout, bootstrap tables,
-start_info, vcpu_x86_32), xg_dom_boot.c (pin, shared_info), and
-xen/arch/x86/domain.c (arch_set_info_guest) for the initial vcpu state.
+start_info, vcpu_x86_32, vcpu_x86_64, setup_pgtables_pv), xg_dom_boot.c (pin, shared_info),
+and xen/arch/x86/domain.c (arch_set_info_guest) for the initial vcpu state.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from xenwb.hypervisor.mm import MMError, Sharing
 from xenwb.hypervisor.state import VcpuState
 from xenwb.hypervisor.time import update_vcpu_time
 from xenwb.hypervisor.vcpu import Vcpu32
+from xenwb.hypervisor.vcpu64 import Vcpu64
 from xenwb.hypervisor.xenarea import MAX_VCPUS, NONPAE_GEOMETRY, PAE_GEOMETRY
-from xenwb.layout import BootLayout, compute_layout
+from xenwb.hypervisor.xenarea64 import MAX_VCPUS64, PV64_GEOMETRY
+from xenwb.layout import BootLayout, Mapping, compute_layout, compute_layout64, page_count
 from xenwb.loader import EM_X86_64, GuestImage
 
 # Bootstrap table protections (xg_dom_x86.c)
@@ -54,9 +56,8 @@ class BuildConfig:
 
 
 def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
-    if image.machine == EM_X86_64:
-        raise XenwbError(f"{image.path}: 64-bit PV guests are not supported yet (only 32-bit PV)")
-    if image.hv_start_low is not None and image.hv_start_low > C.HYPERVISOR_VIRT_START_PAE:
+    long = image.machine == EM_X86_64
+    if not long and image.hv_start_low is not None and image.hv_start_low > C.HYPERVISOR_VIRT_START_PAE:
         raise XenwbError(f"{image.path}: HV_START_LOW {image.hv_start_low:#x} is above "
                          f"{C.HYPERVISOR_VIRT_START_PAE:#x} (-ERANGE)")
     # Features Xen can honour for a PV domU: pagetable writes through the ptwr assist,
@@ -64,12 +65,15 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     if image.features_required & ~((1 << C.XenFeat.writable_page_tables) | (1 << C.XenFeat.pae_pgdir_above_4gb)):
         names = image.feature_names(image.features_required)
         raise XenwbError(f"{image.path}: the guest requires features this Xen does not offer: {', '.join(names)}")
-    if not 1 <= cfg.vcpus <= MAX_VCPUS:
-        raise XenwbError(f"--vcpus must be between 1 and {MAX_VCPUS}")
+    max_vcpus = MAX_VCPUS64 if long else MAX_VCPUS
+    if not 1 <= cfg.vcpus <= max_vcpus:
+        raise XenwbError(f"--vcpus must be between 1 and {max_vcpus}")
     if cfg.memory_mib < 4 or cfg.memory_mib > 1536:
         raise XenwbError("--memory must be between 4 and 1536 MiB")
     if len(cfg.cmdline.encode()) >= 1024:
         raise XenwbError("--cmdline is longer than 1023 bytes (start_info.cmd_line)")
+    if long:
+        return _build_domain64(image, cfg)
     nr_pages = cfg.memory_mib * 256
     layout = compute_layout(image, nr_pages, len(cfg.module or b""))
     if layout.mapped_pages > nr_pages:
@@ -212,7 +216,7 @@ def _fill_start_info(dom: Domain, layout: BootLayout, cfg: BuildConfig, write_va
     return si
 
 
-def start_vcpu0(dom: Domain, v: Vcpu, layout: BootLayout, top_mfn: int) -> None:
+def start_vcpu0(dom: Domain, v: Vcpu32, layout: BootLayout, top_mfn: int) -> None:
     """vcpu_x86_32 + arch_set_info_guest: ring-1 entry with ESI = start_info."""
     dom.mm.get_root(top_mfn)
     v.cr3_mfn = top_mfn
@@ -226,6 +230,166 @@ def start_vcpu0(dom: Domain, v: Vcpu, layout: BootLayout, top_mfn: int) -> None:
     v.kernel_ss, v.kernel_sp = C.FLAT_RING1_SS, layout.stack_top
     v.debugreg[6], v.debugreg[7] = 0xFFFF0FF0, 0x400
     cpu.transfer(dom.image.entry, C.FLAT_RING1_CS, 0x202, layout.stack_top, C.FLAT_RING1_SS)
+    v.state = VcpuState.running
+    v.runstate_state = 0
+    v.initialised = True
+
+
+# ---------------------------------------------------------------- x86_64
+L1_PROT64 = C._PAGE_PRESENT | C._PAGE_RW | C._PAGE_ACCESSED
+UPPER_PROT64 = C._PAGE_PRESENT | C._PAGE_RW | C._PAGE_ACCESSED | C._PAGE_DIRTY | C._PAGE_USER
+
+
+def _build_domain64(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
+    """xc_dom_build_image for an x86_64 guest (xg_dom_x86.c: alloc_pgtables_x86_64,
+    alloc_p2m_list_x86_64, setup_pgtables_x86_64, start_info_x86_64, vcpu_x86_64)."""
+    nr_pages = cfg.memory_mib * 256
+    module = cfg.module or b""
+    layout = compute_layout64(image, nr_pages, len(module))
+    if page_count(layout) > nr_pages:
+        raise XenwbError(f"{cfg.memory_mib} MiB is too small: the boot mapping alone needs "
+                         f"{page_count(layout) * 4 // 1024 + 1} MiB")
+    mem = MachineMemory(nr_pages)
+    dom = Domain(image, mem, PV64_GEOMETRY, nr_pages)
+    dom.cmdline = cfg.cmdline
+    pm = dom.physmap
+    for pfn in range(nr_pages):
+        mfn = pm.mfn(pfn)
+        dom.mm.give(mfn)
+        pm.set_m2p(mfn, pfn)
+    dom.mm.share(dom.shared_info_mfn, Sharing.shared_rw)
+
+    def write_pfn(pfn: int, data: bytes) -> None:
+        for off in range(0, len(data), 4096):
+            mem.write(pm.mfn(pfn + off // 4096) << 12, data[off: off + 4096])
+
+    def write_va(va: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            cur = va + pos
+            chunk = min(len(data) - pos, 4096 - (cur & 0xFFF))
+            mem.write((pm.mfn(layout.pfn(cur)) << 12) | (cur & 0xFFF), data[pos: pos + chunk])
+            pos += chunk
+
+    for seg in image.segments:                     # placed by p_paddr (libelf elf_load_binary)
+        write_va(seg.paddr + image.virt_offset, seg.data)
+    flags = C.SIF_VIRT_P2M_4TOOLS
+    if module:
+        if layout.module_pfn is not None:
+            write_pfn(layout.module_pfn, module)
+            flags |= C.SIF_MOD_START_PFN
+        else:
+            write_va(layout.module.va, module)
+    p2m = struct.pack(f"<{nr_pages}Q", *pm.p2m)
+    if layout.p2m_pfn is not None:
+        write_pfn(layout.p2m_pfn, p2m)
+    else:
+        write_va(layout.p2m.va, p2m)
+    _setup_pgtables64(dom, layout.mappings)
+    start_info = _fill_start_info64(dom, layout, cfg, flags, write_va)
+    if image.hypercall_page is not None:
+        dom.write_hypercall_page(pm.mfn(layout.pfn(image.hypercall_page)))
+    top_mfn = pm.mfn(layout.mappings[0].lvls[3].pfn)
+    try:
+        dom.mm.pin(top_mfn, dom.mm.top_type())          # MMUEXT_PIN_L4_TABLE (bootlate_pv)
+    except MMError as e:
+        raise XenwbError(f"bootstrap pagetables rejected: {e.why}") from None
+    si_layout, vi = dom.abi.shared_info, dom.abi.vcpu_info
+    for i in range(C.XEN_LEGACY_MAX_VCPUS):
+        mem.write((dom.shared_info_mfn << 12) + si_layout.offset("vcpu_info") + vi.size() * i
+                  + vi.offset("evtchn_upcall_mask"), b"\x01")
+    console, store = _connect_backends(dom, start_info)
+    for vid in range(cfg.vcpus):
+        dom.vcpus.append(Vcpu64(dom, vid))
+    store.seed_vcpus(cfg.vcpus)
+    start_vcpu0_64(dom, dom.vcpus[0], layout, top_mfn)
+    for v in dom.vcpus:
+        update_vcpu_time(dom, v)
+    return BuiltDomain(dom, layout, console, store)
+
+
+def _setup_pgtables64(dom: Domain, maps: list[Mapping]) -> None:
+    """setup_pgtables_pv: fill every mapping's tables, top level first; an L1 entry mapping a
+    page-table page of any mapping is read-only (get_pg_prot)."""
+    pm = dom.physmap
+    table_pfns = [m.table_pfns for m in maps]
+    for lv in range(3, -1, -1):
+        for m1 in maps:
+            t = m1.lvls[lv]
+            if not t.count:
+                continue
+            frm, to = t.frm, t.to
+            shift = 12 + lv * 9
+            entries: dict[int, int] = {}
+            for m2 in maps:
+                if lv > 0:
+                    src = m2.lvls[lv - 1]
+                    if not src.count:
+                        continue
+                    sfrm, sto, spfn = src.frm, src.to, src.pfn
+                else:
+                    sfrm, sto, spfn = m2.frm, m2.to, m2.pfn
+                if sfrm >= to or sto <= frm:
+                    continue
+                p_s = (max(frm, sfrm) - frm) >> shift
+                p_e = (min(to, sto) - frm) >> shift
+                pfn = ((max(frm, sfrm) - sfrm) >> shift) + spfn
+                for p in range(p_s, p_e + 1):
+                    if lv > 0:
+                        prot = UPPER_PROT64
+                    else:
+                        prot = L1_PROT64 & ~C._PAGE_RW if any(pfn in r for r in table_pfns) else L1_PROT64
+                    entries[p] = (pm.mfn(pfn) << 12) | prot
+                    pfn += 1
+            for p, pte in entries.items():
+                dom.mem.write_u64((pm.mfn(t.pfn + p // 512) << 12) + 8 * (p % 512), pte)
+
+
+def _fill_start_info64(dom: Domain, layout: BootLayout, cfg: BuildConfig, flags: int, write_va) -> Any:
+    si = dom.abi.start_info()
+    si.magic = dom.image.guest_type.encode()
+    si.nr_pages = dom.nr_pages
+    si.shared_info = dom.shared_info_mfn << 12
+    si.flags = flags
+    si.store_mfn = dom.physmap.mfn(layout.pfn(layout.xenstore.va))
+    si.store_evtchn = STORE_EVTCHN
+    si.console_mfn = dom.physmap.mfn(layout.pfn(layout.console.va))
+    si.console_evtchn = CONSOLE_EVTCHN
+    si.pt_base = layout.pagetables.va
+    si.nr_pt_frames = layout.mappings[0].pgtables
+    si.mfn_list = layout.p2m.va
+    if layout.p2m_pfn is not None:
+        si.first_p2m_pfn = layout.p2m_pfn
+        si.nr_p2m_frames = layout.p2m.pages + layout.mappings[1].pgtables
+    if cfg.module:
+        if layout.module_pfn is not None:
+            si.mod_start, si.mod_len = layout.module_pfn, layout.module.size   # pfn; whole pages
+        else:
+            si.mod_start, si.mod_len = layout.module.va, len(cfg.module)
+    si.cmd_line = cfg.cmdline.encode()[:1023]
+    write_va(layout.start_info.va, bytes(si))
+    dom.start_info_va = layout.start_info.va
+    return si
+
+
+def start_vcpu0_64(dom: Domain, v: Vcpu64, layout: BootLayout, top_mfn: int) -> None:
+    """vcpu_x86_64 + arch_set_info_guest: RIP = entry, RSP past the boot stack, RSI =
+    start_info, CS/SS FLAT_KERNEL_CS64/SS64 (0xe033/0xe02b), data selectors NUL, RFLAGS IF,
+    kernel mode, CR3 = the pinned L4 (with the RO M2P: fill_ro_mpt), no user L4."""
+    dom.mm.get_root(top_mfn)
+    if not dom.mm.m2p_strict:
+        dom.mm.fill_ro_mpt(top_mfn)
+    v.cr3_mfn = top_mfn
+    cpu = v.cpu
+    cpu.start_paging(top_mfn)
+    for r in ("rax", "rbx", "rcx", "rdx", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
+        cpu.set_reg(r, 0)
+    for seg in ("ds", "es", "fs", "gs"):
+        cpu.set_reg(seg, 0)
+    cpu.set_reg("rsi", layout.start_info.va)
+    v.kernel_ss, v.kernel_sp = C.FLAT_KERNEL_SS64, layout.stack_top
+    v.debugreg[6], v.debugreg[7] = 0xFFFF0FF0, 0x400
+    v.exit_to(dom.image.entry, C.FLAT_KERNEL_CS64, 0x202, layout.stack_top, C.FLAT_KERNEL_SS64, sysret=False)
     v.state = VcpuState.running
     v.runstate_state = 0
     v.initialised = True

@@ -66,21 +66,21 @@ class TraceBus:
                    regs: dict[str, int] | None) -> None:
         if not self.subscribers:
             return
-        eip = (regs or vcpu.cpu.regs())["eip"]
+        eip = (regs or vcpu.cpu.regs())["pc"]
         self._emit(vcpu, "fault", TRAP_NAMES.get(vector, f"vector{vector}"), vector=vector,
                    error_code=error_code, cr2=cr2, eip=eip, symbol=vcpu.domain.symbolize(eip))
 
     def emit_upcall(self, vcpu: Vcpu) -> None:
         if self.subscribers:
-            self._emit(vcpu, "upcall", "event_callback", eip=vcpu.cpu.eip)
+            self._emit(vcpu, "upcall", "event_callback", eip=vcpu.cpu.pc)
 
     def emit_failsafe(self, vcpu: Vcpu, target: dict[str, int]) -> None:
         if self.subscribers:
-            self._emit(vcpu, "failsafe", "failsafe_callback", cs=target.get("cs"), eip=target.get("eip"))
+            self._emit(vcpu, "failsafe", "failsafe_callback", cs=target.get("cs"), eip=target.get("pc"))
 
     def emit_mask(self, vcpu: Vcpu, old: int, new: int) -> None:
         if self.subscribers:
-            eip = vcpu.cpu.eip
+            eip = vcpu.cpu.pc
             self._emit(vcpu, "mask", "upcall_mask", old=old, new=new, eip=eip,
                        symbol=vcpu.domain.symbolize(eip), by="xen")
 

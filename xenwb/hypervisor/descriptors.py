@@ -1,4 +1,5 @@
-"""set_gdt and update_descriptor: xen/arch/x86/pv/descriptor-tables.c, x86_64/compat/mm.c."""
+"""set_gdt and update_descriptor: xen/arch/x86/pv/descriptor-tables.c (check_descriptor,
+pv_set_gdt, do_update_descriptor and their compat wrappers)."""
 
 from __future__ import annotations
 
@@ -20,41 +21,47 @@ DESC_A = 1 << 40
 
 
 def check_descriptor(vcpu: Vcpu, d: int) -> int | None:
-    """Validate one descriptor (check_descriptor, compat flavour); the value to store,
-    or None when Xen refuses it."""
-    hi = d >> 32
-    if not d & DESC_P:
-        return d
-    dpl = (hi >> 13) & 3
-    if d & DESC_S:
-        if hi & (1 << 21):          # L bit: no 64-bit code segments for a PV32 guest
-            return None
-        if dpl == 0:
-            d |= 1 << 45            # DPL 0 -> 1
-        if vcpu.domain.pae:
-            # x86_64/mm.c check_descriptor: "Older PAE Linux guests use segments which are
-            # limited to 0xf6800000. Extend these" (base 0, limit past the compat hv start)
-            base = ((d >> 16) & 0xFFFFFF) | ((d >> 32) & 0xFF000000)
-            limit = ((d & 0xFFFF) | (((d >> 48) & 0xF) << 16)) + 1
-            if hi & (1 << 23):
+    """check_descriptor: the value to store, or None when Xen refuses the descriptor. DPL is
+    raised to the guest kernel's RPL (1 for a 32-bit guest, 3 for a 64-bit one); code and data
+    segments are fine (a 32-bit guest may not have 64-bit code, and old PAE Linux's
+    0xf6800000 limits are extended); a call gate must target a guest (or the flat kernel, or
+    an LDT) selector and gets DPL 0 with the original DPL in the selector's RPL; other system
+    descriptors are refused."""
+    a, b = d & 0xFFFFFFFF, d >> 32
+    if not b & (1 << 15):
+        return d                              # not present: always faults, so safe
+    long = vcpu.word == 8
+    rpl = 3 if long else 1
+    dpl = max((b >> 13) & 3, rpl)
+    b = (b & ~(3 << 13)) | (dpl << 13)
+    if b & (1 << 12):                         # code or data
+        if not long:
+            if b & (1 << 21):                 # L bit: no 64-bit code segments for a PV32 guest
+                return None
+            base = (b & 0xFF000000) | ((b & 0xFF) << 16) | (a >> 16)
+            limit = ((b & 0xF0000) | (a & 0xFFFF)) + 1
+            if b & (1 << 23):
                 limit <<= 12
             if base == 0 and limit > vcpu.domain.geo.hv_start:
-                d |= 0xFFFF | (0xF << 48)
-        # Xen's GDT frames are mapped writable in its own area, so the CPU sets the
-        # accessed bit on first use; the workbench maps them read-only and sets it here.
-        return d | DESC_A
-    typ = (hi >> 8) & 0xF
+                a |= 0xFFFF
+                b |= 0xF0000
+        # Xen's GDT frames are mapped writable in its own area, so the CPU sets the accessed
+        # bit on first use; the workbench maps them read-only and sets it here.
+        return (a | (b << 32)) | DESC_A
+    typ = (b >> 8) & 0xF
     if typ == 0:
-        return d
-    if typ == 0xC:                  # call gate: target must be a guest or flat kernel selector
-        sel = (d >> 16) & 0xFFFF
-        if sel >> 3 >= C.FIRST_RESERVED_GDT_ENTRY and sel & ~3 != C.FLAT_KERNEL_CS & ~3:
-            return None
-        gate_dpl = dpl
-        d &= ~(3 << 45)             # DPL forced to 0, original DPL kept in the selector RPL
-        d = (d & ~(0xFFFF << 16)) | (((sel & ~3) | gate_dpl) << 16)
-        return d
-    return None
+        return d                              # the second half of a 64-bit call gate
+    if typ != 0xC:
+        return None
+    cs = a >> 16
+    flat = C.FLAT_KERNEL_CS64 if long else C.FLAT_KERNEL_CS
+    if not (cs >> 3 < C.FIRST_RESERVED_GDT_ENTRY or cs == flat or cs & 4):
+        return None                           # guest_gate_selector_okay
+    b &= ~(3 << 13)
+    a = (a & 0xFFFF) | (((cs & ~3) | dpl) << 16)
+    if b & (0xFF if long else 0xE0):          # reserved bits
+        return None
+    return a | (b << 32)
 
 
 def _validate_frame(vcpu: Vcpu, mfn: int, entries: int) -> bool:
@@ -104,11 +111,13 @@ def set_gdt(vcpu: Vcpu, frames: list[int], entries: int) -> int:
 
 
 def do_set_gdt(vcpu: Vcpu, frame_list: int, entries: int, *_: int) -> int:
+    """set_gdt(frame_list of xen_ulong_t, entries)."""
+    entries &= 0xFFFFFFFF
     if entries > C.FIRST_RESERVED_GDT_ENTRY:
         return EINVAL
     nr = (entries + 511) // 512
     try:
-        frames = list(struct.unpack(f"<{nr}I", vcpu.read_virt(frame_list, 4 * nr))) if nr else []
+        frames = vcpu.read_ulongs(frame_list, nr) if nr else []
     except GuestFault:
         return EFAULT
     return set_gdt(vcpu, frames, entries)
@@ -117,16 +126,24 @@ def do_set_gdt(vcpu: Vcpu, frame_list: int, entries: int, *_: int) -> int:
 def decode_set_gdt(vcpu: Vcpu, frame_list: int, entries: int) -> dict[str, Any]:
     nr = min((entries + 511) // 512, 16)
     try:
-        frames = list(struct.unpack(f"<{nr}I", vcpu.read_virt(frame_list, 4 * nr))) if nr else []
+        frames = vcpu.read_ulongs(frame_list, nr) if nr else []
     except GuestFault:
         frames = []
     return {"frame_list": f"{frame_list:#x}", "entries": entries, "frames": [f"{f:#x}" for f in frames]}
 
 
 def do_update_descriptor(vcpu: Vcpu, ma_lo: int, ma_hi: int, d_lo: int, d_hi: int, *_: int) -> int:
+    """compat_update_descriptor: the address and the descriptor in two 32-bit halves each."""
+    return update_descriptor(vcpu, ma_lo | (ma_hi << 32), d_lo | (d_hi << 32))
+
+
+def do_update_descriptor64(vcpu: Vcpu, ma: int, d: int, *_: int) -> int:
+    """update_descriptor(u64 maddr, u64 desc)."""
+    return update_descriptor(vcpu, ma, d)
+
+
+def update_descriptor(vcpu: Vcpu, ma: int, d: int) -> int:
     dom = vcpu.domain
-    ma = ma_lo | (ma_hi << 32)
-    d = d_lo | (d_hi << 32)
     mfn = ma >> 12
     if ma & 7 or not dom.mm.is_owned(mfn):
         return EINVAL
@@ -147,5 +164,7 @@ def do_update_descriptor(vcpu: Vcpu, ma_lo: int, ma_hi: int, d_lo: int, d_hi: in
 
 
 def decode_update_descriptor(vcpu: Vcpu, lo: int, hi: int, dlo: int, dhi: int, *_: int) -> Any:
+    if vcpu.word == 8:
+        return {"ma": f"{lo:#x}", "desc": f"{hi:#018x}"}
     return {
         "ma": f"{lo | (hi << 32):#x}", "desc": f"{dlo | (dhi << 32):#018x}"}

@@ -102,7 +102,7 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
                 return 0
             size = L.gnttab_setup_table.size()
             a = L.gnttab_setup_table.parse(vcpu.read_virt(uop, size))
-            if a.frame_list + 4 * a.nr_frames > dom.geo.hv_start:     # compat_handle_okay
+            if not dom.geo.guest_range_ok(a.frame_list, vcpu.word * a.nr_frames):   # guest_handle_okay
                 return EFAULT
             who = _target(dom, a.dom)
             if who == "none":
@@ -116,7 +116,8 @@ def do_grant_table_op(vcpu: Vcpu, cmd: int, uop: int, count: int, *_: int) -> in
                 a.status = GNTST_okay
                 try:
                     if frames:
-                        vcpu.write_virt(a.frame_list, struct.pack(f"<{len(frames)}I", *frames))
+                        fmt = "Q" if vcpu.word == 8 else "I"
+                        vcpu.write_virt(a.frame_list, struct.pack(f"<{len(frames)}{fmt}", *frames))
                 except GuestFault:
                     a.status = GNTST_bad_virt_addr
             vcpu.write_virt(uop, bytes(a))

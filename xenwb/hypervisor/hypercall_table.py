@@ -46,10 +46,13 @@ class Entry:
     pv32: Handler | None
     pv64: Handler | None
     decoder: Decoder | None
+    decoder64: Decoder | None = None             # when the 64-bit arguments differ
     decoder_arity: int = field(init=False)       # argument registers the decoder takes
+    decoder64_arity: int = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_arity", _arity(self.decoder) if self.decoder else 0)
+        object.__setattr__(self, "decoder64_arity", _arity(self.decoder64) if self.decoder64 else 0)
 
 
 def _arity(fn: Callable[..., Any]) -> int:
@@ -59,55 +62,82 @@ def _arity(fn: Callable[..., Any]) -> int:
     return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def _e(nr: H, pv32: Handler | None, pv64: Handler | None, decoder: Decoder | None = None) -> Entry:
-    return Entry(int(nr), nr.name, pv32, pv64, decoder)
+def _e(nr: H, pv32: Handler | None, pv64: Handler | None, decoder: Decoder | None = None,
+       decoder64: Decoder | None = None) -> Entry:
+    return Entry(int(nr), nr.name, pv32, pv64, decoder, decoder64)
 
 
-#       number                           pv32 handler                      pv64 handler  decoder
+# Where the two ABIs pass the same arguments the handler serves both widths (it reads guest
+# structures through the domain's layouts); a 64-bit handler of its own exists where the
+# registers differ (one 64-bit register for a 32-bit pair, callbacks without selectors).
+#       number                           pv32 handler                      pv64 handler / decoders
 TABLE: dict[int, Entry] = {e.nr: e for e in (
-    _e(H.set_trap_table,                  callback.do_set_trap_table,       None, callback.decode_set_trap_table),
-    _e(H.mmu_update,                      mm.do_mmu_update,                 None, mm.decode_mmu_update),
-    _e(H.set_gdt,                         descriptors.do_set_gdt,           None, descriptors.decode_set_gdt),
-    _e(H.stack_switch,                    misc.do_stack_switch,             None, misc.decode_stack_switch),
-    _e(H.set_callbacks,                   callback.do_set_callbacks,        None, callback.decode_set_callbacks),
-    _e(H.fpu_taskswitch,                  misc.do_fpu_taskswitch,           None, misc.decode_fpu_taskswitch),
-    _e(H.sched_op_compat,                 sched.do_sched_op_compat,         None, sched.decode_sched_op_compat),
-    _e(H.set_debugreg,                    misc.do_set_debugreg,             None, misc.decode_set_debugreg),
-    _e(H.get_debugreg,                    misc.do_get_debugreg,             None, misc.decode_get_debugreg),
-    _e(H.update_descriptor,               descriptors.do_update_descriptor, None,
+    _e(H.set_trap_table,                  callback.do_set_trap_table,       callback.do_set_trap_table,
+       callback.decode_set_trap_table),
+    _e(H.mmu_update,                      mm.do_mmu_update,                 mm.do_mmu_update, mm.decode_mmu_update),
+    _e(H.set_gdt,                         descriptors.do_set_gdt,           descriptors.do_set_gdt,
+       descriptors.decode_set_gdt),
+    _e(H.stack_switch,                    misc.do_stack_switch,             misc.do_stack_switch,
+       misc.decode_stack_switch),
+    _e(H.set_callbacks,                   callback.do_set_callbacks,        callback.do_set_callbacks64,
+       callback.decode_set_callbacks, callback.decode_set_callbacks64),
+    _e(H.fpu_taskswitch,                  misc.do_fpu_taskswitch,           misc.do_fpu_taskswitch,
+       misc.decode_fpu_taskswitch),
+    _e(H.sched_op_compat,                 sched.do_sched_op_compat,         sched.do_sched_op_compat,
+       sched.decode_sched_op_compat),
+    _e(H.set_debugreg,                    misc.do_set_debugreg,             misc.do_set_debugreg,
+       misc.decode_set_debugreg),
+    _e(H.get_debugreg,                    misc.do_get_debugreg,             misc.do_get_debugreg,
+       misc.decode_get_debugreg),
+    _e(H.update_descriptor,               descriptors.do_update_descriptor, descriptors.do_update_descriptor64,
        descriptors.decode_update_descriptor),
-    _e(H.memory_op,                       memory_op.do_memory_op,           None, memory_op.decode_memory_op),
-    _e(H.multicall,                       multicall.do_multicall,           None, multicall.decode_multicall),
-    _e(H.update_va_mapping,               mm.do_update_va_mapping,          None, mm.decode_update_va_mapping),
-    _e(H.set_timer_op,                    sched.do_set_timer_op,            None, sched.decode_set_timer_op),
-    _e(H.event_channel_op_compat,         event_channel.do_event_channel_op_compat, None,
-       event_channel.decode_event_channel_op_compat),
-    _e(H.xen_version,                     version.do_xen_version,           None, version.decode_xen_version),
-    _e(H.console_io,                      console.do_console_io,            None, console.decode_console_io),
-    _e(H.physdev_op_compat,               physdev.do_physdev_op_compat,     None, physdev.decode_physdev_op_compat),
-    _e(H.grant_table_op,                  grant_table.do_grant_table_op,    None, grant_table.decode_grant_table_op),
-    _e(H.vm_assist,                       version.do_vm_assist,             None, version.decode_vm_assist),
-    _e(H.update_va_mapping_otherdomain,   mm.do_update_va_mapping_otherdomain, None),
+    _e(H.memory_op,                       memory_op.do_memory_op,           memory_op.do_memory_op,
+       memory_op.decode_memory_op),
+    _e(H.multicall,                       multicall.do_multicall,           multicall.do_multicall,
+       multicall.decode_multicall),
+    _e(H.update_va_mapping,               mm.do_update_va_mapping,          mm.do_update_va_mapping64,
+       mm.decode_update_va_mapping),
+    _e(H.set_timer_op,                    sched.do_set_timer_op,            sched.do_set_timer_op64,
+       sched.decode_set_timer_op),
+    _e(H.event_channel_op_compat,         event_channel.do_event_channel_op_compat,
+       event_channel.do_event_channel_op_compat, event_channel.decode_event_channel_op_compat),
+    _e(H.xen_version,                     version.do_xen_version,           version.do_xen_version,
+       version.decode_xen_version),
+    _e(H.console_io,                      console.do_console_io,            console.do_console_io,
+       console.decode_console_io),
+    _e(H.physdev_op_compat,               physdev.do_physdev_op_compat,     physdev.do_physdev_op_compat,
+       physdev.decode_physdev_op_compat),
+    _e(H.grant_table_op,                  grant_table.do_grant_table_op,    grant_table.do_grant_table_op,
+       grant_table.decode_grant_table_op),
+    _e(H.vm_assist,                       version.do_vm_assist,             version.do_vm_assist,
+       version.decode_vm_assist),
+    _e(H.update_va_mapping_otherdomain,   mm.do_update_va_mapping_otherdomain, mm.do_update_va_mapping_otherdomain64),
     _e(H.iret,                            None,                             None),
-    _e(H.vcpu_op,                         vcpu_op.do_vcpu_op,               None, vcpu_op.decode_vcpu_op),
-    _e(H.set_segment_base,                None,                             None),
-    _e(H.mmuext_op,                       mm.do_mmuext_op,                  None, mm.decode_mmuext_op),
-    _e(H.xsm_op,                          misc.do_xsm_op,                   None),
-    _e(H.nmi_op,                          callback.do_nmi_op,               None),
-    _e(H.sched_op,                        sched.do_sched_op,                None, sched.decode_sched_op),
-    _e(H.callback_op,                     callback.do_callback_op,          None, callback.decode_callback_op),
-    _e(H.event_channel_op,                event_channel.do_event_channel_op, None,
+    _e(H.vcpu_op,                         vcpu_op.do_vcpu_op,               vcpu_op.do_vcpu_op, vcpu_op.decode_vcpu_op),
+    _e(H.set_segment_base,                None,                             misc.do_set_segment_base,
+       misc.decode_set_segment_base),
+    _e(H.mmuext_op,                       mm.do_mmuext_op,                  mm.do_mmuext_op, mm.decode_mmuext_op),
+    _e(H.xsm_op,                          misc.do_xsm_op,                   misc.do_xsm_op),
+    _e(H.nmi_op,                          callback.do_nmi_op,               callback.do_nmi_op),
+    _e(H.sched_op,                        sched.do_sched_op,                sched.do_sched_op, sched.decode_sched_op),
+    _e(H.callback_op,                     callback.do_callback_op,          callback.do_callback_op64,
+       callback.decode_callback_op, callback.decode_callback_op64),
+    _e(H.event_channel_op,                event_channel.do_event_channel_op, event_channel.do_event_channel_op,
        event_channel.decode_event_channel_op),
-    _e(H.physdev_op,                      physdev.do_physdev_op,            None, physdev.decode_physdev_op),
+    _e(H.physdev_op,                      physdev.do_physdev_op,            physdev.do_physdev_op,
+       physdev.decode_physdev_op),
 )}
 
 
 def decode_args(vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
     """Decoded arguments of a call, or the raw registers when no decoder exists."""
     e = TABLE.get(nr)
-    if e is None or e.decoder is None:
+    decoder, arity = (e.decoder, e.decoder_arity) if e is not None else (None, 0)
+    if e is not None and vcpu.word == 8 and e.decoder64 is not None:
+        decoder, arity = e.decoder64, e.decoder64_arity
+    if decoder is None:
         return {"args": [f"{a:#x}" for a in args]}
     try:
-        return e.decoder(vcpu, *args[: e.decoder_arity])
+        return decoder(vcpu, *args[:arity])
     except Exception as ex:  # a decoder must never take the machine down
         return {"undecodable": str(ex), "args": [f"{a:#x}" for a in args]}

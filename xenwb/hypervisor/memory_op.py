@@ -36,10 +36,10 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
     pm = dom.physmap
     mm = dom.mm
     for i in range(start, r.nr_extents):
-        slot = r.extent_start + 4 * i
+        slot = r.extent_start + vcpu.word * i
         if op == MemOp.decrease_reservation:
             try:
-                gmfn = vcpu.read_u32(slot)
+                gmfn = vcpu.read_ulong(slot)
             except GuestFault:
                 return done if done else EFAULT
             # a PV guest names its frames by MFN; each must be its own and unused
@@ -52,7 +52,7 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
             pfn = pm.pfn(gmfn)
             pm.set_m2p(gmfn, pm.invalid)
             if pfn is not None and pfn < len(pm.p2m):
-                pm.p2m[pfn] = 0xFFFFFFFF
+                pm.p2m[pfn] = pm.invalid
             dom.free_frames.append(gmfn)
             dom.nr_pages -= 1
         else:
@@ -60,7 +60,7 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                 break
             if op == MemOp.populate_physmap:
                 try:
-                    gpfn = vcpu.read_u32(slot)
+                    gpfn = vcpu.read_ulong(slot)
                 except GuestFault:
                     return done if done else EFAULT
             mfn = dom.free_frames.pop(0)
@@ -72,7 +72,7 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                 if gpfn < len(pm.p2m):
                     pm.p2m[gpfn] = mfn
             try:
-                vcpu.write_virt(slot, struct.pack("<I", mfn))
+                vcpu.write_ulong(slot, mfn)
             except GuestFault:
                 return done if done else EFAULT
         done += 1
@@ -107,14 +107,15 @@ def do_memory_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
             span = 512 if dom.pae else 1024     # M2P frames per 2 MiB (PAE) / 4 MiB chunk
             chunks = [dom.xen.m2p_frames[i] for i in range(0, len(dom.xen.m2p_frames), span)]
             n = min(m.max_extents, len(chunks))
-            vcpu.write_virt(m.extent_start, struct.pack(f"<{n}I", *chunks[:n]))
+            for j, chunk in enumerate(chunks[:n]):
+                vcpu.write_ulong(m.extent_start + vcpu.word * j, chunk)
             m.nr_extents = n
             vcpu.write_virt(arg, bytes(m))
             return 0
         if op == MemOp.machphys_mapping:
             mp = L.xen_machphys_mapping()
             mp.v_start, mp.v_end = dom.geo.m2p_start, dom.geo.m2p_end
-            mp.max_mfn = (dom.geo.m2p_end - dom.geo.m2p_start) // 4 - 1
+            mp.max_mfn = (dom.geo.m2p_end - dom.geo.m2p_start) // dom.geo.m2p_entry_size - 1
             vcpu.write_virt(arg, bytes(mp))
             return 0
         if op == MemOp.memory_map:

@@ -39,8 +39,11 @@ EINVAL, EPERM, EBUSY, EFAULT, ESRCH, EACCES, EOPNOTSUPP, ENOSYS = (
 # High PTE bits (52-63) Xen leaves to software: x86_64/page.h BASE_DISALLOW_MASK
 # (0xFF800198 & ~_PAGE_NX, in get_pte_flags() form) allows bits 52-62 in L1/L2;
 # L1_DISALLOW_MASK adds _PAGE_GNTTAB (bit 62); COMPAT_L3_DISALLOW_MASK (0xFFFFF198)
-# refuses every high bit of a PV32 L3 entry, NX included.
+# refuses every high bit of a PV32 L3 entry, NX included. A 64-bit guest's L3 and L4
+# entries have base_disallow_mask (mm.c l3_disallow_mask, L4_DISALLOW_MASK).
 HIGH_ALLOWED = {"L1": 0x3FF << 52, "L2": 0x7FF << 52, "L3": 0}
+HIGH_ALLOWED64 = {"L1": 0x3FF << 52, "L2": 0x7FF << 52, "L3": 0x7FF << 52, "L4": 0x7FF << 52}
+PAGE_GUEST_KERNEL = 1 << 52      # x86_64/page.h _PAGE_GUEST_KERNEL: a kernel page of a 64-bit guest
 
 
 class PageType(enum.IntEnum):
@@ -82,6 +85,24 @@ _BASE_ALLOWED = (C._PAGE_PRESENT | C._PAGE_RW | C._PAGE_USER | C._PAGE_ACCESSED 
 L1_ALLOWED = _BASE_ALLOWED | C._PAGE_GLOBAL
 L2_ALLOWED = _BASE_ALLOWED
 L3_ALLOWED_PAE = _BASE_ALLOWED   # compat L3: P, RW, US, A, D, AVAIL
+L3_ALLOWED64 = L4_ALLOWED = _BASE_ALLOWED
+
+
+def adjust_guest_entry(pte: int, level: int) -> int:
+    """pv/mm.h adjust_guest_l*e for a 64-bit guest, whose kernel runs at CPL 3: every present
+    entry gets _PAGE_USER; an L1 entry written without it is a kernel page (bit 52), one
+    written with it gets _PAGE_GLOBAL; L4 entries also get _PAGE_ACCESSED."""
+    if not pte & C._PAGE_PRESENT:
+        return pte
+    if level == 1:
+        if not pte & C._PAGE_USER:
+            pte |= PAGE_GUEST_KERNEL | C._PAGE_USER
+        if not pte & PAGE_GUEST_KERNEL:
+            pte |= C._PAGE_GLOBAL | C._PAGE_USER
+        return pte
+    if level == 4:
+        return pte | C._PAGE_ACCESSED | C._PAGE_USER
+    return pte | C._PAGE_USER
 
 
 class MMError(Exception):
@@ -102,6 +123,8 @@ class MM:
         self.pages: dict[int, PageInfo] = {}
         self.owned: set[int] = set()
         self.nx_ok = self.mode.pte_size == 8
+        self.long = geo.long_mode               # a 64-bit guest's 4-level tables
+        self.m2p_strict = False                 # VMASST_TYPE_m2p_strict (set by vm_assist)
         self.last_error = ""
 
     # -- ownership ---------------------------------------------------------------
@@ -203,6 +226,17 @@ class MM:
             return idx < self.geo.first_xen_l2_slot
         return not (l2.pae_xen_l2 and idx >= self.geo.first_xen_l2_slot)
 
+    def is_guest_slot(self, t: PageType, pi: PageInfo, idx: int) -> bool:
+        """Entries validation looks at: not Xen's L2 slots (32-bit), L3 slots 0-3 (PAE),
+        not L4 slots 256-271 (is_guest_l4_slot)."""
+        if t == PageType.l2:
+            return self.long or self.is_guest_l2_slot(pi, idx)
+        if t == PageType.l3:
+            return self.long or idx < 4
+        if t == PageType.l4:
+            return idx not in self.geo.xen_l4_slots
+        return True
+
     def _validate(self, mfn: int, t: PageType) -> None:
         if t == PageType.seg_desc:
             return  # descriptor checks are done by the descriptor-table code
@@ -211,21 +245,33 @@ class MM:
         pi = self.page(mfn)
         try:
             for idx, pte in enumerate(entries):
+                if not self.is_guest_slot(t, pi, idx):
+                    continue
                 if t == PageType.l1:
                     self.get_page_from_l1e(pte, mfn)
                 elif t == PageType.l2:
-                    if not self.is_guest_l2_slot(pi, idx):
-                        continue
                     self.get_page_from_l2e(pte, mfn)
                 elif t == PageType.l3:
-                    if idx >= 4:
-                        continue
                     self.get_page_from_l3e(pte, mfn, idx)
+                elif t == PageType.l4:
+                    self.get_page_from_l4e(pte, mfn)
                 done.append(idx)
         except MMError as e:
             for idx in done:
                 self._put_entry(t, entries[idx], mfn)
             raise self._fail(e.errno, f"{t.name} table mfn {mfn:#x} entry {idx}: {e.why}") from None
+        if self.long:
+            # promote_lN_table writes each validated entry back adjusted (pv/mm.h)
+            level = int(t)
+            for idx in done:
+                adj = adjust_guest_entry(entries[idx], level)
+                if adj != entries[idx]:
+                    self._write_entry(mfn, idx, adj)
+            if t == PageType.l4:
+                # init_xen_l4_slots: Xen's slots, the RO M2P only with m2p_strict
+                for slot, pte in self.xen.xen_l4_entries(self.m2p_strict).items():
+                    self._write_entry(mfn, slot, pte)
+            return
         if t == PageType.l3:
             # Xen zeroes entries 4..511 of a compat L3 and requires slot 3 present
             for idx in range(4, self.mode.entries):
@@ -247,9 +293,7 @@ class MM:
             return
         pi = self.page(mfn)
         for idx, pte in enumerate(self._entries(mfn)):
-            if t == PageType.l2 and not self.is_guest_l2_slot(pi, idx):
-                continue
-            if t == PageType.l3 and idx >= 4:
+            if not self.is_guest_slot(t, pi, idx):
                 continue
             self._put_entry(t, pte, mfn)
 
@@ -260,12 +304,16 @@ class MM:
             self.put_page_from_l2e(pte, table)
         elif t == PageType.l3:
             self.put_page_from_l3e(pte, table)
+        elif t == PageType.l4:
+            self.put_page_from_l4e(pte, table)
 
     # -- per-entry references ---------------------------------------------------------
     def _check_flags(self, pte: int, allowed: int, level: str) -> None:
         flags = pte & 0xFFF
         bad = flags & ~allowed
-        if self.mode.pte_size == 8:
+        if self.long:
+            bad |= pte & (0x7FF << 52) & ~HIGH_ALLOWED64[level]      # NX is allowed at every level
+        elif self.mode.pte_size == 8:
             if pte & C._PAGE_NX and (level == "L3" or not self.nx_ok):
                 bad |= 1 << 63
             bad |= pte & (0x7FF << 52) & ~HIGH_ALLOWED[level]
@@ -308,32 +356,47 @@ class MM:
         if pte & C._PAGE_PSE:
             raise self._fail(EINVAL, "superpage (PSE) L2 entries are not allowed for PV guests")
         self._check_flags(pte, L2_ALLOWED, "L2")
+        self._get_lower_or_linear(pte, table, PageType.l2)
+
+    def _get_lower_or_linear(self, pte: int, table: int, level: PageType, *, xen_l2: bool = False) -> None:
+        """get_page_from_l{2,3,4}e: a reference to the next level's table; failing that (-EINVAL)
+        a linear ("recursive") entry: read-only, to this table itself or to another validated
+        table of the same level (mm.c define_get_linear_pagetable)."""
         mfn = self.mode.pte_mfn(pte)
         self.get_page(mfn)
         pi = self.page(mfn)
-        if (mfn == table or (pi.type == PageType.l2 and pi.type_count)) and not pte & C._PAGE_RW:
-            # linear (self-map) entry: read-only, to a validated L2 (pv-linear-pt)
+        linear = not pte & C._PAGE_RW and (mfn == table or (pi.type == level and pi.type_count))
+        if linear and (level == PageType.l2 or self.long):
             pi.referrers.add(table)
             return
         try:
-            self.get_page_type(mfn, PageType.l1)
+            self.get_page_type(mfn, PageType(level - 1), xen_l2=xen_l2)
         except MMError:
             self.put_page(mfn)
             raise
         pi.referrers.add(table)
 
-    def put_page_from_l2e(self, pte: int, table: int) -> None:
+    def _put_lower_or_linear(self, pte: int, table: int, level: PageType) -> None:
         if not pte & C._PAGE_PRESENT:
             return
         mfn = self.mode.pte_mfn(pte)
         pi = self.page(mfn)
-        if not (pi.type == PageType.l2 or mfn == table):
+        if not (pi.type == level or mfn == table):
             self.put_page_type(mfn)
         self.put_page(mfn)
         pi.referrers.discard(table)
 
+    def put_page_from_l2e(self, pte: int, table: int) -> None:
+        self._put_lower_or_linear(pte, table, PageType.l2)
+
     def get_page_from_l3e(self, pte: int, table: int, slot: int) -> None:
         if not pte & C._PAGE_PRESENT:
+            return
+        if self.long:
+            if pte & C._PAGE_PSE:
+                raise self._fail(EINVAL, "1 GiB (PSE) L3 entries are not allowed for PV guests")
+            self._check_flags(pte, L3_ALLOWED64, "L3")
+            self._get_lower_or_linear(pte, table, PageType.l3)
             return
         self._check_flags(pte, L3_ALLOWED_PAE, "L3")
         mfn = self.mode.pte_mfn(pte)
@@ -351,12 +414,26 @@ class MM:
         self.page(mfn).referrers.add(table)
 
     def put_page_from_l3e(self, pte: int, table: int) -> None:
+        if self.long:
+            self._put_lower_or_linear(pte, table, PageType.l3)
+            return
         if not pte & C._PAGE_PRESENT:
             return
         mfn = self.mode.pte_mfn(pte)
         self.put_page_type(mfn)
         self.put_page(mfn)
         self.page(mfn).referrers.discard(table)
+
+    def get_page_from_l4e(self, pte: int, table: int) -> None:
+        if not pte & C._PAGE_PRESENT:
+            return
+        if pte & C._PAGE_PSE:
+            raise self._fail(EINVAL, f"bad L4 flags {C._PAGE_PSE:#x} in {pte:#x}")
+        self._check_flags(pte, L4_ALLOWED, "L4")
+        self._get_lower_or_linear(pte, table, PageType.l4)
+
+    def put_page_from_l4e(self, pte: int, table: int) -> None:
+        self._put_lower_or_linear(pte, table, PageType.l4)
 
     # -- single-entry updates (mod_lN_entry) -------------------------------------------
     def mod_entry(self, table: int, idx: int, new: int, *, preserve_ad: bool = False) -> PageType:
@@ -369,6 +446,8 @@ class MM:
         old = read_pte(self.mem, self.mode, (table << 12) + idx * self.mode.pte_size)
         if preserve_ad:
             new |= old & (C._PAGE_ACCESSED | C._PAGE_DIRTY)
+        if self.long:
+            new = adjust_guest_entry(new, int(t)) if t in PT_TYPES else new
         if t == PageType.l1:
             self.get_page_from_l1e(new, table)
             self._write_entry(table, idx, new)
@@ -380,18 +459,24 @@ class MM:
             self._write_entry(table, idx, new)
             self.put_page_from_l2e(old, table)
         elif t == PageType.l3:
-            if idx >= 3:
+            if idx >= 3 and not self.long:
                 raise self._fail(EINVAL, f"L3 slot {idx} of a PAE guest cannot be changed")
             self.get_page_from_l3e(new, table, idx)
             self._write_entry(table, idx, new)
             self.put_page_from_l3e(old, table)
+        elif t == PageType.l4:
+            if idx in self.geo.xen_l4_slots:
+                raise self._fail(EINVAL, f"L4 slot {idx} of mfn {table:#x} belongs to Xen")
+            self.get_page_from_l4e(new, table)
+            self._write_entry(table, idx, new)
+            self.put_page_from_l4e(old, table)
         else:
             raise self._fail(EINVAL, f"mfn {table:#x} is not a pagetable")
         return t
 
     # -- pinning and roots -------------------------------------------------------------
     def top_type(self) -> PageType:
-        return PageType.l3 if self.mode.levels == 3 else PageType.l2
+        return {4: PageType.l4, 3: PageType.l3}.get(self.mode.levels, PageType.l2)
 
     def pin(self, mfn: int, t: PageType) -> None:
         if not self.is_owned(mfn):
@@ -429,6 +514,15 @@ class MM:
     def put_root(self, mfn: int) -> None:
         self.put_page_type(mfn)
         self.put_page(mfn)
+
+    # -- the read-only M2P slot of a 64-bit guest's L4 (mm.c fill_ro_mpt, zap_ro_mpt) -------
+    def fill_ro_mpt(self, mfn: int) -> None:
+        slot = (mfn << 12) + 8 * 256
+        if not self.mem.read_u64(slot):
+            self.mem.write_u64(slot, self.xen.m2p_l4e)
+
+    def zap_ro_mpt(self, mfn: int) -> None:
+        self.mem.write_u64((mfn << 12) + 8 * 256, 0)
 
 
 # ================================================================ the hypercalls
@@ -474,7 +568,7 @@ def pte_update(vcpu: Vcpu, ptr: int, val: int, preserve_ad: bool) -> int:
     pi = mm.page(mfn)
     idx = (ptr & 0xFFF) // size
     try:
-        if pi.type in (PageType.l1, PageType.l2, PageType.l3) and pi.type_count:
+        if pi.type in PT_TYPES and pi.type_count:
             mm.mod_entry(mfn, idx, val, preserve_ad=preserve_ad)
             if pi.type != PageType.l1:
                 for v in dom.vcpus:
@@ -588,7 +682,7 @@ def flush_by_flags(vcpu: Vcpu, flags: int, va: int) -> int:
         targets = dom.vcpus
     else:
         try:
-            mask = vcpu.read_u32(sel)
+            mask = vcpu.read_ulong(sel)
         except GuestFault:
             return EFAULT
         targets = [v for v in dom.vcpus if mask >> v.id & 1]
@@ -599,7 +693,7 @@ def flush_by_flags(vcpu: Vcpu, flags: int, va: int) -> int:
 
 def update_va_mapping(vcpu: Vcpu, va: int, pte: int, flags: int) -> int:
     dom = vcpu.domain
-    if va >= dom.geo.hv_start:
+    if not dom.geo.guest_range_ok(va, 1):
         dom.mm.last_error = f"update_va_mapping: va {va:#x} is in the hypervisor range"
         return EINVAL
     slot = _l1_slot_for(vcpu, va)
@@ -628,6 +722,17 @@ def do_update_va_mapping_otherdomain(vcpu: Vcpu, va: int, lo: int, hi: int, flag
     return do_update_va_mapping(vcpu, va, lo, hi, flags)
 
 
+def do_update_va_mapping64(vcpu: Vcpu, va: int, pte: int, flags: int, *_: int) -> int:
+    """The 64-bit ABI: (va, u64 pte, flags) in three registers."""
+    return update_va_mapping(vcpu, va, pte, flags)
+
+
+def do_update_va_mapping_otherdomain64(vcpu: Vcpu, va: int, pte: int, flags: int, domid: int, *_: int) -> int:
+    if domid & 0xFFFF not in (C.DOMID_SELF, vcpu.domain.domid):
+        return ESRCH
+    return update_va_mapping(vcpu, va, pte, flags)
+
+
 def _uvmf_name(flags: int) -> str:
     kind = ["NONE", "TLB_FLUSH", "INVLPG", "?"][flags & 3]
     sel = flags & ~3
@@ -635,25 +740,53 @@ def _uvmf_name(flags: int) -> str:
 
 
 def decode_uvm(vcpu: Vcpu, va: int, lo: int, hi: int, flags: int) -> dict[str, Any]:
-    pte = lo | (hi << 32) if vcpu.domain.pae else lo
+    if vcpu.word == 8:
+        pte, flags = lo, hi                     # (va, pte, flags)
+    else:
+        pte = lo | (hi << 32) if vcpu.domain.pae else lo
     return {"va": f"{va:#x}", "pte": f"{pte:#x}", "mfn": f"{vcpu.domain.mode.pte_mfn(pte):#x}",
             "pte_flags": decode_flags(pte), "flags": _uvmf_name(flags)}
 
 
 # ---------------------------------------------------------------- mmuext_op
 def new_baseptr(vcpu: Vcpu, mfn: int) -> int:
-    """MMUEXT_NEW_BASEPTR / mov to CR3: switch to a validated top-level table."""
+    """MMUEXT_NEW_BASEPTR / mov to CR3 (mm.c new_guest_cr3): switch to a validated top-level
+    table; a 64-bit guest's L4 gets the read-only M2P unless VMASST m2p_strict (fill_ro_mpt)."""
     dom = vcpu.domain
     if mfn == vcpu.cr3_mfn:
-        vcpu.cpu.set_cr3(mfn)
+        vcpu.cpu.set_cr3(vcpu.active_top_mfn)
         return 0
     try:
         dom.mm.get_root(mfn)
     except MMError:
         return EINVAL
+    if dom.is_64 and not dom.mm.m2p_strict:
+        dom.mm.fill_ro_mpt(mfn)
     old = vcpu.cr3_mfn
     vcpu.cr3_mfn = mfn
-    vcpu.cpu.set_cr3(mfn)
+    vcpu.cpu.set_cr3(vcpu.active_top_mfn)
+    if old:
+        dom.mm.put_root(old)
+    return 0
+
+
+def new_user_baseptr(vcpu: Vcpu, mfn: int) -> int:
+    """MMUEXT_NEW_USER_BASEPTR (64-bit only): the L4 for user mode; 0 clears it. It must
+    validate as a root; with m2p_strict its M2P slot is zapped (zap_ro_mpt)."""
+    dom = vcpu.domain
+    old = vcpu.user_cr3_mfn
+    if old == mfn:
+        return 0
+    if mfn:
+        try:
+            dom.mm.get_root(mfn)
+        except MMError as e:
+            return e.errno
+        if dom.mm.m2p_strict:
+            dom.mm.zap_ro_mpt(mfn)
+    vcpu.user_cr3_mfn = mfn
+    if not vcpu.kernel_mode:
+        vcpu.cpu.set_cr3(vcpu.active_top_mfn)
     if old:
         dom.mm.put_root(old)
     return 0
@@ -661,7 +794,7 @@ def new_baseptr(vcpu: Vcpu, mfn: int) -> int:
 
 def _vcpumask(vcpu: Vcpu, ptr: int) -> list | int:
     try:
-        mask = vcpu.read_u32(ptr)
+        mask = vcpu.read_ulong(ptr)
     except GuestFault:
         return EFAULT
     return [v for v in vcpu.domain.vcpus if mask >> v.id & 1]
@@ -670,12 +803,11 @@ def _vcpumask(vcpu: Vcpu, ptr: int) -> list | int:
 def mmuext_one(vcpu: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
     dom = vcpu.domain
     mm = dom.mm
-    pae = dom.pae
     try:
         if cmd in (MmuextCmd.PIN_L1_TABLE, MmuextCmd.PIN_L2_TABLE, MmuextCmd.PIN_L3_TABLE,
                    MmuextCmd.PIN_L4_TABLE):
             level = cmd - MmuextCmd.PIN_L1_TABLE + 1
-            if level > (3 if pae else 2):
+            if level > dom.mode.levels:
                 # levels the guest's paging does not have are ignored: PIN_L4 for a compat
                 # guest on 64-bit Xen, PIN_L3/L4 on non-PAE x86_32 Xen (do_mmuext_op)
                 return 0
@@ -706,7 +838,9 @@ def mmuext_one(vcpu: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
         if cmd == MmuextCmd.SET_LDT:
             return set_ldt(vcpu, arg1, arg2)
         if cmd == MmuextCmd.NEW_USER_BASEPTR:
-            return EINVAL                   # PV64 only
+            if not dom.is_64:
+                return EINVAL               # PV64 only
+            return new_user_baseptr(vcpu, arg1)
         if cmd == MmuextCmd.CLEAR_PAGE:
             return _with_writable(vcpu, arg1, lambda: dom.mem.zero_frame(arg1))
         if cmd == MmuextCmd.COPY_PAGE:
@@ -741,7 +875,7 @@ def _with_writable(vcpu: Vcpu, mfn: int, fn) -> int:
 def set_ldt(vcpu: Vcpu, base: int, ents: int) -> int:
     """MMUEXT_SET_LDT: page-aligned base, at most 8192 entries, inside guest space."""
     dom = vcpu.domain
-    if base & 0xFFF or ents > 8192 or (ents and base + ents * 8 > dom.geo.hv_start):
+    if base & 0xFFF or ents > 8192 or (ents and not dom.geo.guest_range_ok(base, ents * 8)):
         return EINVAL
     vcpu.ldt_base, vcpu.ldt_ents = base, ents
     if ents:

@@ -168,7 +168,7 @@ def do_poll(vcpu: Vcpu, arg: int) -> int:
         return EFAULT
     if p.nr_ports > MAX_POLL_PORTS:
         return EINVAL
-    if p.ports + 4 * p.nr_ports > dom.geo.hv_start:      # guest_handle_okay
+    if not dom.geo.guest_range_ok(p.ports, 4 * p.nr_ports):      # guest_handle_okay
         return EFAULT
     if local_events_need_delivery(vcpu):
         return 0
@@ -297,5 +297,12 @@ def decode_sched_op_compat(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> Any:
     return {"cmd": cmd, "arg": arg}
 
 
+def do_set_timer_op64(vcpu: Vcpu, timeout: int, *_: int) -> int:
+    """set_timer_op(u64 timeout) of the 64-bit ABI: one register."""
+    return do_set_timer_op(vcpu, timeout & 0xFFFFFFFF, timeout >> 32)
+
+
 def decode_set_timer_op(vcpu: Vcpu, lo: int, hi: int, *_: int) -> Any:
+    if vcpu.word == 8:
+        return {"deadline_ns": lo}
     return {"deadline_ns": lo | (hi << 32)}

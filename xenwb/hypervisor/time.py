@@ -86,7 +86,7 @@ def update_secondary_time(dom: Domain, v: Vcpu) -> None:
     """The copy of vcpu_time_info at the guest address VCPUOP_register_vcpu_time_memory_area
     gave (update_secondary_system_time, for the guest's vDSO): written through the kernel's
     tables with the same version protocol; a fault is ignored."""
-    va = getattr(v, "time_area", None)
+    va = v.time_area
     if not va:
         return
     T = dom.abi.vcpu_time_info

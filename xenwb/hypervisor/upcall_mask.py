@@ -64,7 +64,7 @@ class MaskObserver:
         if new == old:
             return
         block, block_size = v.clock.last_block
-        pc = v.cpu.eip
+        pc = v.cpu.pc
         eip = store_site(v, pc, block, block_size, size)
         if pc == block and block_size:
             v.cpu.sync_pc_in(block, block + block_size)    # exact from now on, whatever it decoded

@@ -50,6 +50,9 @@ class Vcpu:
         self.failsafe_cs = self.failsafe_eip = 0
         self.failsafe_mask = False
         self.callbacks: dict[int, tuple[int, int, int]] = {}
+        # the syscall/sysenter callbacks and their mask-events flags (struct pv_vcpu)
+        self.syscall_eip = self.syscall32_eip = self.sysenter_eip = 0
+        self.syscall_mask = self.syscall32_mask = self.sysenter_mask = False
         self.kernel_ss = self.kernel_sp = 0
         self.iopl = 0
         self.virtual_ts = False
@@ -87,6 +90,7 @@ class Vcpu:
         self.poll_ports: list[int] | None = None
         self.poll_deadline: int | None = None
         self.runstate_area: int | None = None
+        self.time_area: int | None = None      # VCPUOP_register_vcpu_time_memory_area (a guest VA)
         self.vcpu_info_registered = False
         self.iobitmap: tuple[int, int] | None = None
         self.runstate_state = 3          # RUNSTATE_offline until brought up
@@ -136,7 +140,7 @@ class Vcpu:
         self._after_guest_exit()
 
     def _on_invalid(self, uc, _ud) -> bool:
-        self.clock.settle(self.cpu.eip)         # the invalid instruction did not complete
+        self.clock.settle(self.cpu.pc)         # the invalid instruction did not complete
         self._guarded("an invalid opcode", self._invalid)
         return True
 

@@ -11,8 +11,10 @@ from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, ShutdownReason, VcpuOp
 from xenwb.hypervisor import sched
 from xenwb.hypervisor.descriptors import set_gdt
+from xenwb.hypervisor.emulate import pv_fixup_guest_cr4
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.mm import MMError, PageType, set_ldt
+from xenwb.hypervisor.paging import canonical
 from xenwb.hypervisor.state import TrapInfo, VcpuState
 from xenwb.hypervisor.time import account_runstate, runstate_info, update_runstate_area, update_vcpu_time
 from xenwb.hypervisor.traps import EFLAGS_VM
@@ -41,6 +43,8 @@ def do_vcpu_op(vcpu: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
     L = dom.abi
     try:
         if cmd == VcpuOp.initialise:
+            if dom.is_64:
+                return vcpu_initialise64(dom, target, arg, vcpu)
             return vcpu_initialise(dom, target, arg, vcpu)
         if cmd == VcpuOp.up:
             return vcpu_up(dom, target, vcpu)
@@ -52,13 +56,22 @@ def do_vcpu_op(vcpu: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
             vcpu.write_virt(arg, bytes(runstate_info(dom, target)))
             return 0
         if cmd == VcpuOp.register_runstate_memory_area:
-            # compat: a 32-bit handle; the whole area must be below the hypervisor range
+            # a guest handle (compat: 32 bits); the area must lie in guest space (guest_handle_okay)
             a = _rd(vcpu, arg, L.vcpu_register_runstate_memory_area)
-            addr = a.addr & 0xFFFFFFFF
-            if addr + L.vcpu_runstate_info.size() > dom.geo.hv_start:
+            addr = a.addr & ((1 << (8 * vcpu.word)) - 1)
+            if addr and not dom.geo.guest_range_ok(addr, L.vcpu_runstate_info.size()):
                 return EFAULT
             target.runstate_area = addr or None
             update_runstate_area(dom, target)
+            return 0
+        if cmd == VcpuOp.register_vcpu_time_memory_area:
+            # arch_do_vcpu_op: a guest handle for a second vcpu_time_info, kept up to date
+            a = _rd(vcpu, arg, L.vcpu_register_time_memory_area)
+            addr = a.addr & ((1 << (8 * vcpu.word)) - 1)
+            if addr and not dom.geo.guest_range_ok(addr, L.vcpu_time_info.size()):
+                return EFAULT
+            target.time_area = addr or None
+            update_vcpu_time(dom, target, force=True)
             return 0
         if cmd == VcpuOp.set_periodic_timer:
             p = _rd(vcpu, arg, L.vcpu_set_periodic_timer).period_ns
@@ -93,8 +106,8 @@ def do_vcpu_op(vcpu: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
             return dom.unimplemented("vcpu_op send_nmi")
         if cmd == VcpuOp.get_physid:
             return EINVAL        # only the hardware domain's pinned vcpus have one
-        if cmd in (13, 14, 15):  # register_vcpu_time_memory_area, *_phys_area
-            return dom.unimplemented(f"vcpu_op command {cmd}")
+        if cmd in (14, 15):      # register_runstate/vcpu_time_phys_area: Xen 4.18 and later
+            return ENOSYS
     except GuestFault:
         return EFAULT
     return ENOSYS
@@ -114,6 +127,14 @@ def decode_vcpu_op(vcpu: Vcpu, cmd: int, vid: int, arg: int) -> dict[str, Any]:
     try:
         if cmd in layouts:
             out.update(_rd(vcpu, arg, layouts[VcpuOp(cmd)]).to_dict())
+        elif cmd == VcpuOp.initialise and vcpu.word == 8:
+            ctx = _rd(vcpu, arg, L.vcpu_guest_context)
+            r = ctx.user_regs
+            out["context"] = {"rip": f"{r.rip:#x}", "cs": f"{r.cs:#x}", "rsp": f"{r.rsp:#x}",
+                              "ss": f"{r.ss:#x}", "cr3": f"{ctx.ctrlreg[3]:#x}", "user_cr3": f"{ctx.ctrlreg[1]:#x}",
+                              "flags": ctx.flags, "event": f"{ctx.event_callback_eip:#x}",
+                              "kernel_sp": f"{ctx.kernel_ss:#x}:{ctx.kernel_sp:#x}", "gdt_ents": ctx.gdt_ents,
+                              "gs_base_kernel": f"{ctx.gs_base_kernel:#x}"}
         elif cmd == VcpuOp.initialise:
             ctx = _rd(vcpu, arg, L.vcpu_guest_context)
             r = ctx.user_regs
@@ -253,6 +274,104 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     update_vcpu_time(dom, v)
     dom.trace.emit(caller, "vcpu", "initialise", target=v.id, eip=r.eip, esp=r.esp, cr3_mfn=mfn)
     return 0
+
+
+def vcpu_initialise64(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
+    """VCPUOP_initialise with the native vcpu_guest_context (arch_set_info_guest,
+    xen/arch/x86/domain.c): -EEXIST once initialised; non-canonical RIP, RSP, kernel_sp,
+    LDT base, FS/GS bases, callback or trap addresses are -EINVAL; CS/SS/kernel_ss get RPL 3;
+    outside kernel mode a user L4 (ctrlreg[1]) is required; IOPL is virtualised and IF
+    forced on; the GDT frames and CR3 (and ctrlreg[1]) must validate. The vcpu starts in
+    kernel mode unless VGCF_in_kernel is clear, and stays down until VCPUOP_up."""
+    L = dom.abi.vcpu_guest_context
+    try:
+        ctx = L.parse(caller.read_virt(arg, L.size()))
+    except GuestFault:
+        return -Errno.EFAULT
+    if v.initialised:
+        return -Errno.EEXIST
+    r = ctx.user_regs
+    addrs = [r.rip, r.rsp, ctx.kernel_sp, ctx.fs_base, ctx.gs_base_kernel, ctx.gs_base_user,
+             ctx.event_callback_eip, ctx.syscall_callback_eip, ctx.failsafe_callback_eip]
+    if ctx.ldt_ents:
+        addrs.append(ctx.ldt_base)
+    if not all(canonical(a) for a in addrs) or not all(canonical(t.address) for t in ctx.trap_ctxt):
+        return -Errno.EINVAL
+    if not dom.geo.guest_range_ok(ctx.ldt_base, 1) and ctx.ldt_base:
+        return -Errno.EINVAL                          # __addr_ok
+    if ctx.ldt_base & 0xFFF or ctx.ldt_ents > 8192:
+        return -Errno.EINVAL
+    if (ctx.gdt_ents + 511) // 512 > 16 or ctx.gdt_ents > C.FIRST_RESERVED_GDT_ENTRY:
+        return -Errno.EINVAL
+    in_kernel = bool(ctx.flags & C.VGCF_in_kernel)
+    if not in_kernel and not ctx.ctrlreg[1]:
+        return -Errno.EINVAL
+    cr3 = ctx.ctrlreg[3] >> 12                       # xen_cr3_to_pfn
+    try:
+        dom.mm.get_root(cr3)
+    except MMError:
+        return -Errno.EINVAL
+    if not dom.mm.m2p_strict:
+        dom.mm.fill_ro_mpt(cr3)
+    old_cr3 = v.cr3_mfn
+    v.cr3_mfn = cr3
+    if ctx.gdt_ents:
+        rc = set_gdt(v, list(ctx.gdt_frames)[: (ctx.gdt_ents + 511) // 512], ctx.gdt_ents)
+        if rc:
+            dom.mm.put_root(cr3)
+            v.cr3_mfn = old_cr3
+            return rc
+    user = ctx.ctrlreg[1] >> 12
+    if user:
+        try:
+            dom.mm.get_root(user)
+        except MMError:
+            dom.mm.put_root(cr3)
+            v.cr3_mfn = old_cr3
+            return -Errno.EINVAL
+        if dom.mm.m2p_strict:
+            dom.mm.zap_ro_mpt(user)
+        v.user_cr3_mfn = user
+    v.kernel_mode = in_kernel
+    v.cpu.start_paging(v.active_top_mfn)
+    if ctx.ldt_ents:
+        set_ldt(v, ctx.ldt_base, ctx.ldt_ents)
+    v.trap_ctxt = [None] * 256
+    for i, ti in enumerate(ctx.trap_ctxt):            # memcpy: by position
+        if ti.address or ti.cs & ~3:
+            v.trap_ctxt[i] = TrapInfo(i, ti.flags, fix3(ti.cs), ti.address)
+    v.event_eip, v.failsafe_eip, v.syscall_eip = (ctx.event_callback_eip, ctx.failsafe_callback_eip,
+                                                  ctx.syscall_callback_eip)
+    v.failsafe_mask = bool(ctx.flags & C.VGCF_failsafe_disables_events)
+    v.syscall_mask = bool(ctx.flags & C.VGCF_syscall_disables_events)
+    v.kernel_ss, v.kernel_sp = fix3(ctx.kernel_ss), ctx.kernel_sp
+    v.debugreg = list(ctx.debugreg)
+    v.iopl = (r.rflags >> 12) & 3
+    v.set_virtual_ts(bool(ctx.ctrlreg[0] & 8))
+    v.cr4 = pv_fixup_guest_cr4(ctx.ctrlreg[4])
+    cpu = v.cpu
+    for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+                 "r15"):
+        cpu.set_reg(name, getattr(r, name))
+    for seg in ("ds", "es", "fs", "gs"):
+        sel = getattr(r, seg)
+        cpu.set_reg(seg, sel if _loadable(v, sel) else 0)
+    # load_segments: the bases from the context, the active GS one for the starting mode
+    v.gs_base_kernel, v.gs_base_user = ctx.gs_base_kernel, ctx.gs_base_user
+    cpu.fs_base = ctx.fs_base
+    cpu.gs_base, cpu.shadow_gs_base = ((ctx.gs_base_kernel, ctx.gs_base_user) if in_kernel
+                                       else (ctx.gs_base_user, ctx.gs_base_kernel))
+    rflags = (r.rflags & 0x3F7FD7 & ~(3 << 12)) | (1 << 9) | 2
+    v.exit_to(r.rip, fix3(r.cs), rflags, r.rsp, fix3(r.ss), sysret=False)
+    v.initialised = True
+    update_vcpu_time(dom, v)
+    dom.trace.emit(caller, "vcpu", "initialise", target=v.id, rip=r.rip, rsp=r.rsp, cr3_mfn=cr3)
+    return 0
+
+
+def fix3(sel: int) -> int:
+    """__fixup_guest_selector for a 64-bit guest: an RPL below 3 becomes 3."""
+    return sel if sel & 3 == 3 else (sel & ~3) | 3
 
 
 def fix_code(sel: int) -> int:

@@ -25,8 +25,19 @@ def capabilities(vcpu: Vcpu) -> str:
     return "xen-3.0-x86_32"
 
 
+# Xen 4.17's XENVER_get_features for a 64-bit PV domU (common/kernel.c): 0x220e0
+FEATURES_PV64 = ((1 << XenFeat.mmu_pt_update_preserve_ad) | (1 << XenFeat.highmem_assist)
+                 | (1 << XenFeat.gnttab_map_avail_bits) | (1 << XenFeat.memory_op_vnode_supported)
+                 | (1 << XenFeat.direct_mapped))
+
+
 def features(vcpu: Vcpu) -> int:
     """XENFEAT bits a PV domU sees (kernel.c: xenver_get_features)."""
+    if vcpu.word == 8:
+        f = FEATURES_PV64
+        if vcpu.domain.vm_assist & (1 << C.Vmasst.pae_extended_cr3):
+            f |= 1 << XenFeat.pae_pgdir_above_4gb
+        return f
     f = 0
     for b in (XenFeat.mmu_pt_update_preserve_ad, XenFeat.highmem_assist, XenFeat.gnttab_map_avail_bits,
               XenFeat.memory_op_vnode_supported, XenFeat.direct_mapped, XenFeat.runstate_phys_area,
@@ -78,7 +89,7 @@ def do_xen_version(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         return _str(vcpu, arg, CHANGESET, 64)
     if cmd == XenVer.platform_parameters:
         try:
-            vcpu.write_virt(arg, struct.pack("<I", dom.geo.hv_start))
+            vcpu.write_ulong(arg, dom.geo.hv_start)     # xen_platform_parameters.virt_start
         except GuestFault:
             return EFAULT
         return 0
@@ -128,9 +139,15 @@ VMASST_VALID_PV32 = ((1 << Vmasst.four_gb_segments) | (1 << Vmasst.four_gb_segme
                      | (1 << Vmasst.architectural_iopl) | (1 << Vmasst.runstate_update_flag))
 
 
+# asm/domain.h PV64_VM_ASSIST_MASK: the PV32 ones (harmless on 64-bit) and m2p_strict
+VMASST_VALID_PV64 = VMASST_VALID_PV32 | (1 << Vmasst.m2p_strict)
+
+
 def do_vm_assist(vcpu: Vcpu, cmd: int, vtype: int, *_: int) -> int:
+    """common/domain.c do_vm_assist: type < BITS_PER_LONG and in the domain's valid mask."""
     dom = vcpu.domain
-    if vtype >= 32 or not (VMASST_VALID_PV32 >> vtype) & 1:   # BITS_PER_LONG of a PV32 guest
+    valid, bits = (VMASST_VALID_PV64, 64) if dom.is_64 else (VMASST_VALID_PV32, 32)
+    if vtype >= bits or not (valid >> vtype) & 1:
         return EINVAL
     if cmd == C.VMASST_CMD_enable:
         dom.vm_assist |= 1 << vtype
@@ -138,6 +155,7 @@ def do_vm_assist(vcpu: Vcpu, cmd: int, vtype: int, *_: int) -> int:
         dom.vm_assist &= ~(1 << vtype)
     else:
         return ENOSYS
+    dom.mm.m2p_strict = bool(dom.vm_assist & (1 << Vmasst.m2p_strict))
     return 0
 
 
