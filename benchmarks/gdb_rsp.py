@@ -34,8 +34,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
-from gdbstub.client import XenwbProcess  # noqa: E402
+from support.client import XenwbProcess  # noqa: E402
 
 BOOT_S = r"""
         .section .multiboot, "a"

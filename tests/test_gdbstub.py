@@ -13,8 +13,7 @@ import signal
 import time
 
 import pytest
-
-from gdbstub.client import XenwbProcess
+from support.client import XenwbProcess
 
 pygdbmi = pytest.importorskip("pygdbmi.gdbcontroller")
 GDB = shutil.which("gdb")

@@ -12,12 +12,14 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from support.client import RspClient, XenwbProcess
 
 from gdbstub import rsp
-from gdbstub.client import RspClient, XenwbProcess
+from gdbstub.protocol import PACKET_SIZE
 from gdbstub.server import parse_address
-from gdbstub.session import PACKET_SIZE
-from gdbstub.target import G_SIZE, REGISTERS, TARGET_XML
+from gdbstub.target import I386
+
+REGISTERS, G_SIZE, TARGET_XML = I386.registers, I386.g_size, I386.xml
 
 
 # ----------------------------------------------------------------------------------- framing
@@ -340,7 +342,7 @@ def test_cli_options_and_interrupt(xenwb):
     import subprocess
     import sys
 
-    from gdbstub.client import REPO
+    from support.client import REPO
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
     def run(*args: str) -> subprocess.CompletedProcess:
