@@ -13,8 +13,10 @@ gdb reads the map once per connection and, with a map present, refuses accesses 
 (new mappings appear; Linux's vmalloc, modules, user space), so the unmapped space of the
 guest's part of the address space is listed too, as ``ram`` (an access there is answered
 by the stub, with an error while nothing is mapped): the map tells gdb what is read-only,
-and never makes a later mapping unreachable. The document is bounded: beyond MAX_REGIONS
-regions the closest neighbours are merged (as ``ram``, which only lifts gdb's restrictions).
+and never makes a later mapping unreachable. gdb refuses to write ``rom`` regions: to patch
+a read-only page from gdb, drop the map first (`delete mem`: every address is then RAM to
+gdb again). The document is bounded: beyond MAX_REGIONS regions, adjacent ``ram`` regions
+are merged, then the smallest ``rom`` ones become ``ram`` (which only lifts restrictions).
 """
 
 from __future__ import annotations

@@ -65,6 +65,8 @@ class Runner(Interface):
     def start(self, mode: str, vcpu: int | None, *, start: int, end: int, run: set[int] | None,
               signal: int) -> None: ...
 
+    def interrupt(self) -> None: ...
+
 
 class Protocol:
     """Packet semantics for one connected gdb: `handle` answers one packet, `report` sends
@@ -466,7 +468,7 @@ class Protocol:
     def vcont(self, spec: bytes) -> bytes | None:
         """vCont;ACTION[:TID]...: the leftmost action that applies to a vcpu wins."""
         nv = len(self.vcpus)
-        actions: list[tuple[bytes, bytes, int]] = []     # (action, args, vcpu or ALL)
+        actions: list[tuple[bytes, bytes, int | None]] = []     # (action, args, vcpu; None: every vcpu)
         for item in spec.split(b";"):
             act, _, thr = item.partition(b":")
             if not act:
@@ -479,17 +481,17 @@ class Protocol:
             if letter == b"r":
                 lo, hi = (parse_hex(x) for x in act[1:].split(b","))
                 act = b"r%x,%x" % (lo, hi)
-            who = ALL_THREADS
+            who = None
             if thr:
                 tid = parse_tid(thr)
                 if not self._valid_tid(tid):
                     return E_INVAL
-                who = tid if tid in (ALL_THREADS, ANY_THREAD) else vcpu_of(tid)
+                who = None if tid in (ALL_THREADS, ANY_THREAD) else vcpu_of(tid)
             actions.append((letter, act[1:], who))
         per: dict[int, tuple[bytes, bytes]] = {}
         for vid in range(nv):
             for letter, args, who in actions:
-                if who in (ALL_THREADS, ANY_THREAD) or who == vid:
+                if who is None or who == vid:
                     per[vid] = (letter, args)
                     break
         steppers = [v for v, (a, _) in per.items() if a in b"sS"]
@@ -514,7 +516,7 @@ class Protocol:
         return None
 
     def ctrl_c(self) -> bytes:
-        self.ctl.interrupt()
+        self.runner.interrupt()
         return b"OK"
 
     # -- stop replies ----------------------------------------------------------------------------------------

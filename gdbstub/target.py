@@ -8,7 +8,7 @@ gdb numbers registers in the order of the description, which is also the order o
   fooff fop), ``org.gnu.gdb.i386.sse`` (xmm0-xmm7, mxcsr: gdb refuses an i386 description
   without it), ``org.gnu.gdb.i386.linux`` (orig_eax) and ``org.gnu.gdb.i386.sys`` (cr0, cr2,
   cr3, cr4).
-* amd64 (64-bit PV guests), 68 registers: the core in gdb's amd64 order (rax rbx rcx rdx rsi
+* amd64 (64-bit PV guests), 67 registers: the core in gdb's amd64 order (rax rbx rcx rdx rsi
   rdi rbp rsp r8-r15, rip, eflags, the six selectors, the x87 registers), sse with
   xmm0-xmm15 and mxcsr, ``org.gnu.gdb.i386.linux`` (orig_rax), ``org.gnu.gdb.i386.segments``
   (fs_base, gs_base: the feature gdb's amd64 code takes them from) and
