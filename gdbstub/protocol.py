@@ -90,20 +90,21 @@ class Protocol:
         self._regs: dict[int, bytes] = {}
         self._memmap = b""
         self.stats: dict[bytes, list[float]] | None = {} if os.environ.get("XENWB_GDB_STATS") else None
-        self._resumed: tuple[bytes, float] | None = None
+        self._resumed: tuple[bytes, float] | None = None     # stats: the resume waiting for its stop
+        self._packet: tuple[bytes, float] = (b"", 0.0)         # stats: the packet being handled
+        self._started = False                                  # this packet resumed the machine
 
     # -- dispatch ---------------------------------------------------------------------------------
     def handle(self, pkt: bytes) -> None:
         """Answer one packet (a resume's answer is the stop reply that `report` sends)."""
-        t0 = time.perf_counter() if self.stats is not None else 0.0
+        self._started = False
+        if self.stats is not None:
+            self._packet = (stat_key(pkt), time.perf_counter())
         reply = self.dispatch(pkt)
         if reply is not None:
             self.link.send(reply)
-        if self.stats is not None:
-            if self.waiting:                    # a resume: counted until its stop reply
-                self._resumed = (stat_key(pkt), t0)
-            else:
-                self.count(stat_key(pkt), time.perf_counter() - t0)
+        if self.stats is not None and not self._started:   # a resume is counted until its stop reply
+            self.count(self._packet[0], time.perf_counter() - self._packet[1])
 
     def dispatch(self, pkt: bytes) -> bytes | None:
         if not pkt:
@@ -439,12 +440,19 @@ class Protocol:
     def _resume(self, mode: str, vid: int | None = None, *, start: int = 0, end: int = 0,
                 run: set[int] | None = None, signal: int = 0) -> None:
         self._regs.clear()
-        self.runner.start(mode, vid, start=start, end=end, run=run, signal=signal)
-        self.waiting = True
+        self._started = self.waiting = True     # before the hand-over: the stop may be reported at once
+        self._resumed = self._packet if self.stats is not None else None
+        try:
+            self.runner.start(mode, vid, start=start, end=end, run=run, signal=signal)
+        except BaseException:
+            self._started = self.waiting = False
+            self._resumed = None
+            raise
 
     def _set_pc(self, addr: int | None) -> None:
         if addr is not None:
-            set_guest_regs(self.vcpus[self._vcpu_id(self.c_thread)], eip=self._address(addr))
+            pc = self.arch.registers[self.arch.pc].frame or "eip"
+            set_guest_regs(self.vcpus[self._vcpu_id(self.c_thread)], **{pc: self._address(addr)})
 
     def cont(self, addr: int | None = None) -> None:
         self._set_pc(addr)
@@ -553,17 +561,20 @@ class Protocol:
         return b"".join(out)
 
     def report(self, ev: StopEvent) -> None:
-        """A stop while gdb waited: tell it (console lines first for a crash or an error)."""
-        self.waiting = False
+        """A stop while gdb waited: tell it (console lines first for a crash or an error).
+        Called from the machine thread: gdb may answer as soon as the reply is out, so the
+        state is settled (and `waiting` cleared) before it is sent."""
         self._regs.clear()
         if ev.vcpu is not None and ev.vcpu < len(self.vcpus):
             self.g_thread = self.c_thread = tid_of(ev.vcpu)
         if ev.kind in CONSOLE_KINDS and ev.detail:
             self.link.send(b"O" + f"xenwb: {ev.detail.rstrip()}\n".encode().hex().encode())
-        self.link.send(self.stop_reply(ev))
+        reply = self.stop_reply(ev)
         if self._resumed is not None:
             self.count(self._resumed[0], time.perf_counter() - self._resumed[1])
             self._resumed = None
+        self.waiting = False
+        self.link.send(reply)
 
     # -- ending ----------------------------------------------------------------------------------------------
     def detach(self, pid: int | None = None) -> None:

@@ -29,6 +29,7 @@ from xenwb.machine import RunResult, StopReason
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
+    from xenwb.session import Session
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
@@ -103,6 +104,8 @@ def connect_hint(shown: str) -> str:
 
 
 class GdbServer:
+    """Listens on host:port and serves one gdb connection after the other on a Controller."""
+
     def __init__(self, debugger: Controller, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  resume_when_idle: bool = True) -> None:
         self.dbg = debugger
@@ -126,6 +129,8 @@ class GdbServer:
         return self.address[1]
 
     def _on_stop(self, ev: StopEvent) -> None:
+        if self.session is not None:          # the session reports its own stops
+            return
         try:
             os.write(self._wake_w, b"!")
         except OSError:
@@ -258,7 +263,7 @@ def serve(ctl: Controller, address: str | None = None, *, wait: bool = False,
 class GdbRun:
     """For the CLI: looks like a xenwb.session.Session whose run() serves gdb."""
 
-    def __init__(self, session, address: str | None, *, wait: bool = False) -> None:
+    def __init__(self, session: Session, address: str | None, *, wait: bool = False) -> None:
         self.session = session
         self.address = address
         self.wait = wait

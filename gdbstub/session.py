@@ -1,11 +1,11 @@
 """One gdb connection: the transport (gdbstub/transport.py) and the protocol
 (gdbstub/protocol.py) in one loop, and the thread the machine runs in.
 
-The session's own thread only talks to gdb; the machine runs in another thread, so the
-session always hears gdb (a Ctrl-C reaches a running guest at once, whatever loop it spins
-in). While gdb waits for a stop reply the session watches both the socket and a wake-up
-pipe. Bytes are handled in the order they arrived: a 0x03 that follows a `c` in the same
-TCP segment interrupts the run that `c` started. Nothing a peer sends can raise out of here.
+The session's own thread only listens to gdb; the machine runs in another thread, which
+sends the stop replies, so the session always hears gdb (a Ctrl-C reaches a running guest at
+once, whatever loop it spins in) and a stop costs no wake-up of the session. Bytes are
+handled in the order they arrived: a 0x03 that follows a `c` in the same TCP segment
+interrupts the run that `c` started. Nothing a peer sends can raise out of here.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gdbstub.protocol import E_PERM, PACKET_SIZE, Protocol
@@ -28,20 +29,21 @@ if TYPE_CHECKING:
 
 
 class MachineThread:
-    """Runs the machine for one connection in one long-lived thread, through Controller.run.
+    """Runs the machine for one connection in one long-lived thread, and reports each stop
+    from there (`on_stop`: the stop reply goes out at once, without waking the session).
 
-    A resume is a hand-off to a waiting thread (~10 us) instead of a thread started per
-    resume (Controller.resume: 0.3-0.5 ms here, as long as a whole stepi round trip). Only
-    a resume that holds some vcpus (gdb's scheduler-locking) uses Controller.resume, the one
-    entry point that takes the set of vcpus to run."""
+    A resume is one hand-off to a waiting thread (~10 us idle) instead of a thread started
+    per resume (Controller.resume: 0.3-0.5 ms here, as long as a whole stepi round trip);
+    on a loaded machine every hand-off also waits for a scheduler slot, so there is one per
+    resume. A resume that holds some vcpus (gdb's scheduler-locking) goes through
+    Controller.resume, the entry point that takes the set of vcpus to run, and waits."""
 
-    def __init__(self, ctl: Controller, wake_fd: int) -> None:
+    def __init__(self, ctl: Controller, on_stop: Callable[[StopEvent | DebugError], None]) -> None:
         self.ctl = ctl
-        self._wake_fd = wake_fd
-        self._jobs: queue.SimpleQueue[tuple[str, int | None, int, int, int] | None] = queue.SimpleQueue()
-        self._result: StopEvent | DebugError | None = None
+        self.on_stop = on_stop
+        self._jobs: queue.SimpleQueue[tuple[str, int | None, int, int, set[int] | None, int] | None] = \
+            queue.SimpleQueue()
         self._busy = False
-        self._via_controller = False
         self._thread = threading.Thread(target=self._loop, name="xenwb-gdb-machine", daemon=True)
         self._thread.start()
 
@@ -49,26 +51,14 @@ class MachineThread:
               signal: int = 0) -> None:
         if self.ctl.running or self._busy:
             raise DebugError("the machine is already running")
-        self._result = None
-        self._via_controller = run is not None
-        if run is not None:
-            self.ctl.resume(mode, vcpu, start=start, end=end, run=run, signal=signal)
-        else:
-            self._busy = True
-            self._jobs.put((mode, vcpu, start, end, signal))
-
-    def take(self) -> StopEvent | DebugError | None:
-        """The stop of the last resume, once it happened."""
-        if self._via_controller:
-            return self.ctl.take_stop()
-        r, self._result = self._result, None
-        return r
+        self._busy = True
+        self._jobs.put((mode, vcpu, start, end, run, signal))
 
     def interrupt(self) -> None:
         """Stop the machine (gdb's Ctrl-C). A resume handed over but not yet begun is let
         begin first, so that the interrupt cannot miss it."""
         deadline = time.monotonic() + 2.0
-        while self._busy and self._result is None and not self.ctl.running and time.monotonic() < deadline:
+        while self._busy and not self.ctl.running and time.monotonic() < deadline:
             time.sleep(0.0002)
         self.ctl.interrupt()
 
@@ -77,17 +67,22 @@ class MachineThread:
             job = self._jobs.get()
             if job is None:
                 return
-            mode, vcpu, start, end, signal = job
+            mode, vcpu, start, end, run, signal = job
+            result: StopEvent | DebugError
             try:
-                result: StopEvent | DebugError = self.ctl.run(mode, vcpu, start=start, end=end, signal=signal)
+                if run is None:
+                    result = self.ctl.run(mode, vcpu, start=start, end=end, signal=signal)
+                else:
+                    self.ctl.resume(mode, vcpu, start=start, end=end, run=run, signal=signal)
+                    self.ctl.wait()
+                    result = self.ctl.take_stop() or self.ctl.last_stop
             except DebugError as e:          # another front end resumed it meanwhile
                 result = e
-            self._result = result
             self._busy = False
             try:
-                os.write(self._wake_fd, b"!")
-            except OSError:
-                pass
+                self.on_stop(result)
+            except Exception:                # never lose the thread: the session goes on
+                traceback.print_exc()
 
     def close(self, timeout: float = 5.0) -> bool:
         """End the thread; True once it has ended."""
@@ -106,21 +101,28 @@ class GdbSession:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.runner = MachineThread(ctl, self._wake_w)
+        self.runner = MachineThread(ctl, self._stopped)
         self.protocol = Protocol(ctl, self.transport, self.runner)
         self.outcome = ""
         self._aborted = False
-        ctl.add_listener(self._on_stop)
 
     @property
     def saw_postmortem(self) -> bool:
         return self.protocol.saw_postmortem
 
-    def _on_stop(self, ev: StopEvent) -> None:        # any thread
-        try:
-            os.write(self._wake_w, b"!")
-        except OSError:
-            pass
+    def _stopped(self, result: StopEvent | DebugError) -> None:
+        """The machine thread's report of the stop gdb waits for (sent from that thread: the
+        session's own thread sleeps until gdb speaks again)."""
+        if isinstance(result, DebugError):
+            self.protocol.waiting = False
+            self.transport.send(E_PERM)
+        else:
+            self.protocol.report(result)
+        if self.ctl.finished:                 # the session changes how it waits: wake it
+            try:
+                os.write(self._wake_w, b"!")
+            except OSError:
+                pass
 
     def abort(self) -> None:
         """End the session from elsewhere (the server is stopping): any thread or a signal handler."""
@@ -148,14 +150,6 @@ class GdbSession:
         if p.waiting:
             if t.interrupt_first():
                 self.runner.interrupt()
-            stop = self.runner.take()
-            if stop is not None:
-                if isinstance(stop, DebugError):
-                    p.waiting = False
-                    t.send(E_PERM)
-                else:
-                    p.report(stop)
-                return
         else:
             ev = t.pop()
             if ev is not None:
@@ -192,7 +186,6 @@ class GdbSession:
         p = self.protocol
         self.outcome = self.outcome or p.outcome or "disconnected"
         p.print_stats()
-        self.ctl.remove_listener(self._on_stop)
         try:
             if self.outcome in ("disconnected", "shutdown") and not self.ctl.finished:
                 if self.ctl.running or p.waiting:

@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import sys
+import threading
 from collections import deque
 
 from gdbstub.rsp import Event, PacketReader, frame
@@ -38,6 +39,7 @@ class Transport:
         self.closed = False
         self.queue: deque[Event] = deque()
         self._last_sent: bytes | None = None
+        self._send_lock = threading.Lock()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -58,7 +60,8 @@ class Transport:
 
     def _send_raw(self, data: bytes) -> None:
         try:
-            self.sock.sendall(data)
+            with self._send_lock:           # stop replies come from the machine thread
+                self.sock.sendall(data)
         except OSError as e:
             log(f"send failed: {e}")
             self.closed = True
