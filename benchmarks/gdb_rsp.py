@@ -14,10 +14,11 @@ and a 1 MiB buffer that the reads go through): as a multiboot kernel under Debia
 qemu-system-i386 (`-gdb tcp:127.0.0.1:PORT -S -display none -nographic`, i.e. qemu's `-s -S`
 on a loopback port), and as a Xen PV kernel (Xen notes, hypercall page) under
 `xenwb run KERNEL --gdb 127.0.0.1:PORT --wait`. Stepping starts at work() on both.
-Prints figures and ratios (xenwb / QEMU, goal >= 0.8), and where the stub's time goes per
-packet kind (XENWB_GDB_STATS). No pass/fail.
+Prints figures and ratios (xenwb / QEMU; goals on an idle machine: stepi and 64 KiB reads
+>= 1.0, 64-byte reads >= 0.8), the machine's load average before and after, and where the
+stub's time goes per packet kind (XENWB_GDB_STATS). No pass/fail.
 
-    python3 benchmarks/gdb_rsp.py [--steps 2000] [--rounds 2]
+    python3 benchmarks/gdb_rsp.py [--steps 3000] [--batches 20]
 """
 
 from __future__ import annotations
@@ -349,6 +350,7 @@ def main() -> int:
             print(f"gdb_rsp: needs {tool}", file=sys.stderr)
             return 2
     qemu = ensure_qemu()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="xenwb-gdb-bench-") as tmp:
         mb_kernel, pv_kernel = build_kernels(Path(tmp))
         script = Path(tmp) / "bench_gdb.py"
@@ -360,7 +362,9 @@ def main() -> int:
         print("QEMU: " + subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0])
     print(f"{a.steps} stepi, {a.chunks} x 64 KiB reads, {a.small} x 64-byte reads per target, "
           f"in {a.batches} alternating batches")
-    print(f"loopback TCP ping-pong floor on this machine: {loopback_floor():.0f} us per round trip\n")
+    print(f"loopback TCP ping-pong floor on this machine: {loopback_floor():.0f} us per round trip")
+    print(f"load average (1 min) before and after: {load_before[0]:.2f}, {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs (more than ~0.3 and the ratios swing: run it again)\n")
     rows = [("stepi round trips / s", "stepi", "{:10.0f}"),
             ("memory read, MB/s (64 KiB reads)", "read_MBps", "{:10.2f}"),
             ("small reads / s (64 bytes)", "small_reads", "{:10.0f}")]
@@ -374,7 +378,8 @@ def main() -> int:
         print("\n(QEMU not measured: install Debian's qemu-system-x86)")
     if stats:
         print("\nwhere xenwb's stub spends its time (stub side only, from reading a packet to sending its reply;")
-        print("for vCont;s the step itself; the rest of a round trip is gdb and the kernel's loopback):")
+        print("for vCont;s until the stop reply: the step and the hand-over to the machine thread; the rest of a")
+        print("round trip is gdb and the kernel's loopback; on a loaded machine, waiting for a CPU too):")
         print(stats)
         line = f"\none stepi as gdb sees it: {1e6 / best['stepi']:.0f} us (xenwb)"
         if qemu:

@@ -28,6 +28,7 @@ from gdbstub.threads import ThreadList, describe, tid_of, vcpu_of
 from gdbstub.transport import log
 from xenwb.control import POSTMORTEM_KINDS, DebugError, StopEvent, StopKind
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.paging import translate
 from xenwb.hypervisor.traps import set_guest_regs
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class Protocol:
         self.threads = ThreadList()
         self._regs: dict[int, bytes] = {}
         self._memmap = b""
+        self._tlb: dict[tuple[int, int], int | None] = {}      # (vcpu, page) -> machine address, this stop
+        self._tlb_stop: StopEvent | None = None
         self.stats: dict[bytes, list[float]] | None = {} if os.environ.get("XENWB_GDB_STATS") else None
         self._resumed: tuple[bytes, float] | None = None     # stats: the resume waiting for its stop
         self._packet: tuple[bytes, float] = (b"", 0.0)         # stats: the packet being handled
@@ -252,11 +255,44 @@ class Protocol:
             mem = self.machine.domain.mem
             data = b"".join(mem.read(m, k) for m, k in self._phys_chunks(addr, length))
         else:
-            data = self.ctl.read_memory(self._mem_vcpu(), addr, length)
+            data = self._virt_read(self._mem_vcpu(), addr, length)
         return data.hex().encode() if data else E_FAULT
+
+    def _virt_read(self, vid: int, addr: int, n: int) -> bytes:
+        """Controller.read_memory (any mapped byte, Xen's range included, up to the first
+        hole), keeping this stop's page translations: while the machine is stopped the tables
+        change only through the debugger's own writes, which drop them (and so does every
+        new stop, whichever front end made it)."""
+        ctl = self.ctl
+        if ctl.running:
+            return ctl.read_memory(vid, addr, n)
+        if ctl.last_stop is not self._tlb_stop:
+            self._tlb.clear()
+            self._tlb_stop = ctl.last_stop
+        dom = self.machine.domain
+        mem, mask = dom.mem, dom.geo.va_mask
+        if addr > mask:
+            return b""
+        n = min(n, mask + 1 - addr)
+        out = []
+        pos = 0
+        while pos < n:
+            cur = addr + pos
+            off = cur & 0xFFF
+            k = min(n - pos, PAGE - off)
+            key = (vid, cur - off)
+            base = self._tlb.get(key, -1)
+            if base == -1:
+                base = self._tlb[key] = translate(mem, dom.mode, self.vcpus[vid].cr3_mfn, cur - off)
+            if base is None or not mem.valid(base + off, k):
+                break
+            out.append(mem.read(base + off, k))
+            pos += k
+        return b"".join(out)
 
     def _write(self, addr: int, length: int, data: bytes) -> bytes:
         addr = self._address(addr)
+        self._tlb.clear()                                # the write may change a pagetable
         if len(data) != length:
             return E_INVAL
         if not length:
@@ -404,6 +440,7 @@ class Protocol:
         if self.ctl.running:
             return E_PERM
         line = command.decode("utf-8", "replace")
+        self._tlb.clear()                                # a command may write guest memory
         try:
             ok, text = self.machine.commands.execute(self.machine, line)
         except Exception as e:               # a plugin's bug: report, do not crash

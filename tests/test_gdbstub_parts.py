@@ -25,6 +25,7 @@ from gdbstub.threads import ThreadList
 from xenwb.abi import constants as C
 from xenwb.control import Controller
 from xenwb.examples import resolve_guest
+from xenwb.hypervisor.paging import walk
 from xenwb.hypervisor.vcpu import VcpuState
 from xenwb.machine import Machine
 
@@ -142,6 +143,27 @@ def test_physical_memory_mode(proto, machine):
     assert proto.dispatch(b"m%x,4" % va) == b"cafef00d"                    # the same byte, seen virtually
     assert proto.dispatch(b"M%x,4:%s" % (va, old)) == b"OK"
     assert proto.dispatch(b"Qqemu.PhyMemMode:2") == E_INVAL
+
+
+def test_reads_follow_pagetable_writes(proto, machine):
+    """Reads keep the stop's translations, but a debugger write (here: a PTE) drops them."""
+    dom, v = machine.domain, machine.vcpus[0]
+    base = machine.layout.virt_base
+    x, y = base + 0x90 * 4096, base + 0x91 * 4096
+    olds = [proto.dispatch(b"m%x,4" % a) for a in (x, y)]
+    assert proto.dispatch(b"M%x,4:11111111" % x) == b"OK" and proto.dispatch(b"M%x,4:22222222" % y) == b"OK"
+    assert proto.dispatch(b"m%x,4" % x) == b"11111111"                   # x's translation is kept now
+    l1 = next(st for st in walk(dom.mem, dom.mode, v.cr3_mfn, x).steps if st.level == 1)
+    size = dom.mode.pte_size
+    pte_va = base + (dom.physmap.pfn(l1.table_mfn) << 12) + l1.index * size
+    y_mfn = walk(dom.mem, dom.mode, v.cr3_mfn, y).mfn
+    moved = (l1.pte & ~dom.mode.mfn_mask) | (y_mfn << 12)
+    assert proto.dispatch(b"M%x,%x:%s" % (pte_va, size, moved.to_bytes(size, "little").hex().encode())) == b"OK"
+    assert proto.dispatch(b"m%x,4" % x) == b"22222222"                   # through the new mapping
+    assert proto.dispatch(b"M%x,%x:%s" % (pte_va, size, l1.pte.to_bytes(size, "little").hex().encode())) == b"OK"
+    assert proto.dispatch(b"m%x,4" % x) == b"11111111"
+    for a, old in zip((x, y), olds, strict=True):
+        assert proto.dispatch(b"M%x,4:%s" % (a, old)) == b"OK"
 
 
 def test_addresses_follow_the_guest_width(proto):
