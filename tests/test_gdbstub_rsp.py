@@ -370,6 +370,8 @@ SAFE_CORPUS = [
     b"Hg0", b"Hg1", b"Hg-1", b"Hc-1", b"Hc1", b"Hgp1.1", b"Hz1", b"T1", b"T2", b"T-1", b"vCont?",
     b"vMustReplyEmpty", b"z0,c00028b0,1", b"z2,c0000000,4", b"z9,0,0", b"qL1200000000000000000",
     b"qGetTLSAddr:1,0,0", b"jThreadsInfo", b"x0,4", b"", b"\x00", b"}]", b"qXfer:features:read:target.xml:zz,1",
+    b"qXfer:memory-map:read::0,400", b"qXfer:memory-map:read::300,100", b"qXfer:exec-file:read:a410:0,fff",
+    b"qqemu.PhyMemMode", b"qqemu.Supported", b"qSupported:xmlRegisters=i386",
 ]
 DANGEROUS_FIRST = set(b"cCsSkDRrMXGPZiIA!bBtFQ")
 
