@@ -29,21 +29,30 @@ if TYPE_CHECKING:
 
 
 class MachineThread:
-    """Runs the machine for one connection in one long-lived thread, and reports each stop
-    from there (`on_stop`: the stop reply goes out at once, without waking the session).
+    """Runs the machine for one connection and reports each stop (`on_stop`: the stop reply
+    goes out at once, from the thread that saw the stop).
 
-    A resume is one hand-off to a waiting thread (~10 us idle) instead of a thread started
-    per resume (Controller.resume: 0.3-0.5 ms here, as long as a whole stepi round trip);
-    on a loaded machine every hand-off also waits for a scheduler slot, so there is one per
-    resume. A resume that holds some vcpus (gdb's scheduler-locking) goes through
-    Controller.resume, the entry point that takes the set of vcpus to run, and waits."""
+    A single step (or range step) runs in the caller's thread, the session's: no hand-off
+    at all, which on a loaded machine means no wait for a scheduler slot either. Meanwhile
+    this class's thread keeps watch: a step still running after WATCH seconds (a vcpu that
+    is blocked, a long range) makes it watch gdb's socket and the server's stop pipe in the
+    session's place, and interrupt the machine on a Ctrl-C, a disconnect or a shutdown. A
+    continue is handed to that thread (one hand-off, ~10 us idle, instead of a thread
+    started per resume by Controller.resume: 0.3-0.5 ms here). A resume that holds some
+    vcpus (gdb's scheduler-locking) goes through Controller.resume, the entry point that
+    takes the set of vcpus to run, and waits there."""
 
-    def __init__(self, ctl: Controller, on_stop: Callable[[StopEvent | DebugError], None]) -> None:
+    WATCH = 0.02
+
+    def __init__(self, ctl: Controller, on_stop: Callable[[StopEvent | DebugError], None],
+                 interrupt_pending: Callable[[float], bool]) -> None:
         self.ctl = ctl
         self.on_stop = on_stop
+        self.interrupt_pending = interrupt_pending
         self._jobs: queue.SimpleQueue[tuple[str, int | None, int, int, set[int] | None, int] | None] = \
             queue.SimpleQueue()
         self._busy = False
+        self._sync = 0                      # the step running in the caller's thread (0: none), by number
         self._thread = threading.Thread(target=self._loop, name="xenwb-gdb-machine", daemon=True)
         self._thread.start()
 
@@ -51,6 +60,14 @@ class MachineThread:
               signal: int = 0) -> None:
         if self.ctl.running or self._busy:
             raise DebugError("the machine is already running")
+        if mode != "continue" and run is None:
+            self._sync = self._sync % 1_000_000 + 1
+            try:
+                result = self.ctl.run(mode, vcpu, start=start, end=end, signal=signal)
+            finally:
+                self._sync = 0
+            self.on_stop(result)
+            return
         self._busy = True
         self._jobs.put((mode, vcpu, start, end, run, signal))
 
@@ -62,9 +79,24 @@ class MachineThread:
             time.sleep(0.0002)
         self.ctl.interrupt()
 
+    def _watch(self, step: int) -> None:
+        """The step numbered `step` runs long: stand in for the session until it ends."""
+        while self._sync == step:
+            if self.interrupt_pending(self.WATCH):
+                self.ctl.interrupt()
+                return
+
     def _loop(self) -> None:
+        seen = 0
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=self.WATCH)
+            except queue.Empty:
+                step = self._sync
+                if step and step == seen:       # the same step as one period ago
+                    self._watch(step)
+                seen = step
+                continue
             if job is None:
                 return
             mode, vcpu, start, end, run, signal = job
@@ -101,7 +133,7 @@ class GdbSession:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.runner = MachineThread(ctl, self._stopped)
+        self.runner = MachineThread(ctl, self._stopped, self._interrupt_pending)
         self.protocol = Protocol(ctl, self.transport, self.runner)
         self.outcome = ""
         self._aborted = False
@@ -123,6 +155,12 @@ class GdbSession:
                 os.write(self._wake_w, b"!")
             except OSError:
                 pass
+
+    def _interrupt_pending(self, timeout: float) -> bool:
+        """For the machine thread, while a long step runs in the session's thread: a Ctrl-C,
+        a disconnect or the server stopping, within timeout (bytes stay for the session)."""
+        extra = [] if self.stop_fd is None else [self.stop_fd]
+        return self._aborted or self.transport.interrupt_pending(extra, timeout)
 
     def abort(self) -> None:
         """End the session from elsewhere (the server is stopping): any thread or a signal handler."""

@@ -16,9 +16,10 @@ import select
 import socket
 import sys
 import threading
+import time
 from collections import deque
 
-from gdbstub.rsp import Event, PacketReader, frame
+from gdbstub.rsp import INTERRUPT, Event, PacketReader, frame
 
 DEBUG = bool(os.environ.get("XENWB_GDB_DEBUG"))     # log every packet on stderr
 
@@ -115,6 +116,23 @@ class Transport:
         if kind != "interrupt" and self.ack:
             self._send_raw(b"+")
         self.queue.append(ev)
+
+    def interrupt_pending(self, fds: list[int], timeout: float) -> bool:
+        """Whether, within timeout, one of fds becomes readable, gdb sends 0x03 or the
+        connection ends: the bytes are only peeked at (another thread reads them later)."""
+        ready = self.wait(fds, timeout)
+        if any(fd in ready for fd in fds) or self.closed:
+            return True
+        if self.sock.fileno() not in ready:
+            return False
+        try:
+            data = self.sock.recv(1 << 12, socket.MSG_PEEK)
+        except OSError:
+            return True
+        if not data or INTERRUPT in data:
+            return True
+        time.sleep(timeout)                 # something else waits to be read: do not spin on it
+        return False
 
     def pop(self) -> Event | None:
         return self.queue.popleft() if self.queue else None

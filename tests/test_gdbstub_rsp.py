@@ -443,3 +443,43 @@ def test_fuzz_10000_packets_then_normal_shutdown(xenwb):
         # the stub is intact and the guest untouched: it still boots to its normal end
         assert c.request(b"?").startswith(b"T05thread:1;")
         _run_to_end(c, p)
+
+
+# ----------------------------------------------------------------------------------- long steps
+def test_a_step_that_does_not_end_still_hears_gdb(xenwb, tmp_path):
+    """Steps run in the session's thread; one that lasts (here a range step over a `jmp .`,
+    which never leaves its range) is watched for Ctrl-C, a dropped connection and SIGTERM."""
+    import signal
+
+    from support.harness import build_guest
+    spin = build_guest("spin", tmp_path)
+    loop = spin.symbols["spin"]
+    p = xenwb(guest=str(spin.path))
+    endless = b"vCont;r%x,%x:1;c" % (loop, loop + 2)
+    with p.client() as c:
+        c.no_ack()
+        assert c.request(b"Z0,%x,1" % loop) == b"OK"
+        assert b"swbreak" in c.request(b"vCont;c")
+        assert c.request(b"z0,%x,1" % loop) == b"OK"
+        c.send_raw(rsp.frame(endless))
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        c.send_raw(b"\x03")
+        assert c.read_packet().startswith(b"T02thread:1;")              # interrupted, not finished
+        assert time.monotonic() - t0 < 0.5
+        assert c.request(b"p8") == loop.to_bytes(4, "little").hex().encode()
+        c.send_raw(rsp.frame(endless))
+        time.sleep(0.2)
+    t0 = time.monotonic()                                                   # dropped mid-step
+    with p.client() as c:                                                   # the next gdb gets in
+        c.no_ack()
+        assert c.request(b"?").startswith(b"T05thread:1;")
+        assert time.monotonic() - t0 < 1.0
+        c.send_raw(rsp.frame(endless))
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        p.proc.send_signal(signal.SIGTERM)
+        p.proc.wait(timeout=5)
+        assert time.monotonic() - t0 < 1.0
+    _, _, err = p.finish()
+    assert "Traceback" not in err, err
