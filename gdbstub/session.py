@@ -143,8 +143,8 @@ class GdbSession:
         return self.protocol.saw_postmortem
 
     def _stopped(self, result: StopEvent | DebugError) -> None:
-        """The machine thread's report of the stop gdb waits for (sent from that thread: the
-        session's own thread sleeps until gdb speaks again)."""
+        """The stop gdb waits for, reported by the thread that ran the machine (a continue's
+        in the machine thread: the session's own thread sleeps until gdb speaks again)."""
         if isinstance(result, DebugError):
             self.protocol.waiting = False
             self.transport.send(E_PERM)
