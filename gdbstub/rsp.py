@@ -23,7 +23,7 @@ from dataclasses import dataclass
 ESCAPE = 0x7D
 INTERRUPT = 0x03
 _NEEDS_ESCAPE = re.compile(rb"[\$#\}\*]")
-_HEX = re.compile(rb"[0-9a-fA-F]+")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 def checksum(payload: bytes) -> int:
@@ -58,31 +58,18 @@ def unescape(data: bytes) -> bytes:
     return bytes(out)
 
 
-def tohex(data: bytes) -> bytes:
-    return data.hex().encode()
-
-
-def fromhex(text: bytes | str) -> bytes:
+def fromhex(text: bytes) -> bytes:
     """Hex digits to bytes; raises ValueError on anything else (odd length included)."""
-    if isinstance(text, str):
-        text = text.encode("ascii", "replace")
-    if len(text) % 2 or (text and not _HEX.fullmatch(text)):
+    if len(text) % 2 or text.translate(None, _HEX_DIGITS):
         raise ValueError(f"not hex: {text[:40]!r}")
     return bytes.fromhex(text.decode("ascii"))
 
 
-def parse_hex(text: bytes | str) -> int:
+def parse_hex(text: bytes) -> int:
     """A hex number as gdb sends it (no sign, no 0x prefix); ValueError otherwise."""
-    if isinstance(text, str):
-        text = text.encode("ascii", "replace")
-    if not _HEX.fullmatch(text):
-        raise ValueError(f"not a hex number: {text!r}")
+    if not text or text.translate(None, _HEX_DIGITS):
+        raise ValueError(f"not a hex number: {text[:40]!r}")
     return int(text, 16)
-
-
-def le_hex(value: int, size: int) -> bytes:
-    """value as size little-endian bytes, in hex (register format)."""
-    return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little").hex().encode()
 
 
 # --------------------------------------------------------------------------- reader
@@ -116,6 +103,16 @@ class PacketReader:
         return len(self._buf) + self._discarded
 
     def feed(self, data: bytes) -> list[Event]:
+        n = len(data)
+        if (not self._buf and not self._in_packet and n >= 4 and data[0] == 0x24 and data[n - 3] == 0x23
+                and data.find(b"#", 1) == n - 3 and data.find(b"$", 1) < 0 and n - 4 <= self.max_payload):
+            # the usual case, one whole packet: what the loop below would make of it, faster
+            payload = data[1:-3]
+            try:
+                ok = parse_hex(data[-2:]) == sum(payload) & 0xFF
+            except ValueError:
+                ok = False
+            return [Event("packet", payload) if ok else Event("bad_checksum", payload)]
         events: list[Event] = []
         buf = self._buf
         buf += data

@@ -21,11 +21,15 @@ import threading
 from typing import TYPE_CHECKING, TextIO
 
 from gdbstub.session import GdbSession
-from xenwb.control import Controller, StopKind
+from gdbstub.syscalls import data_directory, system_data_directory
+from xenwb.abi import constants as C
+from xenwb.control import Controller, StopEvent, StopKind
 from xenwb.errors import XenwbError
+from xenwb.machine import RunResult, StopReason
 
 if TYPE_CHECKING:
-    from xenwb.machine import Machine, RunResult
+    from xenwb.machine import Machine
+    from xenwb.session import Session
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1234
@@ -85,7 +89,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def connect_hint(shown: str) -> str:
+    """The gdb command line that attaches with hypercall names for `catch syscall` (see
+    gdbstub/syscalls.py); empty when gdb is not installed here."""
+    system = system_data_directory()
+    if system is None:
+        return ""
+    try:
+        ddir = data_directory(system)
+    except OSError:
+        return ""
+    return f"xenwb: attach with: gdb --data-directory {ddir} -ex 'target remote {shown}'" \
+           " (the data directory names hypercalls for `catch syscall`)"
+
+
 class GdbServer:
+    """Listens on host:port and serves one gdb connection after the other on a Controller."""
+
     def __init__(self, debugger: Controller, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  resume_when_idle: bool = True) -> None:
         self.dbg = debugger
@@ -108,7 +128,9 @@ class GdbServer:
     def port(self) -> int:
         return self.address[1]
 
-    def _on_stop(self, ev) -> None:
+    def _on_stop(self, ev: StopEvent) -> None:
+        if self.session is not None:          # the session reports its own stops
+            return
         try:
             os.write(self._wake_w, b"!")
         except OSError:
@@ -184,7 +206,6 @@ class GdbServer:
 def serve(ctl: Controller, address: str | None = None, *, wait: bool = False,
           log: TextIO | None = None) -> RunResult:
     """Run a machine under the gdb stub until the guest is gone (see the module doc)."""
-    from xenwb.machine import RunResult, StopReason
     log = log or sys.stderr
     host, port = parse_address(address)
     machine = ctl.machine
@@ -194,7 +215,7 @@ def serve(ctl: Controller, address: str | None = None, *, wait: bool = False,
         for sig in (signal.SIGINT, signal.SIGTERM):       # before anyone learns the port
             old[sig] = signal.signal(sig, lambda *_: server.shutdown())
 
-    def announce_postmortem(ev) -> None:
+    def announce_postmortem(ev: StopEvent) -> None:
         if ev.kind in (StopKind.crashed, StopKind.limit) and server.session is None:
             print(f"xenwb: {ev.detail}; kept for inspection: attach gdb to {shown} (Ctrl-C ends)",
                   file=log, flush=True)
@@ -203,6 +224,9 @@ def serve(ctl: Controller, address: str | None = None, *, wait: bool = False,
         shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
         note = "; the guest waits for gdb (continue to start it)" if wait else ""
         print(f"xenwb: gdb stub listening on {shown}{note}", file=log, flush=True)
+        hint = connect_hint(shown)
+        if hint:
+            print(hint, file=log, flush=True)
         if not is_loopback(h):
             print(f"xenwb: warning: the gdb stub on {h} accepts connections from the network; "
                   "anyone who reaches it controls the guest", file=log, flush=True)
@@ -224,7 +248,6 @@ def serve(ctl: Controller, address: str | None = None, *, wait: bool = False,
     if dom.crash_report is not None:
         return RunResult(StopReason.crash, str(dom.crash_report))
     if dom.shutdown_reason is not None:
-        from xenwb.abi import constants as C
         try:
             name = C.ShutdownReason(dom.shutdown_reason).name
         except ValueError:
@@ -240,7 +263,7 @@ def serve(ctl: Controller, address: str | None = None, *, wait: bool = False,
 class GdbRun:
     """For the CLI: looks like a xenwb.session.Session whose run() serves gdb."""
 
-    def __init__(self, session, address: str | None, *, wait: bool = False) -> None:
+    def __init__(self, session: Session, address: str | None, *, wait: bool = False) -> None:
         self.session = session
         self.address = address
         self.wait = wait

@@ -12,12 +12,14 @@ import time
 import xml.etree.ElementTree as ET
 
 import pytest
+from support.client import RspClient, XenwbProcess
 
 from gdbstub import rsp
-from gdbstub.client import RspClient, XenwbProcess
+from gdbstub.protocol import PACKET_SIZE
 from gdbstub.server import parse_address
-from gdbstub.session import PACKET_SIZE
-from gdbstub.target import G_SIZE, REGISTERS, TARGET_XML
+from gdbstub.target import I386
+
+REGISTERS, G_SIZE, TARGET_XML = I386.registers, I386.g_size, I386.xml
 
 
 # ----------------------------------------------------------------------------------- framing
@@ -340,7 +342,7 @@ def test_cli_options_and_interrupt(xenwb):
     import subprocess
     import sys
 
-    from gdbstub.client import REPO
+    from support.client import REPO
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -368,6 +370,8 @@ SAFE_CORPUS = [
     b"Hg0", b"Hg1", b"Hg-1", b"Hc-1", b"Hc1", b"Hgp1.1", b"Hz1", b"T1", b"T2", b"T-1", b"vCont?",
     b"vMustReplyEmpty", b"z0,c00028b0,1", b"z2,c0000000,4", b"z9,0,0", b"qL1200000000000000000",
     b"qGetTLSAddr:1,0,0", b"jThreadsInfo", b"x0,4", b"", b"\x00", b"}]", b"qXfer:features:read:target.xml:zz,1",
+    b"qXfer:memory-map:read::0,400", b"qXfer:memory-map:read::300,100", b"qXfer:exec-file:read:a410:0,fff",
+    b"qqemu.PhyMemMode", b"qqemu.Supported", b"qSupported:xmlRegisters=i386",
 ]
 DANGEROUS_FIRST = set(b"cCsSkDRrMXGPZiIA!bBtFQ")
 
@@ -439,3 +443,43 @@ def test_fuzz_10000_packets_then_normal_shutdown(xenwb):
         # the stub is intact and the guest untouched: it still boots to its normal end
         assert c.request(b"?").startswith(b"T05thread:1;")
         _run_to_end(c, p)
+
+
+# ----------------------------------------------------------------------------------- long steps
+def test_a_step_that_does_not_end_still_hears_gdb(xenwb, tmp_path):
+    """Steps run in the session's thread; one that lasts (here a range step over a `jmp .`,
+    which never leaves its range) is watched for Ctrl-C, a dropped connection and SIGTERM."""
+    import signal
+
+    from support.harness import build_guest
+    spin = build_guest("spin", tmp_path)
+    loop = spin.symbols["spin"]
+    p = xenwb(guest=str(spin.path))
+    endless = b"vCont;r%x,%x:1;c" % (loop, loop + 2)
+    with p.client() as c:
+        c.no_ack()
+        assert c.request(b"Z0,%x,1" % loop) == b"OK"
+        assert b"swbreak" in c.request(b"vCont;c")
+        assert c.request(b"z0,%x,1" % loop) == b"OK"
+        c.send_raw(rsp.frame(endless))
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        c.send_raw(b"\x03")
+        assert c.read_packet().startswith(b"T02thread:1;")              # interrupted, not finished
+        assert time.monotonic() - t0 < 0.5
+        assert c.request(b"p8") == loop.to_bytes(4, "little").hex().encode()
+        c.send_raw(rsp.frame(endless))
+        time.sleep(0.2)
+    t0 = time.monotonic()                                                   # dropped mid-step
+    with p.client() as c:                                                   # the next gdb gets in
+        c.no_ack()
+        assert c.request(b"?").startswith(b"T05thread:1;")
+        assert time.monotonic() - t0 < 1.0
+        c.send_raw(rsp.frame(endless))
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        p.proc.send_signal(signal.SIGTERM)
+        p.proc.wait(timeout=5)
+        assert time.monotonic() - t0 < 1.0
+    _, _, err = p.finish()
+    assert "Traceback" not in err, err

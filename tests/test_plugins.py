@@ -280,7 +280,7 @@ def test_struct_pack_roundtrip() -> None:
 
 def test_same_results_from_gdb_monitor() -> None:
     """A plugin command through gdb's `monitor` (qRcmd) gives what Python gives."""
-    from gdbstub.client import XenwbProcess
+    from support.client import XenwbProcess
     with Session("pvdemo-pae", console=lambda b: None) as s:
         s.run(until="finish")
         expected = s.command("hypercalls summary").text

@@ -1,5 +1,5 @@
 """A minimal RSP client and a launcher for ``xenwb run --gdb``: for tests, benchmarks and
-scripts that talk to the stub without gdb."""
+scripts that talk to the stub without gdb (tests/support: not part of the package)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gdbstub import rsp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 _LISTEN = re.compile(r"gdb stub listening on \[?([^\]\s]+?)\]?:(\d+)")
 
 
