@@ -29,7 +29,6 @@ from gdbstub.transport import log
 from xenwb.control import POSTMORTEM_KINDS, DebugError, StopEvent, StopKind
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
-from xenwb.hypervisor.traps import set_guest_regs
 
 if TYPE_CHECKING:
     from xenwb.control import Controller
@@ -96,6 +95,13 @@ class Protocol:
         self._resumed: tuple[bytes, float] | None = None     # stats: the resume waiting for its stop
         self._packet: tuple[bytes, float] = (b"", 0.0)         # stats: the packet being handled
         self._started = False                                  # this packet resumed the machine
+
+    def forget_state(self) -> None:
+        """The machine stopped without gdb asking (the shell, the Python API): registers and
+        translations cached for gdb's view are stale."""
+        self._regs.clear()
+        self._tlb.clear()
+        self._tlb_stop = None
 
     # -- dispatch ---------------------------------------------------------------------------------
     def handle(self, pkt: bytes) -> None:
@@ -488,8 +494,7 @@ class Protocol:
 
     def _set_pc(self, addr: int | None) -> None:
         if addr is not None:
-            pc = self.arch.registers[self.arch.pc].frame or "eip"
-            set_guest_regs(self.vcpus[self._vcpu_id(self.c_thread)], **{pc: self._address(addr)})
+            self.vcpus[self._vcpu_id(self.c_thread)].set_guest_regs(pc=self._address(addr))
 
     def cont(self, addr: int | None = None) -> None:
         self._set_pc(addr)

@@ -130,6 +130,7 @@ class GdbServer:
 
     def _on_stop(self, ev: StopEvent) -> None:
         if self.session is not None:          # the session reports its own stops
+            self.session.protocol.forget_state()   # and any other front end's leaves its caches stale
             return
         try:
             os.write(self._wake_w, b"!")

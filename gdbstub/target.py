@@ -33,8 +33,6 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from xenwb.hypervisor.traps import guest_regs, set_guest_regs
-
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
 
@@ -132,7 +130,7 @@ def _amd64_features() -> tuple[Feature, ...]:
     gprs = [Reg(n, 8, getattr(X, f"UC_X86_REG_{n.upper()}"), "data_ptr" if n in ("rbp", "rsp") else "int64",
                 frame=n if n == "rsp" else None) for n in names]
     core = gprs + [Reg("rip", 8, X.UC_X86_REG_RIP, "code_ptr", frame="rip"),
-                   Reg("eflags", 4, X.UC_X86_REG_EFLAGS, "i386_eflags", frame="eflags")] + _selectors(True) + _x87(8)
+                   Reg("eflags", 4, X.UC_X86_REG_EFLAGS, "i386_eflags", frame="rflags")] + _selectors(True) + _x87(8)
     return (Feature("org.gnu.gdb.i386.core", tuple(core), _flags_xml("i386_eflags", _EFLAGS_BITS)),
             _sse(16),
             Feature("org.gnu.gdb.i386.linux", (Reg("orig_rax", 8, None, "int", "system", kind="virtual"),)),
@@ -245,10 +243,11 @@ class RegisterFile:
                 value = getattr(vcpu, "cr2", 0)
             parts[i] = (value & ((1 << (8 * r.size)) - 1)).to_bytes(r.size, "little")
         pc = int.from_bytes(parts[self._pc], "little")
-        if pc >= vcpu.domain.geo.hv_start:
+        geo = vcpu.domain.geo
+        if geo.hv_start <= pc < geo.hv_end:
             # in a ring transition (the engine sits in Xen's trampoline or stub): show the
             # state the guest resumes with, from Xen's iret frame
-            guest, pending = guest_regs(vcpu)
+            guest, pending = vcpu.guest_regs()
             if pending:
                 for i, name in self._framed:
                     if name in guest:
@@ -264,7 +263,8 @@ class RegisterFile:
         raw = self._exp_buf.raw
         w = self.arch.word
         pc, sp, fp = raw[0:w], raw[self.SLOT:self.SLOT + w], raw[2 * self.SLOT:2 * self.SLOT + w]
-        if int.from_bytes(pc, "little") >= vcpu.domain.geo.hv_start:
+        geo = vcpu.domain.geo
+        if geo.hv_start <= int.from_bytes(pc, "little") < geo.hv_end:
             g = self.read(vcpu)                    # in a ring transition: the whole, framed view
             off = self.arch.offsets
             pc, sp, fp = (g[off[i]:off[i + 1]] for i in self._exp)
@@ -290,7 +290,7 @@ class RegisterFile:
                     if r.name in ("cs", "ss"):
                         raise RegisterError(f"{r.name} cannot be changed by the debugger (privilege level)")
                 if r.frame:
-                    set_guest_regs(vcpu, **{r.frame: v})
+                    vcpu.set_guest_regs(**{r.frame: v})
                 else:
                     uc.reg_write(r.uc_id, v)
             elif r.kind == "fp80":

@@ -454,19 +454,11 @@ class ShellControl:
         if self.ours:
             self.ours = False
             self._stale = ev
-            self._forget_stub_registers()
         if self._continued:
             self._continued = False
             self._announce = ev
         if self.on_change is not None:
             self.on_change()
-
-    def _forget_stub_registers(self) -> None:
-        """The stub's session keeps the registers it read from one of gdb's resumes to the
-        next; after a stop made here it must read them again, or gdb is shown the old ones."""
-        session = self.server.session
-        if session is not None:
-            session._regs.clear()
 
     def take_stale(self) -> StopEvent | None:
         """The last stop made from the shell, which an attached gdb does not know of, once."""
