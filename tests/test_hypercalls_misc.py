@@ -152,12 +152,18 @@ def test_memory_op_decrease_then_populate(hv: Hv) -> None:
     assert hv.mmu_update((ptr, (new << 12) | 0x23))[0] == 0
 
 
-def test_memory_op_decrease_frame_in_use_refused(hv: Hv) -> None:
-    """A frame that is still mapped (in use) is not released: zero extents done."""
-    mfn = hv.mfn_of(hv.scratch_page())
+def test_memory_op_decrease_frame_in_use_freed_when_unmapped(hv: Hv) -> None:
+    """common/memory.c guest_remove_page drops the allocation reference even while the frame
+    is still mapped: the extent counts as done, and the frame goes back to Xen only when its
+    last mapping goes (put_page), not before."""
+    va = hv.scratch_page()
+    mfn = hv.mfn_of(va)
     arg, _ = reservation(hv, [mfn])
-    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 0
-    assert hv.dom.mm.is_owned(mfn)
+    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 1
+    assert hv.dom.mm.is_owned(mfn) and mfn not in hv.dom.mm.free_frames      # still mapped
+    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 0               # already given back
+    assert hv.call(H.update_va_mapping, va, 0, 0, C.UVMF_INVLPG) == 0
+    assert not hv.dom.mm.is_owned(mfn) and mfn in hv.dom.mm.free_frames
 
 
 def test_memory_op_add_to_physmap_and_unknown(hv: Hv) -> None:

@@ -103,7 +103,6 @@ class Domain:
         self.current: Vcpu | None = None
         self.observer: DebugObserver | None = None
         self.stub_cache: dict[int, bool] = {}      # pc after a hypercall instruction -> in a page stub?
-        self.free_frames: list[int] = []
         self.evtchn = EventChannels(self)
         self.gnttab = GrantTable(self)
         init_wallclock(self)

@@ -42,28 +42,26 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                 gmfn = vcpu.read_ulong(slot)
             except GuestFault:
                 return done if done else EFAULT
-            # a PV guest names its frames by MFN; each must be its own and unused
-            if not mm.is_owned(gmfn):
+            # a PV guest names its frames by MFN; each must be its own (get_page). Xen drops
+            # the allocation reference (guest_remove_page) even while the frame is still
+            # mapped or typed: it is freed when the last reference goes.
+            if not mm.is_owned(gmfn) or not mm.page(gmfn).allocated:
                 break
-            pi = mm.page(gmfn)
-            if pi.type_count or pi.count or pi.pinned:
-                break
-            mm.take_back(gmfn)
             pfn = pm.pfn(gmfn)
             pm.set_m2p(gmfn, pm.invalid)
             if pfn is not None and pfn < len(pm.p2m):
                 pm.p2m[pfn] = pm.invalid
-            dom.free_frames.append(gmfn)
+            mm.drop_allocation(gmfn)
             dom.nr_pages -= 1
         else:
-            if dom.nr_pages >= dom.max_pages or not dom.free_frames:
+            if dom.nr_pages >= dom.max_pages or not mm.free_frames:
                 break
             if op == MemOp.populate_physmap:
                 try:
                     gpfn = vcpu.read_ulong(slot)
                 except GuestFault:
                     return done if done else EFAULT
-            mfn = dom.free_frames.pop(0)
+            mfn = mm.free_frames.pop(0)
             dom.mem.zero_frame(mfn)
             mm.give(mfn)
             dom.nr_pages += 1

@@ -74,6 +74,7 @@ class PageInfo:
     count: int = 0                 # general references: mappings and table entries
     pinned: bool = False
     validated: bool = False
+    allocated: bool = True         # PGC_allocated: the domain's allocation reference
     pae_xen_l2: bool = False       # the L2 under a PAE L3's slot 3 (holds Xen's slots)
     referrers: set[int] = field(default_factory=set)   # tables (mfn) that reference this frame
 
@@ -122,6 +123,7 @@ class MM:
         self.xen = xen
         self.pages: dict[int, PageInfo] = {}
         self.owned: set[int] = set()
+        self.free_frames: list[int] = []        # released by the domain, for populate_physmap
         self.nx_ok = self.mode.pte_size == 8
         self.long = geo.long_mode               # a 64-bit guest's 4-level tables
         self.m2p_strict = False                 # VMASST_TYPE_m2p_strict (set by vm_assist)
@@ -143,6 +145,19 @@ class MM:
 
     def take_back(self, mfn: int) -> None:
         self.owned.discard(mfn)
+
+    def drop_allocation(self, mfn: int) -> None:
+        """common/memory.c guest_remove_page: the domain gives the frame back; Xen drops the
+        allocation reference, and the frame is freed once its last mapping or type reference
+        goes (put_page), not before."""
+        pi = self.page(mfn)
+        pi.allocated = False
+        self._maybe_free(mfn, pi)
+
+    def _maybe_free(self, mfn: int, pi: PageInfo) -> None:
+        if not pi.allocated and pi.count == 0 and pi.type_count == 0 and not pi.pinned and mfn in self.owned:
+            self.owned.discard(mfn)
+            self.free_frames.append(mfn)
 
     def mappable(self, mfn: int) -> bool:
         pi = self.pages.get(mfn)
@@ -167,6 +182,8 @@ class MM:
         pi = self.page(mfn)
         pi.count -= 1
         assert pi.count >= 0, f"refcount underflow on mfn {mfn:#x}"
+        if not pi.allocated and pi.count == 0:
+            self._maybe_free(mfn, pi)
 
     # -- type refs ------------------------------------------------------------------
     def get_page_type(self, mfn: int, t: PageType, *, xen_l2: bool = False) -> None:
