@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import os
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class Machine:
         self.turn_hooks: list = []     # called after every vcpu turn (trace writers flush there)
         self.resume_hooks: list = []   # called whenever the machine starts running again
         self.stop_requested = False
+        self._run_thread: int | None = None   # the thread inside run(), while one is
         self.stop_check: Callable[[], bool] | None = None   # a front end's extra stop condition
         self.turn: Turn | None = None
         self.commands = CommandRegistry()   # shared by gdb's monitor, the TUI, the CLI and plugins
@@ -103,10 +105,22 @@ class Machine:
 
     def stop(self) -> None:
         """Ask a running machine to stop at the next opportunity (any thread). The stop is
-        invisible to the guest: the turn it interrupts goes on at the next run()."""
+        invisible to the guest: the turn it interrupts goes on at the next run().
+
+        From the thread that runs the machine (a hook, a trace subscriber, a signal handler)
+        the engine is stopped at once. From any other thread uc_emu_stop is not safe
+        (unicorn 2.1.4 writes its stop flags unsynchronised with the running engine: measured,
+        a stop may leave the engine at the start of a block whose stores were already done,
+        so the block runs again, and the clock loses or keeps bytes it should not). There
+        the stop goes through each vcpu's virtual clock: its block hook stops the engine
+        before the next block, on the engine's own thread, as a timer deadline does."""
         self.stop_requested = True
-        for v in self.vcpus:
-            v.cpu.uc.emu_stop()
+        if threading.get_ident() == self._run_thread:
+            for v in self.vcpus:
+                v.cpu.uc.emu_stop()
+        else:
+            for v in self.vcpus:
+                v.clock.request_stop()
 
     # -- timers (xen/common/sched/core.c; the rules are in hypervisor/sched.py) ----------------
     def _timer_bound(self, v: Vcpu) -> bool:
@@ -159,9 +173,11 @@ class Machine:
         without redoing the turn's schedule-in work, so stopping is invisible to the guest."""
         for fn in self.resume_hooks:
             fn()
+        self._run_thread = threading.get_ident()
         try:
             return self._run()
         finally:
+            self._run_thread = None
             for fn in self.turn_hooks:          # trace writers flush at every stop too
                 fn()
 
@@ -254,7 +270,9 @@ class Machine:
         v = turn.vcpu
         dom = self.domain
         dom.current = v
-        # a time limit stops the engine without ending the turn (the next run() goes on)
+        # a time limit stops the engine without ending the turn (the next run() goes on);
+        # this overwrites a stop() another thread asked the clock for, so stop_requested is
+        # tested again below, after it (stop() sets the flag before it asks the clocks)
         v.clock.deadline = min(turn.deadline, self.timeout_ns if self.timeout_ns is not None else turn.deadline)
         if self.max_instructions is not None:
             v.clock.insn_deadline = min(v.clock.insn_deadline,
@@ -263,7 +281,8 @@ class Machine:
             if v.on_resume is not None:
                 work, v.on_resume = v.on_resume, None
                 work()                          # work a debugger stop deferred (e.g. a held hypercall)
-            if v.state is VcpuState.running and not dom.finished and not v.rescheduled:
+            if (v.state is VcpuState.running and not dom.finished and not v.rescheduled
+                    and not self.stop_requested):
                 v.cpu.run()
         except DomainCrash as e:
             dom.crash(v, str(e))

@@ -2,7 +2,9 @@
 
 The counter lives in a C struct updated by a native unicorn block hook
 (xenwb/_vclock.c), so counting costs little and stopping at a deadline (timer,
-quantum) needs no Python on the hot path. A block is counted when entered;
+quantum, or a stop another thread asks for with `request_stop`: the hook stops the
+engine on its own thread, which uc_emu_stop from another thread does not do safely)
+needs no Python on the hot path. A block is counted when entered;
 `settle` gives back the bytes of a block left part way (a stop before one of its
 instructions, a fault), so the clock counts the bytes of completed instructions
 only. The same guest with the same inputs executes the same instructions, so the
@@ -130,6 +132,12 @@ class VClock:
     @deadline.setter
     def deadline(self, v: int) -> None:
         self._c.deadline = min(v, NEVER)
+
+    def request_stop(self) -> None:
+        """Stop the engine before the next block it enters (callable from any thread): the
+        deadline becomes 0, so the block hook stops the engine from inside itself, with
+        nothing to settle. Whoever runs the engine next sets the deadline again."""
+        self._c.deadline = 0
 
     @property
     def stops(self) -> int:
