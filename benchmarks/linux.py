@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -40,6 +41,7 @@ class Boot:
     prompt_s: float | None = None
     poweroff_s: float | None = None
     failure: str = ""
+    summary: str = ""       # xenwb's own line: hypercalls, faults, virtual time (the whole run)
 
 
 def ensure_qemu() -> str | None:
@@ -54,15 +56,20 @@ def ensure_qemu() -> str | None:
     return shutil.which("qemu-system-x86_64")
 
 
-def qemu_command(qemu: str, g: LinuxGuest, memory: int, append: str) -> list[str]:
-    return [qemu, "-accel", "tcg", "-m", str(memory), "-nodefaults", "-no-user-config", "-display", "none",
+def qemu_command(qemu: str, g: LinuxGuest, memory: int, append: str, vcpus: int = 1) -> list[str]:
+    return [qemu, "-accel", "tcg", "-m", str(memory), "-smp", str(vcpus), "-nodefaults", "-no-user-config",
+            "-display", "none",
             "-serial", "stdio", "-no-reboot", "-kernel", str(g.vmlinuz), "-initrd", str(g.initrd),
             "-append", f"console=ttyS0 {append}"]
 
 
-def xenwb_command(g: LinuxGuest, memory: int, append: str) -> list[str]:
+def xenwb_command(g: LinuxGuest, memory: int, append: str, vcpus: int = 1) -> list[str]:
     return [sys.executable, "-m", "xenwb", "run", str(g.vmlinuz), "--module", str(g.initrd),
-            "--memory", str(memory), "--cmdline", f"console=hvc0 {append}", "--quiet"]
+            "--memory", str(memory), "--vcpus", str(vcpus), "--cmdline", f"console=hvc0 {append}"]
+
+
+SUMMARY = re.compile(rb"xenwb: \S+.*?; (\d+) hypercalls \(\+(\d+) multicall entries\), (\d+) faults bounced, "
+                     rb"([\d.]+) s virtual time")
 
 
 def boot(cmd: list[str], timeout: float) -> Boot:
@@ -91,8 +98,14 @@ def boot(cmd: list[str], timeout: float) -> Boot:
                 p.stdin.write(POWEROFF)
                 p.stdin.flush()
         rc = p.wait()
+        err = p.stderr.read() or b""
+        m = SUMMARY.search(err)
+        if m:
+            hc, mc, faults, vt = m.groups()
+            result.summary = (f"{int(hc):,} hypercalls (+{int(mc):,} multicall entries), {int(faults):,} faults "
+                              f"bounced, {float(vt):.3f} s virtual time")
         if t_prompt is None:
-            lines = (p.stderr.read() or bytes(out)).decode(errors="replace").strip().splitlines()
+            lines = (err or bytes(out)).decode(errors="replace").strip().splitlines()
             result.failure = f"exit {rc} before the prompt: {lines[-1] if lines else 'no output'}"
         elif rc != 0:
             result.failure = f"exit {rc} after poweroff"
@@ -121,8 +134,9 @@ def main() -> int:
     ap.add_argument("--flavour", choices=FLAVOURS, default=DEFAULT_FLAVOUR)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--memory", type=int, default=256, help="guest memory in MiB, both targets")
-    ap.add_argument("--append", default="quiet panic=-1 nr_cpus=1",
-                    help="kernel options after console= (nr_cpus=1 spares xenwb 8192 VCPUOP_is_up calls)")
+    ap.add_argument("--append", default="quiet panic=-1",
+                    help="kernel options after console= (no workaround options: a domU's defaults)")
+    ap.add_argument("--vcpus", type=int, default=1, help="vcpus (xenwb) and -smp (QEMU)")
     ap.add_argument("--timeout", type=float, default=300, help="host seconds allowed per boot")
     a = ap.parse_args()
 
@@ -132,7 +146,8 @@ def main() -> int:
     payload = compressor_of(blob[hdr.payload_start: hdr.payload_start + hdr.payload_length])
     print(f"{g.vmlinuz.name} (Debian {g.version}, bzImage with a {payload} payload, {len(blob):,} bytes), "
           f"initramfs {g.initrd.stat().st_size:,} bytes (uncompressed cpio), {a.memory} MiB")
-    print(f"kernel options: console=ttyS0|hvc0 {a.append}")
+    print(f"kernel options: console=ttyS0|hvc0 {a.append}; {a.vcpus} vcpu(s)")
+    print(f"host: {os.cpu_count()} cpus, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     qemu = ensure_qemu()
     if qemu:
         version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -142,8 +157,9 @@ def main() -> int:
     qboots: list[Boot] = []
     xboots: list[Boot] = []
     for i in range(a.runs):
-        q = boot(qemu_command(qemu, g, a.memory, a.append), a.timeout) if qemu else Boot(failure="QEMU missing")
-        x = boot(xenwb_command(g, a.memory, a.append), a.timeout)
+        q = (boot(qemu_command(qemu, g, a.memory, a.append, a.vcpus), a.timeout) if qemu
+             else Boot(failure="QEMU missing"))
+        x = boot(xenwb_command(g, a.memory, a.append, a.vcpus), a.timeout)
         qboots.append(q)
         xboots.append(x)
         print(f"{i + 1:3}  {cell(q)}  {cell(x)}")
@@ -153,7 +169,8 @@ def main() -> int:
         if b is None:
             print(f"{name}: failed: {boots[-1].failure}")
         else:
-            print(f"{name}: best {b.prompt_s:.2f} s to the prompt, {b.poweroff_s:.2f} s to power off")
+            print(f"{name}: best {b.prompt_s:.2f} s to the prompt, {b.poweroff_s:.2f} s to power off"
+                  + (f"; {b.summary}" if b.summary else ""))
     if qb and xb:
         print(f"xenwb / QEMU to the prompt: {xb.prompt_s / qb.prompt_s:.2f}x")
     else:

@@ -18,11 +18,14 @@ import time
 import pytest
 from ev_support import EvGuest, build_ev_guest, have_toolchain
 from support.harness import Hv
+from unicorn import UC_ARCH_X86, UC_MODE_32, UC_MODE_64, Uc
+from unicorn import x86_const as X
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor import sched
 from xenwb.hypervisor.time import update_vcpu_time
 from xenwb.machine import StopReason
+from xenwb.vclock import VClock
 
 H = C.Hypercall
 EINVAL = -22
@@ -88,18 +91,32 @@ def test_wallclock() -> None:
     assert ver and not ver & 1 and sec == 1_167_609_600 and nsec == 0
 
 
-def test_rdtsc_and_rdtscp_come_from_the_virtual_clock(elf) -> None:
-    """RDTSC/RDTSCP are answered by instruction hooks from the vcpu's clock: the TSC a guest
-    reads is the clock (bytes of code so far), never the host's."""
-    from unicorn import x86_const as X
-    g = EvGuest(elf, "hang")
-    g.v.clock.units = 5_000_000_000
-    assert g.v._on_rdtsc() == 1
-    uc = g.v.cpu.uc
-    assert (uc.reg_read(X.UC_X86_REG_EDX) << 32 | uc.reg_read(X.UC_X86_REG_EAX)) == 5_000_000_000
-    g.v.tsc_aux = 7
-    g.v._on_rdtsc(rdtscp=True)
-    assert uc.reg_read(X.UC_X86_REG_ECX) == 7
+@pytest.mark.parametrize("mode", ["32", "64"])
+def test_rdtsc_and_rdtscp_come_from_the_virtual_clock(mode: str) -> None:
+    """RDTSC/RDTSCP are answered by the clock's C instruction hooks: EDX:EAX is the clock
+    (bytes of code so far), never the host's TSC, ECX of RDTSCP is TSC_AUX, and on a 64-bit
+    engine the upper halves of RAX/RDX/RCX are cleared as the instructions do."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64 if mode == "64" else UC_MODE_32)
+    uc.mem_map(0x1000, 0x1000)
+    code = bytes([0x0F, 0x31, 0x89, 0xC6, 0x0F, 0x01, 0xF9])      # rdtsc; mov %eax,%esi; rdtscp
+    uc.mem_write(0x1000, code)
+    clock = VClock(uc)
+    if mode == "64":
+        clock.install_tsc_hooks(X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX)
+        for r in (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX):
+            uc.reg_write(r, 0xFFFFFFFF_FFFFFFFF)
+    else:
+        clock.install_tsc_hooks(X.UC_X86_REG_EAX, X.UC_X86_REG_EDX, X.UC_X86_REG_ECX)
+    clock.units = 5_000_000_000 - len(code)        # the block's bytes are counted at its start
+    clock.tsc_aux = 7
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    ax = X.UC_X86_REG_RAX if mode == "64" else X.UC_X86_REG_EAX
+    dx = X.UC_X86_REG_RDX if mode == "64" else X.UC_X86_REG_EDX
+    cx = X.UC_X86_REG_RCX if mode == "64" else X.UC_X86_REG_ECX
+    assert (uc.reg_read(dx) << 32 | uc.reg_read(ax)) == 5_000_000_000
+    assert uc.reg_read(X.UC_X86_REG_ESI) == 5_000_000_000 & 0xFFFFFFFF
+    assert uc.reg_read(cx) == 7
+    assert clock.tsc_reads == 2
 
 
 # ================================================================ timers firing in virtual time

@@ -14,6 +14,10 @@
  * clock counts exactly the bytes of the instructions that completed, whatever the
  * translation cache holds and wherever a debugger stopped: stops are invisible.
  *
+ * RDTSC and RDTSCP are answered here too (the guest's TSC is the clock: one tick per byte),
+ * because guests read the TSC millions of times (Linux's pvclock, udelay loops) and a Python
+ * hook per read would cost more than the rest of the emulation.
+ *
  * The optional instruction hook counts instructions exactly and stops the engine
  * before the instruction whose number reaches insn_deadline (single steps, stops
  * right after a watched access, --max-instructions). Instructions in the hypervisor's
@@ -23,6 +27,7 @@
 #include <stdint.h>
 
 typedef int (*uc_stop_fn)(void *uc);
+typedef int (*uc_reg_write_fn)(void *uc, int regid, const void *value);
 
 struct vclock {
     uint64_t units;         /* bytes of guest code executed so far */
@@ -36,6 +41,10 @@ struct vclock {
     uint64_t skip_lo;       /* hypervisor code: not counted as guest instructions */
     uint64_t skip_hi;
     uint64_t insn_stops;    /* how many times insn_deadline stopped the engine */
+    uc_reg_write_fn reg_write;  /* uc_reg_write, passed in from Python */
+    int64_t reg_ax, reg_dx, reg_cx; /* RAX/RDX/RCX (64-bit engine) or EAX/EDX/ECX */
+    uint64_t tsc_aux;       /* MSR_TSC_AUX: what RDTSCP returns in ECX */
+    uint64_t tsc_reads;     /* RDTSC/RDTSCP executed */
 };
 
 static void vclock_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
@@ -68,6 +77,41 @@ static void vclock_insn_hook(void *uc, uint64_t address, uint32_t size, void *us
         return;
     }
     c->insns++;
+}
+
+/* RDTSC: EDX:EAX = the clock (the bytes of the block being executed are already counted,
+ * as the Python hook counted them). Returning 1 tells unicorn the instruction is handled. */
+static int vclock_rdtsc_hook(void *uc, void *user_data)
+{
+    struct vclock *c = (struct vclock *)user_data;
+    uint64_t lo = c->units & 0xffffffffu, hi = c->units >> 32;
+    c->reg_write(uc, (int)c->reg_ax, &lo);
+    c->reg_write(uc, (int)c->reg_dx, &hi);
+    c->tsc_reads++;
+    return 1;
+}
+
+static int vclock_rdtscp_hook(void *uc, void *user_data)
+{
+    struct vclock *c = (struct vclock *)user_data;
+    uint64_t aux = c->tsc_aux & 0xffffffffu;
+    vclock_rdtsc_hook(uc, user_data);
+    c->reg_write(uc, (int)c->reg_cx, &aux);
+    return 1;
+}
+
+static PyObject *rdtsc_hook_address(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromVoidPtr((void *)vclock_rdtsc_hook);
+}
+
+static PyObject *rdtscp_hook_address(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromVoidPtr((void *)vclock_rdtscp_hook);
 }
 
 /* A code hook that does nothing: unicorn brings the guest pc up to date before every
@@ -105,6 +149,8 @@ static PyMethodDef methods[] = {
     {"hook_address", hook_address, METH_NOARGS, "Address of the C block hook."},
     {"insn_hook_address", insn_hook_address, METH_NOARGS, "Address of the C instruction hook."},
     {"pc_sync_hook_address", pc_sync_hook_address, METH_NOARGS, "Address of the no-op pc-sync code hook."},
+    {"rdtsc_hook_address", rdtsc_hook_address, METH_NOARGS, "Address of the C RDTSC instruction hook."},
+    {"rdtscp_hook_address", rdtscp_hook_address, METH_NOARGS, "Address of the C RDTSCP instruction hook."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import ctypes
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, Uc, UcError
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
 from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.x86_const import UC_X86_INS_RDTSC, UC_X86_INS_RDTSCP
 
 from xenwb import _vclock
 
@@ -35,10 +36,15 @@ class _VClockStruct(ctypes.Structure):
                 ("insns", ctypes.c_uint64), ("insn_deadline", ctypes.c_uint64),
                 ("last_addr", ctypes.c_uint64), ("last_size", ctypes.c_uint64),
                 ("skip_lo", ctypes.c_uint64), ("skip_hi", ctypes.c_uint64),
-                ("insn_stops", ctypes.c_uint64)]
+                ("insn_stops", ctypes.c_uint64), ("reg_write", ctypes.c_void_p),
+                ("reg_ax", ctypes.c_int64), ("reg_dx", ctypes.c_int64), ("reg_cx", ctypes.c_int64),
+                ("tsc_aux", ctypes.c_uint64), ("tsc_reads", ctypes.c_uint64)]
 
 
 _STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+_REG_WRITE = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
+_RDTSC_HOOK = _vclock.rdtsc_hook_address()
+_RDTSCP_HOOK = _vclock.rdtscp_hook_address()
 _HOOK = _vclock.hook_address()
 _INSN_HOOK = _vclock.insn_hook_address()
 PC_SYNC_HOOK = _vclock.pc_sync_hook_address()
@@ -49,7 +55,7 @@ class VClock:
     instruction counter."""
 
     def __init__(self, uc: Uc, skip: tuple[int, int] = (0, 0)) -> None:
-        self._c = _VClockStruct(0, NEVER, _STOP, 0, 0, NEVER, 0, 0, skip[0], skip[1], 0)
+        self._c = _VClockStruct(0, NEVER, _STOP, 0, 0, NEVER, 0, 0, skip[0], skip[1], 0, _REG_WRITE)
         self._uc = uc  # the hooks live as long as the engine
         self._add(UC_HOOK_BLOCK, _HOOK)
         self._insn_handle: int | None = None
@@ -62,6 +68,31 @@ class VClock:
         if err:
             raise UcError(err)
         return handle.value
+
+    def install_tsc_hooks(self, ax: int, dx: int, cx: int) -> None:
+        """Answer RDTSC and RDTSCP from the clock in C, writing the given registers (RAX/RDX/
+        RCX on a 64-bit engine: the upper halves are cleared, as the instruction does)."""
+        c = self._c
+        c.reg_ax, c.reg_dx, c.reg_cx = ax, dx, cx
+        for insn, fn in ((UC_X86_INS_RDTSC, _RDTSC_HOOK), (UC_X86_INS_RDTSCP, _RDTSCP_HOOK)):
+            handle = ctypes.c_size_t()
+            err = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), UC_HOOK_INSN, ctypes.c_void_p(fn),
+                                    ctypes.cast(ctypes.byref(c), ctypes.c_void_p), ctypes.c_uint64(1),
+                                    ctypes.c_uint64(0), ctypes.c_int(insn))
+            if err:
+                raise UcError(err)
+
+    @property
+    def tsc_aux(self) -> int:
+        return self._c.tsc_aux
+
+    @tsc_aux.setter
+    def tsc_aux(self, v: int) -> None:
+        self._c.tsc_aux = v & 0xFFFFFFFF
+
+    @property
+    def tsc_reads(self) -> int:
+        return self._c.tsc_reads
 
     # -- the instruction hook (installed and ordered by hypervisor/cpu.py) -----------------
     @property

@@ -266,8 +266,6 @@ class Cpu32(CpuBase):
         # fixed register sets of the instruction hooks (the binding's calls cost microseconds)
         self.cpuid_in = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_ECX])
         self.cpuid_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX])
-        self.tsc_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EDX])
-        self.tscp_out = RegBatch(uc, [X.UC_X86_REG_EAX, X.UC_X86_REG_EDX, X.UC_X86_REG_ECX])
         self._all_names = list(_REG)
         self._all_regs = RegBatch(uc, [_REG[n] for n in self._all_names])
         self._cs_ss = RegBatch(uc, [X.UC_X86_REG_CS, X.UC_X86_REG_SS])        # transfer(): the hot path

@@ -50,7 +50,7 @@ SYSCALL_LEN = 2
 EXIT_ADDRESS64 = STUB_VA + 0xFF0          # emu_start's "until": mapped, never executed
 HYPERCALL_REGS64 = [R.UC_X86_REG_RAX, R.UC_X86_REG_RDI, R.UC_X86_REG_RSI, R.UC_X86_REG_RDX,
                     R.UC_X86_REG_R10, R.UC_X86_REG_R8, R.UC_X86_REG_RIP, R.UC_X86_REG_RSP,
-                    R.UC_X86_REG_RFLAGS, R.UC_X86_REG_CS]
+                    R.UC_X86_REG_RFLAGS, R.UC_X86_REG_CS, R.UC_X86_REG_SS]
 
 
 class Cpu64(CpuBase):
@@ -77,8 +77,6 @@ class Cpu64(CpuBase):
         self.sysret_out = RegBatch(uc, [R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
         self.cpuid_in = RegBatch(uc, [R.UC_X86_REG_EAX, R.UC_X86_REG_ECX])
         self.cpuid_out = RegBatch(uc, [R.UC_X86_REG_RAX, R.UC_X86_REG_RBX, R.UC_X86_REG_RCX, R.UC_X86_REG_RDX])
-        self.tsc_out = RegBatch(uc, [R.UC_X86_REG_RAX, R.UC_X86_REG_RDX])
-        self.tscp_out = RegBatch(uc, [R.UC_X86_REG_RAX, R.UC_X86_REG_RDX, R.UC_X86_REG_RCX])
         self._all_names = list(_REG64)
         self._all_regs = RegBatch(uc, [_REG64[n] for n in self._all_names])
         self._cs_ss = RegBatch(uc, [R.UC_X86_REG_CS, R.UC_X86_REG_SS])
@@ -144,7 +142,7 @@ class Cpu64(CpuBase):
         return out
 
     def hypercall_regs(self) -> list[int]:
-        """RAX, RDI, RSI, RDX, R10, R8, RIP, RSP, RFLAGS, CS in one call (the hot path)."""
+        """RAX, RDI, RSI, RDX, R10, R8, RIP, RSP, RFLAGS, CS, SS in one call (the hot path)."""
         return self._hypercall_regs.read()
 
     def set_rax(self, value: int) -> None:

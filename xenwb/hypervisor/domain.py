@@ -100,6 +100,7 @@ class Domain:
         self.cmdline = ""
         self.start_info_va = 0
         self.shutdown_code: int | None = None      # SCHEDOP_shutdown_code
+        self.pirq_eoi_map_mfn = 0                  # PHYSDEVOP_pirq_eoi_gmfn: the guest's EOI bitmap page
         self.current: Vcpu | None = None
         self.observer: DebugObserver | None = None
         self.stub_cache: dict[int, bool] = {}      # pc after a hypercall instruction -> in a page stub?

@@ -91,11 +91,12 @@ def cpuid_leaf(vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]
     return 0, 0, 0, 0
 
 
-# Leaf 1 and 7 and 0x80000001 feature bits a 64-bit PV guest sees: a baseline x86_64 CPU
-# limited to what unicorn's TCG implements (measured, xen-pv64-abi.md section 12: no AVX,
-# FMA, 1 GiB pages), and without XSAVE (so no XSETBV emulation is needed), FSGSBASE, SMEP,
-# PCID or the APIC features a PV guest cannot use (Xen's PV policy hides those too).
-CPUID64_1_EDX = sum(1 << b for b in (0, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 19, 23, 24, 25, 26))
+# Leaf 1, 7 and 0x80000001 feature bits a 64-bit PV guest sees: the features Xen offers PV
+# guests at all (marked "A" in public/arch-x86/cpufeatureset.h: no PSE, PGE, MTRR, VME or
+# PSE36, which are HVM-only, so Linux builds its direct map from 4 KiB pages) limited to what
+# unicorn's TCG implements (measured, xen-pv64-abi.md section 12: no AVX, FMA, 1 GiB pages),
+# on a host without XSAVE (so no XSETBV emulation is needed), FSGSBASE or machine checks.
+CPUID64_1_EDX = sum(1 << b for b in (0, 2, 4, 5, 6, 8, 9, 11, 15, 16, 19, 23, 24, 25, 26))
 CPUID64_1_ECX = sum(1 << b for b in (0, 1, 9, 13, 19, 20, 22, 23, 25, 30, 31))   # ... hypervisor (31)
 CPUID64_7_EBX = sum(1 << b for b in (3, 8, 9))          # BMI1, BMI2, ERMS
 CPUID64_EXT1_EDX = sum(1 << b for b in (11, 20, 27, 29))   # SYSCALL, NX, RDTSCP, LM
@@ -151,20 +152,26 @@ def invalid_opcode(vcpu: Vcpu) -> bool:
 
 
 # ---------------------------------------------------------------- #PF error code
+# instructions that write memory without naming it as a written operand: the stack pushes
+# and the string stores (capstone's string forms have only memory operands, or none)
+_STACK_WRITERS = ("push", "call", "enter")
+_STRING_STORES = frozenset({"movsb", "movsw", "movsd", "movsq", "stosb", "stosw", "stosd", "stosq",
+                            "insb", "insw", "insd"})
+
+
 def _writes_memory(insn, cr2: int, regs: dict[str, int]) -> bool:
+    """Did the instruction that faulted write memory (the #PF error code's W bit)?"""
     if insn is None:
         return False
-    m = insn.mnemonic
-    if m.startswith(("push", "call", "enter", "stos", "movs", "ins")):
+    m = insn.mnemonic.split()[-1]       # without rep/lock prefixes
+    if m.startswith(_STACK_WRITERS):
         return True
-    try:
-        _, written = insn.regs_access()
-    except Exception:
-        written = []
-    for op in insn.operands:
-        if op.type == CX.X86_OP_MEM and op.access & 2:   # CS_AC_WRITE
-            return True
-    return bool(m.startswith(("xchg", "cmpxchg")) and written is not None)
+    mem = [op for op in insn.operands if op.type == CX.X86_OP_MEM]
+    if m in _STRING_STORES and len(mem) == len(insn.operands):
+        return True                     # not SSE's movsd xmm, xmm/m64
+    if m.startswith("cmpxchg") and mem:
+        return True                     # writes its destination back even when the compare fails
+    return any(op.access & 2 for op in mem)   # CS_AC_WRITE
 
 
 def page_fault_error_code(vcpu: Vcpu, regs: dict[str, int], cr2: int) -> int:
@@ -253,7 +260,7 @@ def ptwr(vcpu: Vcpu, regs: dict[str, int], cr2: int, ec: int) -> bool:
     insn = decode(vcpu, regs["pc"])
     if insn is None:
         return False
-    m = insn.mnemonic
+    m = insn.mnemonic.split()[-1]       # without a lock prefix (an SMP guest locks its PTE updates)
     mem_ops = [o for o in insn.operands if o.type == CX.X86_OP_MEM]
     if len(mem_ops) != 1:
         return False
@@ -327,6 +334,9 @@ def ptwr(vcpu: Vcpu, regs: dict[str, int], cr2: int, ec: int) -> bool:
 # ---------------------------------------------------------------- privileged instructions
 MSR_APIC_BASE, MSR_EFER, MSR_PAT, MSR_TSC, MSR_MISC_ENABLE = 0x1B, 0xC0000080, 0x277, 0x10, 0x1A0
 MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE, MSR_TSC_AUX = 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103
+MSR_IA32_PLATFORM_ID, MSR_IA32_UCODE_REV, MSR_INTEL_PLATFORM_INFO = 0x17, 0x8B, 0xCE
+MSR_INTEL_MISC_FEATURES_ENABLES, MSR_IA32_PERF_STATUS, MSR_IA32_PERF_CTL = 0x140, 0x198, 0x199
+PLATFORM_INFO_CPUID_FAULTING = 1 << 31
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 MSR_PERF_CAPABILITIES = 0x345
 
@@ -474,6 +484,15 @@ def read_msr(vcpu: Vcpu, msr: int) -> int | None:
         return vcpu.read_base_msr(msr)
     if msr == MSR_TSC_AUX:
         return vcpu.tsc_aux
+    # msr.c guest_rdmsr (Intel vendor): the microcode revision of Xen's last load (none here),
+    # the platform ID, PLATFORM_INFO with CPUID faulting, MISC_FEATURES_ENABLES, and the
+    # read-as-zero PERF_STATUS/PERF_CTL
+    if msr in (MSR_IA32_UCODE_REV, MSR_IA32_PLATFORM_ID, MSR_IA32_PERF_STATUS, MSR_IA32_PERF_CTL):
+        return 0
+    if msr == MSR_INTEL_PLATFORM_INFO:
+        return PLATFORM_INFO_CPUID_FAULTING
+    if msr == MSR_INTEL_MISC_FEATURES_ENABLES:
+        return vcpu.misc_features_enables
     if msr == MSR_PAT:
         return 0x0000050100070406
     if msr == MSR_TSC:
@@ -502,6 +521,18 @@ def write_msr(vcpu: Vcpu, msr: int, value: int) -> bool:
         return True
     if msr in (MSR_PAT, MSR_MISC_ENABLE, MSR_TSC):
         return True   # accepted and ignored
+    if msr == MSR_IA32_UCODE_REV:
+        return value == 0               # guest_wrmsr: Intel documents writing 0 before reading it
+    if msr == MSR_TSC_AUX:
+        if value >> 32:
+            return False
+        vcpu.tsc_aux = value
+        return True
+    if msr == MSR_INTEL_MISC_FEATURES_ENABLES:
+        if value & ~1:                  # only CPUID faulting can be enabled
+            return False
+        vcpu.misc_features_enables = value
+        return True
     return False
 
 

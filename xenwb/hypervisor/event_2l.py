@@ -40,6 +40,9 @@ class TwoLevel:
         si[i] = (old | bit) if on else (old & ~bit)
         return bool(old & bit)
 
+    def init_port(self, port: int) -> None:
+        """evtchn_port_init: nothing to do for the 2-level ABI."""
+
     def is_pending(self, port: int) -> bool:
         return bool(self._si[self._pending + (port >> 3)] >> (port & 7) & 1)
 

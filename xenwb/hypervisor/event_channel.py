@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, EvtchnOp
 from xenwb.hypervisor.event_2l import TwoLevel
+from xenwb.hypervisor.event_fifo import LINK_BITS, Fifo, init_control
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.sched import evtchn_check_pollers, vcpu_kick
 
@@ -57,6 +58,7 @@ EINVAL, EFAULT, ENOENT, EEXIST, ENOSPC, EPERM, ESRCH, ENOSYS, EBUSY = (
     -Errno.EINVAL, -Errno.EFAULT, -Errno.ENOENT, -Errno.EEXIST, -Errno.ENOSPC, -Errno.EPERM,
     -Errno.ESRCH, -Errno.ENOSYS, -Errno.EBUSY)
 BACKEND_DOMID = 0          # the workbench's backends play the hardware domain
+MAX_EVTCHN_PORT = 1023     # the toolstack's limit (libxl event_channels default: max_evtchn_port)
 EVTCHNS_PER_BUCKET = 64    # PAGE_SIZE / next_power_of_2(sizeof(struct evtchn)) (64-byte aligned)
 NR_PIRQS_DOMU = 24 + 32    # nr_static_irqs (a 24-pin IO-APIC) + extra_domU_irqs (common/domain.c)
 EVTCHN_OP_SIZE = 4 + 24    # struct evtchn_op: cmd + the largest member (evtchn_status)
@@ -142,14 +144,21 @@ class EventChannels:
 
     def __init__(self, dom: Domain) -> None:
         self.dom = dom
-        self.ops = TwoLevel(dom)                    # evtchn_port_ops (event_2l.c)
-        self.nr_ports = self.ops.max_ports
+        self.ops: TwoLevel | Fifo = TwoLevel(dom)   # evtchn_port_ops (event_2l.c, event_fifo.c)
+        self.nr_ports = min(self.ops.max_ports, MAX_EVTCHN_PORT + 1)
         self.table = PortTable(dom.domid, self.nr_ports)
         self.dom0 = PortTable(BACKEND_DOMID, self.nr_ports)
         # v->virq_to_evtchn[]: (virq, vcpu id) -> port; global VIRQs live on vcpu 0
         self.virq_ports: dict[tuple[int, int], int] = {}
         self._backend_ports: dict[int, int] = {}   # guest port at connect time -> dom0 port
         self.stats = {"set_pending": 0, "edges": 0, "sends": 0}
+
+    def switch_ops(self, ops: TwoLevel | Fifo) -> None:
+        """The domain changes event channel ABI (the first EVTCHNOP_init_control, or back
+        to 2-level at a reset)."""
+        self.ops = ops
+        self.nr_ports = min(ops.max_ports, MAX_EVTCHN_PORT + 1)
+        self.table.max_ports = self.nr_ports
 
     # -- compatibility views ----------------------------------------------------------
     @property
@@ -270,6 +279,7 @@ class EventChannels:
             return port
         rdom = self.dom.domid if remote_dom == C.DOMID_SELF else remote_dom
         self.table.ports[port] = Port(PortState.unbound, 0, rdom)
+        self.ops.init_port(port)
         return port
 
     def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
@@ -287,6 +297,7 @@ class EventChannels:
             return EINVAL
         rdomid = self.dom.domid if who == "self" else BACKEND_DOMID
         self.table.ports[lport] = Port(PortState.interdomain, 0, rdomid, remote_port)
+        self.ops.init_port(lport)
         r.state, r.remote_dom, r.remote_port = PortState.interdomain, self.dom.domid, lport
         # "We may have lost notifications on the remote unbound port": always pending
         self.set_pending(lport)
@@ -308,6 +319,7 @@ class EventChannels:
         if port < 0:
             return port
         self.table.ports[port] = Port(PortState.virq, vid, virq=virq)
+        self.ops.init_port(port)
         self.virq_ports[(virq, vid)] = port
         return port
 
@@ -318,6 +330,7 @@ class EventChannels:
         if port < 0:
             return port
         self.table.ports[port] = Port(PortState.ipi, vid)
+        self.ops.init_port(port)
         return port
 
     def bind_pirq(self, pirq: int) -> int:
@@ -414,7 +427,18 @@ class EventChannels:
             return EPERM                 # xsm_evtchn_reset (XSM_TARGET)
         for port in range(1, len(self.table.ports)):
             self.close(port)
+        if isinstance(self.ops, Fifo):          # evtchn_reset -> evtchn_fifo_destroy
+            self.ops.release()
+            self.switch_ops(TwoLevel(self.dom))
         return 0
+
+    def set_priority(self, port: int, priority: int) -> int:
+        """evtchn_set_priority: -ENOSYS without the FIFO ABI (no set_priority op)."""
+        if not isinstance(self.ops, Fifo):
+            return ENOSYS
+        if not self.table.valid(port):
+            return EINVAL
+        return self.ops.set_priority(port, priority)
 
     def describe(self) -> list[dict[str, Any]]:
         """Every usable port with its state, pending and mask bits (for UIs and plugins)."""
@@ -424,6 +448,9 @@ class EventChannels:
                 continue
             d: dict[str, Any] = {"port": n, "state": p.state.name, "vcpu": p.vcpu,
                                  "pending": self.is_pending(n), "masked": self.is_masked(n)}
+            if isinstance(self.ops, Fifo):
+                d["priority"] = self.ops.priority.get(n)
+                d["linked"] = self.ops.is_linked(n)
             if p.state == PortState.virq:
                 d["virq"] = _virq_name(p.virq)
             elif p.state in (PortState.interdomain, PortState.unbound):
@@ -519,10 +546,26 @@ def evtchn_op(vcpu: Vcpu, cmd: int, arg: int) -> int:
             return ev.do_unmask(_rd(vcpu, arg, L.evtchn_port).port)
         if cmd in (EvtchnOp.reset, EvtchnOp.reset_cont):
             return ev.reset(_rd(vcpu, arg, L.evtchn_reset).dom)
-        if cmd in (EvtchnOp.init_control, EvtchnOp.expand_array, EvtchnOp.set_priority):
-            # FIFO ABI ops (Xen >= 4.4). Without them (as on older Xen) the op does not
-            # exist: -ENOSYS, and Linux stays on the 2-level ABI (xen_evtchn_fifo_init).
-            return ENOSYS
+        if cmd == EvtchnOp.init_control:
+            a = _rd(vcpu, arg, L.evtchn_init_control)
+            a.link_bits = LINK_BITS
+            if not 0 <= a.vcpu < len(dom.vcpus):
+                return ENOENT                        # domain_vcpu() == NULL
+            rc = init_control(dom, dom.vcpus[a.vcpu], a.control_gfn, a.offset)
+            if rc == 0:
+                _wr(vcpu, arg, a)
+                if dom.trace.active:
+                    dom.trace.emit(vcpu, "event", "init_control", abi=ev.ops.name, vcpu_id=a.vcpu,
+                                   control_gfn=a.control_gfn, offset=a.offset)
+            return rc
+        if cmd == EvtchnOp.expand_array:
+            a = _rd(vcpu, arg, L.evtchn_expand_array)
+            if not isinstance(ev.ops, Fifo):
+                return -Errno.EOPNOTSUPP
+            return ev.ops.expand_array(a.array_gfn)
+        if cmd == EvtchnOp.set_priority:
+            a = _rd(vcpu, arg, L.evtchn_set_priority)
+            return ev.set_priority(a.port, a.priority)
     except GuestFault:
         return EFAULT
     return ENOSYS                        # do_event_channel_op: default -ENOSYS

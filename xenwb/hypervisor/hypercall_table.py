@@ -126,6 +126,7 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
        event_channel.decode_event_channel_op),
     _e(H.physdev_op,                      physdev.do_physdev_op,            physdev.do_physdev_op,
        physdev.decode_physdev_op),
+    _e(H.xenpmu_op,                       misc.do_xenpmu_op,                misc.do_xenpmu_op),
 )}
 
 

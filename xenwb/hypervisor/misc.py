@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu64 import Vcpu64
 
 CR4_DE = 1 << 3
-EINVAL, EPERM, ENODEV, ENOSYS = -Errno.EINVAL, -Errno.EPERM, -Errno.ENODEV, -Errno.ENOSYS
+EINVAL, EPERM, ENODEV, ENOSYS, EOPNOTSUPP = (-Errno.EINVAL, -Errno.EPERM, -Errno.ENODEV, -Errno.ENOSYS,
+                                             -Errno.EOPNOTSUPP)
 
 
 def do_stack_switch(vcpu: Vcpu, ss: int, esp: int, *_: int) -> int:
@@ -112,6 +113,12 @@ def do_get_debugreg(vcpu: Vcpu, reg: int, *_: int) -> int:
 
 def do_xsm_op(vcpu: Vcpu, *_: int) -> int:
     return ENOSYS      # the dummy XSM module: no XSM ops
+
+
+def do_xenpmu_op(vcpu: Vcpu, *_: int) -> int:
+    """arch/x86/cpu/vpmu.c do_xenpmu_op: -EOPNOTSUPP while the vPMU is off (Xen's default,
+    no "vpmu=" on its command line)."""
+    return EOPNOTSUPP
 
 
 def decode_stack_switch(vcpu: Vcpu, ss: int, esp: int, *_: int) -> Any:

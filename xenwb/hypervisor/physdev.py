@@ -6,11 +6,33 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi.constants import Errno, PhysdevOp
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.mm import MMError, PageType
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
 
-EINVAL, EFAULT, EPERM, ENOSYS = -Errno.EINVAL, -Errno.EFAULT, -Errno.EPERM, -Errno.ENOSYS
+EINVAL, EFAULT, EPERM, ENOSYS, EBUSY = -Errno.EINVAL, -Errno.EFAULT, -Errno.EPERM, -Errno.ENOSYS, -Errno.EBUSY
+
+
+def pirq_eoi_gmfn(vcpu: Vcpu, arg: int) -> int:
+    """PHYSDEVOP_pirq_eoi_gmfn_v1/v2 (physdev.c): the guest gives a page of its own for the
+    PIRQ EOI bitmap; Xen takes a writable type reference on it and keeps it mapped. Once
+    per domain (-EBUSY after); a frame that is not the guest's or not writable is -EINVAL."""
+    dom = vcpu.domain
+    mfn = vcpu.read_ulong(arg)               # struct physdev_pirq_eoi_gmfn { xen_pfn_t gmfn; }
+    if not dom.mm.is_owned(mfn):
+        return EINVAL
+    try:
+        dom.mm.get_page(mfn)
+        dom.mm.get_page_type(mfn, PageType.writable)
+    except MMError:
+        return EINVAL
+    if dom.pirq_eoi_map_mfn:
+        dom.mm.put_page_type(mfn)
+        dom.mm.put_page(mfn)
+        return EBUSY
+    dom.pirq_eoi_map_mfn = mfn
+    return 0
 
 
 def physdev(vcpu: Vcpu, cmd: int, arg: int) -> int:
@@ -32,7 +54,9 @@ def physdev(vcpu: Vcpu, cmd: int, arg: int) -> int:
             vcpu.read_u32(arg)
             vcpu.write_virt(arg + 4, (0).to_bytes(4, "little"))
             return 0
-        if cmd in (PhysdevOp.pirq_eoi_gmfn_v1, PhysdevOp.pirq_eoi_gmfn_v2, PhysdevOp.eoi,
+        if cmd in (PhysdevOp.pirq_eoi_gmfn_v1, PhysdevOp.pirq_eoi_gmfn_v2):
+            return pirq_eoi_gmfn(vcpu, arg)
+        if cmd in (PhysdevOp.eoi,
                    PhysdevOp.map_pirq, PhysdevOp.unmap_pirq, PhysdevOp.setup_gsi, PhysdevOp.get_free_pirq,
                    PhysdevOp.pci_device_add, PhysdevOp.pci_device_remove, PhysdevOp.manage_pci_add,
                    PhysdevOp.manage_pci_remove, PhysdevOp.manage_pci_add_ext, PhysdevOp.restore_msi,

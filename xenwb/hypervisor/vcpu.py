@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.arch.intel import HOOK_INSN_CPUID_CFUNC
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps
@@ -85,7 +84,7 @@ class Vcpu:
         self.periodic_period = 10_000_000
         self.periodic_last = 0               # v->periodic_last_event
         self.periodic_next = self.periodic_period
-        self.tsc_aux = 0                     # MSR_TSC_AUX, what RDTSCP returns in ECX
+        self.misc_features_enables = 0       # MSR_INTEL_MISC_FEATURES_ENABLES (CPUID faulting)
         self.singleshot_deadline: int | None = None
         self.poll_ports: list[int] | None = None
         self.poll_deadline: int | None = None
@@ -101,11 +100,14 @@ class Vcpu:
     def _install_common_hooks(self) -> None:
         uc = self.cpu.uc
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
-        self._rdtsc_cb = HOOK_INSN_CPUID_CFUNC(lambda _h, _k: self._on_rdtsc())
-        uc._Uc__do_hook_add(UC_HOOK_INSN, self._rdtsc_cb, 1, 0, X.UC_X86_INS_RDTSC)
-        self._rdtscp_cb = HOOK_INSN_CPUID_CFUNC(lambda _h, _k: self._on_rdtsc(rdtscp=True))
-        uc._Uc__do_hook_add(UC_HOOK_INSN, self._rdtscp_cb, 1, 0, X.UC_X86_INS_RDTSCP)
+        # RDTSC/RDTSCP: the virtual TSC is the clock (1 tick per ns), answered by a C hook
+        if self.word == 8:
+            self.clock.install_tsc_hooks(X.UC_X86_REG_RAX, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX)
+        else:
+            self.clock.install_tsc_hooks(X.UC_X86_REG_EAX, X.UC_X86_REG_EDX, X.UC_X86_REG_ECX)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
 
     def _guarded(self, what: str, fn, *args):
         """Run hypervisor work for a hook: a DomainCrash crashes the domain; any other
@@ -125,14 +127,28 @@ class Vcpu:
         self._guarded("CPUID", emulate.cpuid, self)
         return 1
 
-    def _on_rdtsc(self, rdtscp: bool = False) -> int:
-        """RDTSC/RDTSCP answered from the vcpu's virtual clock (1 tick per ns)."""
-        tsc = self.domain.time.tsc(self)
-        if rdtscp:
-            self.cpu.tscp_out.write(tsc & 0xFFFFFFFF, (tsc >> 32) & 0xFFFFFFFF, self.tsc_aux)
-        else:
-            self.cpu.tsc_out.write(tsc & 0xFFFFFFFF, (tsc >> 32) & 0xFFFFFFFF)
-        return 1
+    # Port I/O. Unicorn executes IN/OUT at any privilege level without consulting IOPL or
+    # an I/O bitmap (its gen_check_io returns at once), so Xen's rule is applied here
+    # (pv/emul-priv-op.c): with the virtual IOPL allowing it (>= 1 in kernel mode, 3 in user
+    # mode) a domU, which has no I/O ports, reads all ones and its writes are dropped
+    # (guest_io_read/guest_io_write). Where Xen would raise #GP(0) instead, the instruction
+    # cannot be stopped from this hook (unicorn goes on with the translation block): the
+    # access is answered the same way and recorded in the trace as an I/O fault Xen would
+    # have raised.
+    def _io_allowed(self) -> bool:
+        return self.iopl >= (1 if self.in_kernel_mode() else 3)
+
+    def _on_in(self, uc, port: int, size: int, _ud) -> int:
+        value = (1 << (8 * size)) - 1
+        if self.domain.trace.active:
+            self.domain.trace.emit(self, "io", "in", port=port, size=size, value=value,
+                                   pc=self.cpu.pc, gp=not self._io_allowed())
+        return value
+
+    def _on_out(self, uc, port: int, size: int, value: int, _ud) -> None:
+        if self.domain.trace.active:
+            self.domain.trace.emit(self, "io", "out", port=port, size=size, value=value,
+                                   pc=self.cpu.pc, gp=not self._io_allowed())
 
     def _invalid(self) -> None:
         if not emulate.invalid_opcode(self):
@@ -260,6 +276,15 @@ class Vcpu:
         off = self._vi_off + self._cr2_off
         self._vi_view[off: off + self._sel_size] = (cr2 & ((1 << (8 * self._sel_size)) - 1)).to_bytes(
             self._sel_size, "little")
+
+    @property
+    def tsc_aux(self) -> int:
+        """MSR_TSC_AUX: what RDTSCP returns in ECX (kept by the clock's C hook)."""
+        return self.clock.tsc_aux
+
+    @tsc_aux.setter
+    def tsc_aux(self, v: int) -> None:
+        self.clock.tsc_aux = v
 
     def set_virtual_ts(self, on: bool) -> None:
         self.virtual_ts = on

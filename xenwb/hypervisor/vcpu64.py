@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
 
 FRAME_REGS = ("rip", "cs", "rflags", "rsp", "ss")
+RFLAGS_IF, RFLAGS_IOPL_VM = 1 << 9, (3 << 12) | (1 << 17)
 INT3, INT80 = 3, 0x80
 
 
@@ -43,6 +44,7 @@ class Vcpu64(Vcpu):
         self.gs_base_kernel = self.gs_base_user = 0
         self.fs_base = 0
         self.sysret_exit = False               # Xen leaves by sysretq (TRAP_syscall) this time
+        self._sysret_done = False              # RCX/R11/CS/SS already what the sysret gives
         self._compat_code = False              # the engine runs 32-bit code (compat user mode)
         self._install_common_hooks()
         uc = self.cpu.uc
@@ -75,6 +77,7 @@ class Vcpu64(Vcpu):
         cpu.transfer(rip, cs, rflags, rsp, ss, same_kind=long_target != self._compat_code)
         self._compat_code = not long_target
         self.sysret_exit = sysret
+        self._sysret_done = False
 
     def return_to_guest(self) -> None:
         traps.deliver_event_upcall(self)
@@ -86,6 +89,8 @@ class Vcpu64(Vcpu):
     def _apply_sysret(self) -> None:
         """restore_all_guest's sysret path: RCX = RIP, R11 = RFLAGS, CS/SS from STAR."""
         self.sysret_exit = False
+        if self._sysret_done:
+            return                  # a hypercall that moved nothing: the syscall left them so
         r, pending = self.guest_regs()
         out = traps64.sysret_registers(r["rip"], r["rflags"], r["cs"])
         if out is None:
@@ -104,7 +109,7 @@ class Vcpu64(Vcpu):
         """`syscall`: a hypercall in kernel mode (lstar_enter -> pv_hypercall), a system call
         to bounce in user mode (switch_to_kernel)."""
         cpu = self.cpu
-        vals = cpu.hypercall_regs()              # rax rdi rsi rdx r10 r8 rip rsp rflags cs
+        vals = cpu.hypercall_regs()              # rax rdi rsi rdx r10 r8 rip rsp rflags cs ss
         rip = vals[6]
         self.clock.settle(rip + 2)               # the syscall completed
         cpu.pc_bias = 2                          # unicorn adds 2 to RIP after this hook
@@ -113,6 +118,10 @@ class Vcpu64(Vcpu):
             cpu.sysret_out.write(rip + 2, vals[8])
             if self.kernel_mode:
                 self.sysret_exit = True
+                # the sysret would give the same RCX/R11 and flat CS/SS: nothing to redo
+                # unless the hypercall moves the vcpu (exit_to clears this)
+                self._sysret_done = (vals[9] == C.FLAT_KERNEL_CS64 and vals[10] == C.FLAT_KERNEL_SS64
+                                     and vals[8] & RFLAGS_IF and not vals[8] & RFLAGS_IOPL_VM)
                 self.domain.hypercall(self, vals[0], (vals[1], vals[2], vals[3], vals[4], vals[5]), rip + 2)
             else:
                 r = cpu.regs()
@@ -236,6 +245,7 @@ class Vcpu64(Vcpu):
         leaves by sysretq: RCX = that RIP)."""
         self.cpu.continuation_out.write(*args)
         self.cpu.pc = pc
+        self._sysret_done = False           # the sysret gives RCX = the rewound RIP
 
     def do_iret(self) -> None:
         traps64.do_iret(self)
