@@ -152,18 +152,46 @@ def test_memory_op_decrease_then_populate(hv: Hv) -> None:
     assert hv.mmu_update((ptr, (new << 12) | 0x23))[0] == 0
 
 
-def test_memory_op_decrease_frame_in_use_freed_when_unmapped(hv: Hv) -> None:
-    """common/memory.c guest_remove_page drops the allocation reference even while the frame
-    is still mapped: the extent counts as done, and the frame goes back to Xen only when its
-    last mapping goes (put_page), not before."""
+def test_memory_op_decrease_frame_in_use(hv: Hv) -> None:
+    """A frame still mapped is given back too (guest_remove_page drops only the allocation
+    reference, put_page_alloc_ref): the extent counts as done, the mapping keeps working, and
+    the frame leaves the domain with its last reference (free_domheap_pages: tot_pages drops,
+    M2P entry invalidated), not before. Asking again meanwhile is a success that changes
+    nothing: get_page still finds the frame the domain's."""
+    dom = hv.dom
     va = hv.scratch_page()
     mfn = hv.mfn_of(va)
+    pfn = dom.physmap.pfn(mfn)
+    n = dom.nr_pages
+    self_ = hv.put(struct.pack("<H", DOMID_SELF))
+    arg, _ = reservation(hv, [mfn, mfn])
+    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 2
+    assert dom.mm.is_owned(mfn) and dom.physmap.pfn(mfn) == pfn
+    assert hv.call(H.memory_op, XENMEM["current"], self_) == n
+    hv.v.write_virt(va, b"still mine")
+    assert hv.get(va, 10) == b"still mine"
+    assert hv.mmu_update((hv.pte_maddr(va), 0)) == (0, 1)          # the last reference goes
+    assert not dom.mm.is_owned(mfn) and dom.physmap.pfn(mfn) is None and mfn in dom.mm.free_frames
+    assert hv.call(H.memory_op, XENMEM["current"], self_) == n - 1
     arg, _ = reservation(hv, [mfn])
+    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 0        # no longer the domain's: -ENXIO
+
+
+def test_memory_op_decrease_pinned_table(hv: Hv) -> None:
+    """A pinned page table given back stays a pinned, usable table (GNU Mach frees the L1s it
+    pinned for its bootstrap map this way) and is freed at MMUEXT_UNPIN_TABLE."""
+    dom = hv.dom
+    l1 = hv.free_frame()
+    assert hv.mmuext((C.MmuextCmd.PIN_L1_TABLE, l1)) == (0, 1)
+    arg, _ = reservation(hv, [l1])
     assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 1
-    assert hv.dom.mm.is_owned(mfn) and mfn not in hv.dom.mm.free_frames      # still mapped
-    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 0               # already given back
-    assert hv.call(H.update_va_mapping, va, 0, 0, C.UVMF_INVLPG) == 0
-    assert not hv.dom.mm.is_owned(mfn) and mfn in hv.dom.mm.free_frames
+    pi = dom.mm.page(l1)
+    assert dom.mm.is_owned(l1) and pi.pinned and pi.type_count == 1
+    assert hv.mmuext((C.MmuextCmd.PIN_L1_TABLE, l1))[0] == EINVAL     # already pinned
+    n = dom.nr_pages
+    assert hv.mmuext((C.MmuextCmd.UNPIN_TABLE, l1)) == (0, 1)
+    assert not dom.mm.is_owned(l1) and dom.nr_pages == n - 1
+    assert l1 in dom.mm.free_frames
 
 
 def test_memory_op_add_to_physmap_and_unknown(hv: Hv) -> None:

@@ -42,17 +42,10 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                 gmfn = vcpu.read_ulong(slot)
             except GuestFault:
                 return done if done else EFAULT
-            # a PV guest names its frames by MFN; each must be its own (get_page). Xen drops
-            # the allocation reference (guest_remove_page) even while the frame is still
-            # mapped or typed: it is freed when the last reference goes.
-            if not mm.is_owned(gmfn) or not mm.page(gmfn).allocated:
+            # a PV guest names its frames by MFN; one still in use is given back too and
+            # leaves the domain with its last reference (guest_remove_page; MM.drop_allocation)
+            if mm.remove_page(gmfn):
                 break
-            pfn = pm.pfn(gmfn)
-            pm.set_m2p(gmfn, pm.invalid)
-            if pfn is not None and pfn < len(pm.p2m):
-                pm.p2m[pfn] = pm.invalid
-            mm.drop_allocation(gmfn)
-            dom.nr_pages -= 1
         else:
             if dom.nr_pages >= dom.max_pages or not mm.free_frames:
                 break
