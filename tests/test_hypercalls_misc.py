@@ -261,6 +261,38 @@ def test_sched_op_compat(hv: Hv) -> None:
     assert hv.dom.shutdown_reason == 0
 
 
+def test_sched_op_compat_shutdown_takes_the_low_byte(hv: Hv) -> None:
+    """do_sched_op_compat calls domain_shutdown(d, (u8)arg): a pointer passed as the reason
+    (GNU Mach passes &struct sched_shutdown) shuts down with its low byte (arch/x86/compat.c)."""
+    assert hv.call(H.sched_op_compat, 2, 0x400A18FC) == 0
+    assert hv.dom.shutdown_reason == 0xFC
+
+
+def test_sched_op_shutdown_reason_is_u8(hv: Hv) -> None:
+    """SCHEDOP_shutdown: domain_shutdown(d, (u8)sched_shutdown.reason) (sched/core.c)."""
+    assert hv.call(H.sched_op, 2, hv.put_u32(0x101)) == 0
+    assert hv.dom.shutdown_reason == 1
+
+
+def test_sched_op_shutdown_code_wins(hv: Hv) -> None:
+    """SCHEDOP_shutdown_code records the first code only, as a u8; domain_shutdown then reports
+    it whatever reason the shutdown gives (common/domain.c, sched/core.c)."""
+    assert hv.call(H.sched_op, 5, hv.put_u32(0x203)) == 0
+    assert hv.call(H.sched_op, 5, hv.put_u32(1)) == 0
+    assert hv.dom.shutdown_reason is None
+    assert hv.call(H.sched_op, 2, hv.put_u32(0)) == 0
+    assert hv.dom.shutdown_reason == 3
+
+
+def test_sched_op_suspend_cancelled_then_poweroff(hv: Hv) -> None:
+    """xenwb cancels a suspend (the guest resumes with 1, as after xc_domain_resume); the
+    resume forgets the shutdown code (domain_resume), so a later poweroff is a poweroff."""
+    assert hv.call(H.sched_op, 2, hv.put_u32(2)) == 1
+    assert hv.dom.shutdown_reason is None
+    assert hv.call(H.sched_op, 2, hv.put_u32(0)) == 0
+    assert hv.dom.shutdown_reason == 0
+
+
 # ================================================================ physdev_op
 def test_physdev_set_iopl(hv: Hv) -> None:
     """PHYSDEVOP_set_iopl {u32 iopl}: > 3 -> -EINVAL (physdev.c)."""
