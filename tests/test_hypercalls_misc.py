@@ -194,6 +194,43 @@ def test_memory_op_decrease_pinned_table(hv: Hv) -> None:
     assert l1 in dom.mm.free_frames
 
 
+def test_memory_op_reservation_never_fails(hv: Hv) -> None:
+    """do_memory_op returns start_extent, never an errno, for an unreadable reservation, a
+    domain other than itself (dom0: XSM_TARGET refuses; unknown: not found), an order above
+    max_order() (9 for a domU) or a continuation past the end; an unreadable extent ends the
+    batch with the extents done so far (common/memory.c, compat/memory.c)."""
+    dom = hv.dom
+    decrease, populate = XENMEM["decrease"], XENMEM["populate"]
+    assert hv.call(H.memory_op, decrease, 0x1000) == 0
+    assert hv.call(H.memory_op, populate | (3 << 6), 0x1000) == 3
+    m1, m2 = hv.free_frame(), hv.free_frame()
+    for domid in (0, 7):
+        arr = hv.put_u32(m1)
+        arg = hv.put(struct.pack("<IIIIH2x", arr, 1, 0, 0, domid))
+        assert hv.call(H.memory_op, decrease, arg) == 0
+    arr = hv.put_u32(m1)
+    assert hv.call(H.memory_op, decrease, hv.put(struct.pack("<IIIIH2x", arr, 1, 10, 0, DOMID_SELF))) == 0
+    arg, _ = reservation(hv, [m1])
+    assert hv.call(H.memory_op, decrease | (1 << 6), arg) == 1          # start_extent >= nr_extents
+    assert dom.mm.is_owned(m1)
+    last = hv.layout.virt_end - 4                     # extent 0 on the last mapped word, 1 beyond
+    hv.v.write_virt(last, struct.pack("<I", m2))
+    arg = hv.put(struct.pack("<IIIIH2x", last, 2, 0, 0, DOMID_SELF))
+    assert hv.call(H.memory_op, decrease, arg) == 1
+    assert not dom.mm.is_owned(m2) and dom.mm.is_owned(m1)
+
+
+def test_memory_op_decrease_order(hv: Hv) -> None:
+    """decrease_reservation with extent_order 1 gives back gmfn and gmfn + 1."""
+    dom = hv.dom
+    m1 = hv.free_frame()
+    m0 = m1 - 1                          # the builder hands out frames in reverse machine order
+    assert dom.mm.is_owned(m0) and not dom.mm.page(m0).count
+    arg = hv.put(struct.pack("<IIIIH2x", hv.put_u32(m0), 1, 1, 0, DOMID_SELF))
+    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 1
+    assert not dom.mm.is_owned(m0) and not dom.mm.is_owned(m1)
+
+
 def test_memory_op_add_to_physmap_and_unknown(hv: Hv) -> None:
     """add_to_physmap is for translated guests: -EACCES for PV; unknown op -> -ENOSYS."""
     arg = hv.put(struct.pack("<HHIII", DOMID_SELF, 0, 0, 0, 0x100))
