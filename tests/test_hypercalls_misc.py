@@ -152,18 +152,83 @@ def test_memory_op_decrease_then_populate(hv: Hv) -> None:
     assert hv.mmu_update((ptr, (new << 12) | 0x23))[0] == 0
 
 
-def test_memory_op_decrease_frame_in_use_freed_when_unmapped(hv: Hv) -> None:
-    """common/memory.c guest_remove_page drops the allocation reference even while the frame
-    is still mapped: the extent counts as done, and the frame goes back to Xen only when its
-    last mapping goes (put_page), not before."""
+def test_memory_op_decrease_frame_in_use(hv: Hv) -> None:
+    """A frame still mapped is given back too (guest_remove_page drops only the allocation
+    reference, put_page_alloc_ref): the extent counts as done, the mapping keeps working, and
+    the frame leaves the domain with its last reference (free_domheap_pages: tot_pages drops,
+    M2P entry invalidated), not before. Asking again meanwhile is a success that changes
+    nothing: get_page still finds the frame the domain's."""
+    dom = hv.dom
     va = hv.scratch_page()
     mfn = hv.mfn_of(va)
+    pfn = dom.physmap.pfn(mfn)
+    n = dom.nr_pages
+    self_ = hv.put(struct.pack("<H", DOMID_SELF))
+    arg, _ = reservation(hv, [mfn, mfn])
+    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 2
+    assert dom.mm.is_owned(mfn) and dom.physmap.pfn(mfn) == pfn
+    assert hv.call(H.memory_op, XENMEM["current"], self_) == n
+    hv.v.write_virt(va, b"still mine")
+    assert hv.get(va, 10) == b"still mine"
+    assert hv.mmu_update((hv.pte_maddr(va), 0)) == (0, 1)          # the last reference goes
+    assert not dom.mm.is_owned(mfn) and dom.physmap.pfn(mfn) is None and mfn in dom.mm.free_frames
+    assert hv.call(H.memory_op, XENMEM["current"], self_) == n - 1
     arg, _ = reservation(hv, [mfn])
+    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 0        # no longer the domain's: -ENXIO
+
+
+def test_memory_op_decrease_pinned_table(hv: Hv) -> None:
+    """A pinned page table given back stays a pinned, usable table (GNU Mach frees the L1s it
+    pinned for its bootstrap map this way) and is freed at MMUEXT_UNPIN_TABLE."""
+    dom = hv.dom
+    l1 = hv.free_frame()
+    assert hv.mmuext((C.MmuextCmd.PIN_L1_TABLE, l1)) == (0, 1)
+    arg, _ = reservation(hv, [l1])
     assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 1
-    assert hv.dom.mm.is_owned(mfn) and mfn not in hv.dom.mm.free_frames      # still mapped
-    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 0               # already given back
-    assert hv.call(H.update_va_mapping, va, 0, 0, C.UVMF_INVLPG) == 0
-    assert not hv.dom.mm.is_owned(mfn) and mfn in hv.dom.mm.free_frames
+    pi = dom.mm.page(l1)
+    assert dom.mm.is_owned(l1) and pi.pinned and pi.type_count == 1
+    assert hv.mmuext((C.MmuextCmd.PIN_L1_TABLE, l1))[0] == EINVAL     # already pinned
+    n = dom.nr_pages
+    assert hv.mmuext((C.MmuextCmd.UNPIN_TABLE, l1)) == (0, 1)
+    assert not dom.mm.is_owned(l1) and dom.nr_pages == n - 1
+    assert l1 in dom.mm.free_frames
+
+
+def test_memory_op_reservation_never_fails(hv: Hv) -> None:
+    """do_memory_op returns start_extent, never an errno, for an unreadable reservation, a
+    domain other than itself (dom0: XSM_TARGET refuses; unknown: not found), an order above
+    max_order() (9 for a domU) or a continuation past the end; an unreadable extent ends the
+    batch with the extents done so far (common/memory.c, compat/memory.c)."""
+    dom = hv.dom
+    decrease, populate = XENMEM["decrease"], XENMEM["populate"]
+    assert hv.call(H.memory_op, decrease, 0x1000) == 0
+    assert hv.call(H.memory_op, populate | (3 << 6), 0x1000) == 3
+    m1, m2 = hv.free_frame(), hv.free_frame()
+    for domid in (0, 7):
+        arr = hv.put_u32(m1)
+        arg = hv.put(struct.pack("<IIIIH2x", arr, 1, 0, 0, domid))
+        assert hv.call(H.memory_op, decrease, arg) == 0
+    arr = hv.put_u32(m1)
+    assert hv.call(H.memory_op, decrease, hv.put(struct.pack("<IIIIH2x", arr, 1, 10, 0, DOMID_SELF))) == 0
+    arg, _ = reservation(hv, [m1])
+    assert hv.call(H.memory_op, decrease | (1 << 6), arg) == 1          # start_extent >= nr_extents
+    assert dom.mm.is_owned(m1)
+    last = hv.layout.virt_end - 4                     # extent 0 on the last mapped word, 1 beyond
+    hv.v.write_virt(last, struct.pack("<I", m2))
+    arg = hv.put(struct.pack("<IIIIH2x", last, 2, 0, 0, DOMID_SELF))
+    assert hv.call(H.memory_op, decrease, arg) == 1
+    assert not dom.mm.is_owned(m2) and dom.mm.is_owned(m1)
+
+
+def test_memory_op_decrease_order(hv: Hv) -> None:
+    """decrease_reservation with extent_order 1 gives back gmfn and gmfn + 1."""
+    dom = hv.dom
+    m1 = hv.free_frame()
+    m0 = m1 - 1                          # the builder hands out frames in reverse machine order
+    assert dom.mm.is_owned(m0) and not dom.mm.page(m0).count
+    arg = hv.put(struct.pack("<IIIIH2x", hv.put_u32(m0), 1, 1, 0, DOMID_SELF))
+    assert hv.call(H.memory_op, XENMEM["decrease"], arg) == 1
+    assert not dom.mm.is_owned(m0) and not dom.mm.is_owned(m1)
 
 
 def test_memory_op_add_to_physmap_and_unknown(hv: Hv) -> None:
@@ -230,6 +295,38 @@ def test_sched_op_compat(hv: Hv) -> None:
     """sched_op_compat (#6): arg is the reason itself; unknown cmd -> -ENOSYS."""
     assert hv.call(H.sched_op_compat, 7, 0) == ENOSYS
     assert hv.call(H.sched_op_compat, 2, 0) == 0
+    assert hv.dom.shutdown_reason == 0
+
+
+def test_sched_op_compat_shutdown_takes_the_low_byte(hv: Hv) -> None:
+    """do_sched_op_compat calls domain_shutdown(d, (u8)arg): a pointer passed as the reason
+    (GNU Mach passes &struct sched_shutdown) shuts down with its low byte (arch/x86/compat.c)."""
+    assert hv.call(H.sched_op_compat, 2, 0x400A18FC) == 0
+    assert hv.dom.shutdown_reason == 0xFC
+
+
+def test_sched_op_shutdown_reason_is_u8(hv: Hv) -> None:
+    """SCHEDOP_shutdown: domain_shutdown(d, (u8)sched_shutdown.reason) (sched/core.c)."""
+    assert hv.call(H.sched_op, 2, hv.put_u32(0x101)) == 0
+    assert hv.dom.shutdown_reason == 1
+
+
+def test_sched_op_shutdown_code_wins(hv: Hv) -> None:
+    """SCHEDOP_shutdown_code records the first code only, as a u8; domain_shutdown then reports
+    it whatever reason the shutdown gives (common/domain.c, sched/core.c)."""
+    assert hv.call(H.sched_op, 5, hv.put_u32(0x203)) == 0
+    assert hv.call(H.sched_op, 5, hv.put_u32(1)) == 0
+    assert hv.dom.shutdown_reason is None
+    assert hv.call(H.sched_op, 2, hv.put_u32(0)) == 0
+    assert hv.dom.shutdown_reason == 3
+
+
+def test_sched_op_suspend_cancelled_then_poweroff(hv: Hv) -> None:
+    """xenwb cancels a suspend (the guest resumes with 1, as after xc_domain_resume); the
+    resume forgets the shutdown code (domain_resume), so a later poweroff is a poweroff."""
+    assert hv.call(H.sched_op, 2, hv.put_u32(2)) == 1
+    assert hv.dom.shutdown_reason is None
+    assert hv.call(H.sched_op, 2, hv.put_u32(0)) == 0
     assert hv.dom.shutdown_reason == 0
 
 

@@ -81,6 +81,7 @@ class Domain:
         self.xen: XenArea | XenArea64 = XenArea64(mem, geo) if self.is_64 else XenArea(mem, geo)
         self.physmap = PhysMap(mem, nr_pages, self.xen.m2p_maddr, geo.m2p_entry_size)
         self.mm = MM(mem, geo, self.xen)
+        self.mm.on_free = self.frame_freed
         self.nr_pages = nr_pages
         self.max_pages = nr_pages
         self.time = VirtualTime()
@@ -107,6 +108,17 @@ class Domain:
         self.evtchn = EventChannels(self)
         self.gnttab = GrantTable(self)
         init_wallclock(self)
+
+    def frame_freed(self, mfn: int) -> None:
+        """A frame the guest gave back (decrease_reservation) lost its last reference: it
+        leaves the domain (page_alloc.c free_domheap_pages: tot_pages drops, mark_page_free
+        invalidates its M2P entry); MM keeps it for populate_physmap."""
+        pm = self.physmap
+        pfn = pm.pfn(mfn)
+        pm.set_m2p(mfn, pm.invalid)
+        if pfn is not None and pfn < len(pm.p2m):
+            pm.p2m[pfn] = pm.invalid
+        self.nr_pages -= 1
 
     # -- helpers --------------------------------------------------------------------
     def symbolize(self, addr: int) -> str | None:

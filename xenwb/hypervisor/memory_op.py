@@ -20,18 +20,28 @@ def _self(domid: int) -> bool:
     return domid in (C.DOMID_SELF, 1)
 
 
+DOMU_MAX_ORDER = 9                  # CONFIG_DOMU_MAX_ORDER: max_order() of a plain domU
+MEMOP_MAX_EXTENTS = 0xFFFFFFFF >> 6  # UINT_MAX >> MEMOP_EXTENT_SHIFT: a continuation must encode it
+
+
 def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
-    """increase/decrease_reservation and populate_physmap: the number of extents done."""
+    """increase/decrease_reservation and populate_physmap: the number of extents done, never
+    an error. do_memory_op (common/memory.c, and compat/memory.c for PV32) returns
+    start_extent for an unreadable argument, a domain other than itself (not found, or refused
+    by XSM_TARGET) or an order above max_order(); an unreadable or unwritable extent ends the
+    batch with the extents done so far."""
     dom = vcpu.domain
     L = dom.abi.xen_memory_reservation
     try:
         r = L.parse(vcpu.read_virt(arg, L.size()))
     except GuestFault:
-        return EFAULT
-    if not _self(r.domid):
-        return ESRCH
-    if r.extent_order != 0:
-        return EINVAL if r.extent_order > 9 else _order_unsupported(dom, op, r)
+        return start
+    if r.nr_extents > MEMOP_MAX_EXTENTS or start >= r.nr_extents or not _self(r.domid):
+        return start
+    if r.extent_order > DOMU_MAX_ORDER:
+        return start
+    if r.extent_order and op != MemOp.decrease_reservation:
+        return _order_unsupported(dom, op, r, start)
     done = start
     pm = dom.physmap
     mm = dom.mm
@@ -41,18 +51,11 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
             try:
                 gmfn = vcpu.read_ulong(slot)
             except GuestFault:
-                return done if done else EFAULT
-            # a PV guest names its frames by MFN; each must be its own (get_page). Xen drops
-            # the allocation reference (guest_remove_page) even while the frame is still
-            # mapped or typed: it is freed when the last reference goes.
-            if not mm.is_owned(gmfn) or not mm.page(gmfn).allocated:
                 break
-            pfn = pm.pfn(gmfn)
-            pm.set_m2p(gmfn, pm.invalid)
-            if pfn is not None and pfn < len(pm.p2m):
-                pm.p2m[pfn] = pm.invalid
-            mm.drop_allocation(gmfn)
-            dom.nr_pages -= 1
+            # a PV guest names its frames by MFN; one still in use is given back too and
+            # leaves the domain with its last reference (guest_remove_page; MM.drop_allocation)
+            if any(mm.remove_page(gmfn + j) for j in range(1 << r.extent_order)):
+                break
         else:
             if dom.nr_pages >= dom.max_pages or not mm.free_frames:
                 break
@@ -60,7 +63,7 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                 try:
                     gpfn = vcpu.read_ulong(slot)
                 except GuestFault:
-                    return done if done else EFAULT
+                    break
             mfn = mm.free_frames.pop(0)
             dom.mem.zero_frame(mfn)
             mm.give(mfn)
@@ -69,17 +72,18 @@ def _reservation(vcpu: Vcpu, op: int, arg: int, start: int) -> int:
                 pm.set_m2p(mfn, gpfn)
                 if gpfn < len(pm.p2m):
                     pm.p2m[gpfn] = mfn
-            try:
-                vcpu.write_ulong(slot, mfn)
-            except GuestFault:
-                return done if done else EFAULT
+            if r.extent_start or op != MemOp.increase_reservation:    # increase: NULL list allowed
+                try:
+                    vcpu.write_ulong(slot, mfn)
+                except GuestFault:
+                    break
         done += 1
     return done
 
 
-def _order_unsupported(dom, op: int, r) -> int:
+def _order_unsupported(dom, op: int, r, start: int) -> int:
     dom.unimplemented(f"memory_op {MemOp(op).name} with extent_order {r.extent_order}")
-    return 0
+    return start
 
 
 def do_memory_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,9 @@ from xenwb.hypervisor.xenarea import HvGeometry, XenArea
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
 
-EINVAL, EPERM, EBUSY, EFAULT, ESRCH, EACCES, EOPNOTSUPP, ENOSYS = (
+EINVAL, EPERM, EBUSY, EFAULT, ESRCH, EACCES, EOPNOTSUPP, ENOSYS, ENXIO = (
     -Errno.EINVAL, -Errno.EPERM, -Errno.EBUSY, -Errno.EFAULT, -Errno.ESRCH, -Errno.EACCES, -Errno.EOPNOTSUPP,
-    -Errno.ENOSYS)
+    -Errno.ENOSYS, -Errno.ENXIO)
 # High PTE bits (52-63) Xen leaves to software: x86_64/page.h BASE_DISALLOW_MASK
 # (0xFF800198 & ~_PAGE_NX, in get_pte_flags() form) allows bits 52-62 in L1/L2;
 # L1_DISALLOW_MASK adds _PAGE_GNTTAB (bit 62); COMPAT_L3_DISALLOW_MASK (0xFFFFF198)
@@ -128,6 +129,8 @@ class MM:
         self.long = geo.long_mode               # a 64-bit guest's 4-level tables
         self.m2p_strict = False                 # VMASST_TYPE_m2p_strict (set by vm_assist)
         self.last_error = ""
+        # called with the mfn when a frame the guest gave back loses its last reference
+        self.on_free: Callable[[int], None] | None = None
 
     # -- ownership ---------------------------------------------------------------
     def page(self, mfn: int) -> PageInfo:
@@ -146,18 +149,32 @@ class MM:
     def take_back(self, mfn: int) -> None:
         self.owned.discard(mfn)
 
+    def remove_page(self, mfn: int) -> int:
+        """guest_remove_page (common/memory.c) for a PV domain: 0, or -EINVAL for a frame that
+        is not RAM, -ENXIO for one the domain does not own (get_page fails). The frame stays
+        the domain's while referenced, so giving it back again meanwhile is a success."""
+        if not self.mem.valid(mfn << 12) or mfn >= self.mem.max_mfn:
+            return EINVAL
+        if not self.is_owned(mfn):
+            return ENXIO
+        self.drop_allocation(mfn)
+        return 0
+
     def drop_allocation(self, mfn: int) -> None:
-        """common/memory.c guest_remove_page: the domain gives the frame back; Xen drops the
-        allocation reference, and the frame is freed once its last mapping or type reference
-        goes (put_page), not before."""
+        """put_page_alloc_ref: the domain gives the frame back; it is freed once its last
+        mapping or type reference goes (put_page), not before (page_alloc.c
+        free_domheap_pages: only then tot_pages drops and mark_page_free invalidates the M2P
+        entry, what `on_free` does)."""
         pi = self.page(mfn)
         pi.allocated = False
         self._maybe_free(mfn, pi)
 
     def _maybe_free(self, mfn: int, pi: PageInfo) -> None:
-        if not pi.allocated and pi.count == 0 and pi.type_count == 0 and not pi.pinned and mfn in self.owned:
+        if not (pi.allocated or pi.count or pi.type_count or pi.pinned) and mfn in self.owned:
             self.owned.discard(mfn)
             self.free_frames.append(mfn)
+            if self.on_free is not None:
+                self.on_free(mfn)
 
     def mappable(self, mfn: int) -> bool:
         pi = self.pages.get(mfn)
@@ -182,7 +199,7 @@ class MM:
         pi = self.page(mfn)
         pi.count -= 1
         assert pi.count >= 0, f"refcount underflow on mfn {mfn:#x}"
-        if not pi.allocated and pi.count == 0:
+        if not pi.allocated:
             self._maybe_free(mfn, pi)
 
     # -- type refs ------------------------------------------------------------------
@@ -222,6 +239,8 @@ class MM:
             pi.validated = False
             self._release(mfn, pi.type)
             pi.pae_xen_l2 = False
+        if not pi.allocated:
+            self._maybe_free(mfn, pi)
 
     # -- whole-table validation (alloc_lN_table / free_lN_table) ---------------------
     def _entries(self, mfn: int) -> list[int]:

@@ -192,10 +192,17 @@ def do_poll(vcpu: Vcpu, arg: int) -> int:
 
 
 def shutdown(vcpu: Vcpu, reason: int) -> int:
+    """domain_shutdown (common/domain.c): the reason is a u8 (callers truncate it) and a code
+    the guest set earlier with SCHEDOP_shutdown_code takes precedence."""
+    dom = vcpu.domain
+    if dom.shutdown_code is None:
+        dom.shutdown_code = reason & 0xFF
+    reason = dom.shutdown_code
     if reason == ShutdownReason.suspend:
-        vcpu.domain.unimplemented("suspend (SHUTDOWN_suspend): treated as cancelled")
+        dom.unimplemented("suspend (SHUTDOWN_suspend): treated as cancelled")
+        dom.shutdown_code = None   # domain_resume forgets the code
         return 1   # suspend cancelled: the guest resumes in place
-    vcpu.domain.shutdown(vcpu, reason)
+    dom.shutdown(vcpu, reason)
     return 0
 
 
@@ -230,9 +237,11 @@ def do_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
         return do_poll(vcpu, arg)
     if cmd == SchedOp.shutdown_code:
         try:
-            dom.shutdown_code = vcpu.read_u32(arg)
+            code = vcpu.read_u32(arg)
         except GuestFault:
             return EFAULT
+        if dom.shutdown_code is None:           # only the first code counts, as a u8
+            dom.shutdown_code = code & 0xFF
         return 0
     if cmd in (SchedOp.remote_shutdown, SchedOp.pin_override):
         return EPERM
@@ -262,13 +271,16 @@ def decode_sched(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
 
 
 def do_sched_op_compat(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
-    """do_sched_op_compat: yield, block, shutdown(reason in arg); anything else -ENOSYS."""
+    """do_sched_op_compat (arch/x86/compat.c): yield, block, shutdown with the reason in arg
+    itself, of which domain_shutdown sees the low byte ((u8)arg: a guest that passes a pointer
+    to a struct sched_shutdown, as GNU Mach does, shuts down with that byte); anything else
+    -ENOSYS."""
     if cmd == SchedOp.yield_:
         return do_yield(vcpu)
     if cmd == SchedOp.block:
         return do_block(vcpu)
     if cmd == SchedOp.shutdown:
-        return shutdown(vcpu, arg)
+        return shutdown(vcpu, arg & 0xFF)
     return ENOSYS
 
 
@@ -294,7 +306,11 @@ def decode_sched_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> Any:
 
 
 def decode_sched_op_compat(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> Any:
-    return {"cmd": cmd, "arg": arg}
+    out: dict[str, Any] = {"cmd": cmd, "arg": arg}
+    if cmd == SchedOp.shutdown:
+        r = arg & 0xFF                          # what domain_shutdown sees
+        out["reason"] = ShutdownReason(r).name if r in ShutdownReason._value2member_map_ else r
+    return out
 
 
 def do_set_timer_op64(vcpu: Vcpu, timeout: int, *_: int) -> int:
