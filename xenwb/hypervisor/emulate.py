@@ -97,7 +97,10 @@ def cpuid_leaf(vcpu: Vcpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]
 # unicorn's TCG implements (measured, xen-pv64-abi.md section 12: no AVX, FMA, 1 GiB pages),
 # on a host without XSAVE (so no XSETBV emulation is needed), FSGSBASE or machine checks.
 CPUID64_1_EDX = sum(1 << b for b in (0, 2, 4, 5, 6, 8, 9, 11, 15, 16, 19, 23, 24, 25, 26))
-CPUID64_1_ECX = sum(1 << b for b in (0, 1, 9, 13, 19, 20, 22, 23, 25, 30, 31))   # ... hypervisor (31)
+# ECX: SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1/4.2, MOVBE, POPCNT, AESNI, hypervisor (31). Not
+# RDRAND: unicorn's RDRAND returns host entropy, which would make two runs of a guest differ
+# (Linux seeds its RNG, slab freelists and stack canaries from it).
+CPUID64_1_ECX = sum(1 << b for b in (0, 1, 9, 13, 19, 20, 22, 23, 25, 31))
 CPUID64_7_EBX = sum(1 << b for b in (3, 8, 9))          # BMI1, BMI2, ERMS
 CPUID64_EXT1_EDX = sum(1 << b for b in (11, 20, 27, 29))   # SYSCALL, NX, RDTSCP, LM
 CPUID64_EXT1_ECX = sum(1 << b for b in (0, 5, 8))           # LAHF_LM, ABM, PREFETCHW
