@@ -49,9 +49,10 @@ def run_xenwb(elf: Path, iters: int, hcalls: int, trace: bool = False) -> tuple[
     v.write_virt(img.lookup("bench_iterations").address, struct.pack("<I", iters))
     v.write_virt(img.lookup("bench_hypercalls").address, struct.pack("<I", hcalls))
     writer = None
-    if trace:
-        writer = JsonlWriter.open(os.devnull)
-        m.domain.trace.subscribe(writer.write)
+    if trace:            # as Session.record does: records in, JSON lines out after every vcpu turn
+        writer = JsonlWriter.open(os.devnull, m.domain.trace.formatter)
+        m.domain.trace.subscribe_records(writer.add)
+        m.turn_hooks.append(writer.flush_pending)
     t = time.perf_counter()
     r = m.run()
     dt = time.perf_counter() - t

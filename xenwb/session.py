@@ -27,9 +27,11 @@ from xenwb.errors import XenwbError
 from xenwb.examples import resolve_guest
 from xenwb.machine import Machine, RunResult, StopReason
 from xenwb.registry import Result
+from xenwb.trace_events import Record, kind_of
 from xenwb.tracefile import TraceWriter, open_writer
 
 ALL_PLUGINS = ("all",)          # every plugin of the entry-point group xenwb.plugins, third-party ones too
+DEFAULT_HISTORY = 100_000       # records each plugin keeps (older ones are dropped; a trace file keeps all)
 
 
 @dataclass(frozen=True)
@@ -59,23 +61,23 @@ Until = str | int | Events | Time | Symbol | None
 class Session:
     def __init__(self, guest: str | Path | None = None, *, memory_mib: int = 64, vcpus: int = 1,
                  cmdline: str = "", module: bytes | None = None, plugins: tuple[str, ...] = ALL_PLUGINS,
-                 console: Any = None, event_filter: Any = None) -> None:
+                 console: Any = None, event_filter: Any = None, history: int = DEFAULT_HISTORY) -> None:
         self.machine = Machine(resolve_guest(str(guest) if guest is not None else None), memory_mib=memory_mib,
                                cmdline=cmdline, module=module, vcpus=vcpus)
         self.console = bytearray()
         self._console_cb = console
         self.machine.domain.console_sink = self._on_console
-        self.plugins = PluginManager(self.machine)
+        self.plugins = PluginManager(self.machine, history=history)
         for p in plugins:
             if p == "all":
                 self.plugins.enable_all()
             else:
                 self.plugins.enable(p)
         self.filter = event_filter
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[Record] = deque()
         self._listening = False
         self._event_budget: int | None = None
-        self._held: list[dict[str, Any]] = []      # events past an Events stop, delivered when the machine goes on
+        self._held: list[Record] = []      # events past an Events stop, delivered when the machine goes on
         self.machine.resume_hooks.append(self._release_held)
         self._subscribed = False
         self.writers: list[TraceWriter] = []
@@ -110,10 +112,10 @@ class Session:
         an Events stop): the machine observes more while anybody listens."""
         if not self._subscribed:
             self._subscribed = True
-            self.machine.domain.trace.subscribe(self._on_event)
+            self.machine.domain.trace.subscribe_records(self._on_event)
 
-    def _on_event(self, ev: dict[str, Any]) -> None:
-        if self.filter is not None and not self.filter.match(ev):
+    def _on_event(self, ev: Record) -> None:
+        if self.filter is not None and not self.filter.match_record(ev, self.machine.domain.trace.formatter):
             return
         if self._event_budget is not None:
             if self._event_budget <= 0:
@@ -126,9 +128,9 @@ class Session:
                 self.machine.stop()
         self._deliver(ev)
 
-    def _deliver(self, ev: dict[str, Any]) -> None:
+    def _deliver(self, ev: Record) -> None:
         for w in self.writers:
-            w.write(ev)
+            w.add(ev)
         if self._listening:
             self._queue.append(ev)
 
@@ -139,7 +141,7 @@ class Session:
 
     def record(self, path: str, fmt: str | None = None) -> TraceWriter:
         """Write every (filtered) event from now on to a JSONL or Perfetto file."""
-        w = open_writer(path, fmt)
+        w = open_writer(path, fmt, self.machine.domain.trace.formatter)
         self.writers.append(w)
         self._listen()
         # flushed after every vcpu turn: a killed run loses at most one turn's events
@@ -218,12 +220,13 @@ class Session:
         """Run the guest and yield its events as they happen, until it stops for good."""
         self._listen()
         self._listening = True
+        as_dict = self.machine.domain.trace.formatter.as_dict
         try:
             while True:
                 while self._queue:
                     ev = self._queue.popleft()
-                    if kinds is None or ev["kind"] in kinds:
-                        yield ev
+                    if kinds is None or kind_of(ev) in kinds:
+                        yield as_dict(ev)
                 if self.machine.domain.finished or (self.last is not None and self.last.reason in (
                         StopReason.hang, StopReason.crash, StopReason.shutdown)):
                     return

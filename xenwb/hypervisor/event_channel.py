@@ -180,9 +180,7 @@ class EventChannels:
         v = dom.vcpus[vid]
         self.stats["set_pending"] += 1
         already, masked, edge = self.ops.set_pending(v, port)
-        if dom.trace.active:
-            dom.trace.emit(v, "event", "set_pending", port=port, notify_vcpu=vid, edge=edge, masked=masked,
-                           already_pending=already)
+        dom.trace.emit_event_set_pending(v, port, vid, edge, masked, already)
         if not already:
             evtchn_check_pollers(dom, port)
 
@@ -401,8 +399,7 @@ class EventChannels:
         if not self.table.valid(port):
             return EINVAL
         raised = self.unmask(port)
-        if self.dom.trace.active:
-            self.dom.trace.emit(self.dom.current, "event", "unmask", port=port, raised=raised)
+        self.dom.trace.emit_event_unmask(self.dom.current, port, raised)
         return 0
 
     def reset(self, dom: int) -> int:
