@@ -80,6 +80,7 @@ class Session:
         self._held: list[Record] = []      # events past an Events stop, delivered when the machine goes on
         self.machine.resume_hooks.append(self._release_held)
         self._subscribed = False
+        self._targets: list[Any] = []              # what this session subscribed to the bus
         self.writers: list[TraceWriter] = []
         self.last: RunResult | None = None
         # the one controller every front end drives (gdb stub, shell, CLI, this API)
@@ -100,6 +101,7 @@ class Session:
                 self.machine.turn_hooks.remove(w.flush_pending)
             w.close()
         self.writers.clear()
+        self._rewire()
 
     # plumbing ----------------------------------------------------------------------------
     def _on_console(self, data: bytes) -> None:
@@ -110,9 +112,28 @@ class Session:
     def _listen(self) -> None:
         """Subscribe to the trace once something here wants events (a trace file, events(),
         an Events stop): the machine observes more while anybody listens."""
+        self._subscribed = True
+        self._rewire()
+
+    def _rewire(self) -> None:
+        """Who receives the records: the writers themselves (their `add`: no Python frame per
+        event) when nothing here must see each one (no filter, no Events stop counting, nothing
+        held back, no events() reader), else _on_event. The new subscribers come first, so
+        the kinds stay wanted throughout (no observer is switched off and on again)."""
         if not self._subscribed:
-            self._subscribed = True
-            self.machine.domain.trace.subscribe_records(self._on_event)
+            return
+        direct = self.filter is None and self._event_budget is None and not self._held and not self._listening
+        want = [w.add for w in self.writers] if direct else [self._on_event]
+        if want == self._targets:
+            return
+        bus = self.machine.domain.trace
+        for fn in want:
+            if fn not in self._targets:
+                bus.subscribe_records(fn)
+        for fn in self._targets:
+            if fn not in want:
+                bus.unsubscribe(fn)
+        self._targets = want
 
     def _on_event(self, ev: Record) -> None:
         if self.filter is not None and not self.filter.match_record(ev, self.machine.domain.trace.formatter):
@@ -138,12 +159,14 @@ class Session:
         held, self._held = self._held, []
         for ev in held:
             self._deliver(ev)
+        self._rewire()
 
     def record(self, path: str, fmt: str | None = None) -> TraceWriter:
         """Write every (filtered) event from now on to a JSONL or Perfetto file."""
         w = open_writer(path, fmt, self.machine.domain.trace.formatter)
         self.writers.append(w)
         self._listen()
+        self._rewire()
         # flushed after every vcpu turn: a killed run loses at most one turn's events
         self.machine.turn_hooks.append(w.flush_pending)
         return w
@@ -166,8 +189,8 @@ class Session:
         temporary: int | None = None
         try:
             if isinstance(until, Events):
-                self._listen()
                 self._event_budget = max(1, until.count)
+                self._listen()
             elif isinstance(until, Time):       # the earlier of this and the machine's own limit
                 self.machine.timeout_ns = until.ns if old_timeout is None else min(until.ns, old_timeout)
             elif isinstance(until, (Symbol, int)) or (isinstance(until, str) and until != "shutdown"):
@@ -183,6 +206,7 @@ class Session:
             if temporary is not None:
                 ctl.remove_breakpoint(temporary)
             self._event_budget = None
+            self._rewire()
             self.machine.timeout_ns = old_timeout
             for w in self.writers:
                 w.flush()
@@ -218,8 +242,8 @@ class Session:
 
     def events(self, kinds: set[str] | None = None, chunk: int = 256) -> Iterator[dict[str, Any]]:
         """Run the guest and yield its events as they happen, until it stops for good."""
-        self._listen()
         self._listening = True
+        self._listen()
         as_dict = self.machine.domain.trace.formatter.as_dict
         try:
             while True:
@@ -235,6 +259,7 @@ class Session:
                     return
         finally:
             self._listening = False
+            self._rewire()
 
     def command(self, line: str) -> Result:
         return self.machine.commands.run(self.machine, line)

@@ -111,7 +111,7 @@ def _ev(kind: str, name: str, emitter: str, columns: str, fields: Sequence[Field
     return Event(kind, fixed, emitter, tuple(columns.split()), tuple(fields), doc, name_from)
 
 
-SYMBOL = "the symbol of `eip` (null when none)"
+SYMBOL = "the symbol of `eip`, or null"
 
 # -- the schema -------------------------------------------------------------------------------------
 #   kind        name                  emitter (xenwb/trace.py)        columns captured (record order)
@@ -120,7 +120,7 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
         _f("nr", "int", "hypercall number"),
         _f("eip", "int", "caller: the `int $0x82`, or the return address of a hypercall-page stub"),
         _f("symbol", "str|null", SYMBOL, "symbol(eip)"),
-        _f("args", "json", "decoded arguments, with the guest structures they point to (read at the call)",
+        _f("args", "json", "decoded arguments, with the guest structures they point to, read at the call",
            "args(nr, raw_args, decoded)"),
         _f("raw_args", "int[]", "the argument registers", "list(raw_args)"),
         _f("ret", "int", "result"),
@@ -129,7 +129,7 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
         _f("duration_ns", "int", "virtual time the call took")],
         "a hypercall (each multicall entry too), emitted when it returns; `time_ns` is its start"),
     _ev("multicall", "multicall_begin", "emit_multicall_begin", "calls nr eip", [
-        _f("calls", "str", "guest address of the entries (hex)", "hex(calls)"),
+        _f("calls", "str", "the entries' guest address, in hex", "hex(calls)"),
         _f("nr", "int", "entries"),
         _f("eip", "int", "caller"),
         _f("symbol", "str|null", SYMBOL, "symbol(eip)")], "a batch starts; its entries follow as hypercalls"),
@@ -152,7 +152,7 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
         _f("new", "int"),
         _f("eip", "int", "the store's instruction, or where Xen changed it"),
         _f("symbol", "str|null", SYMBOL, "symbol(eip)"),
-        _f("by", "str", "`guest` (a store to vcpu_info) or `xen`")], "evtchn_upcall_mask changed"),
+        _f("by", "str", "`guest`: a store to vcpu_info; `xen`")], "evtchn_upcall_mask changed"),
     _ev("ptwr", "writable_pagetable", "emit_ptwr", "va maddr old new", [
         _f("va", "int", "faulting address"),
         _f("maddr", "int", "the L1 entry's machine address"),
@@ -162,8 +162,8 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
         _f("eip", "int"),
         _f("insn", "str", "the instruction, disassembled")], "a privileged instruction emulated"),
     _ev("console", "console", "emit_console", "data", [
-        _f("text", "str", "bytes the guest wrote (latin-1)", "latin1(data)")], "console output"),
-    _ev("shutdown", "=reason", "emit_shutdown", "reason", [], "the domain shut down (name: the reason)"),
+        _f("text", "str", "the bytes written, as latin-1", "latin1(data)")], "console output"),
+    _ev("shutdown", "=reason", "emit_shutdown", "reason", [], "the domain shut down"),
     _ev("crash", "domain_crash", "emit_crash", "reason eip", [
         _f("reason", "str"),
         _f("eip", "int")], "the domain crashed"),
@@ -187,7 +187,7 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
     _ev("xenstore", "=type", "emit_xenstore", "type domid tx_id args reply", [
         _f("domid", "int"), _f("tx_id", "int"), _f("args", "json", "the request's strings"),
         _f("reply", "str", "`OK`, an error name such as `ENOENT`, or the value")],
-        "one request on the store ring (name: READ, WRITE, DIRECTORY...)"),
+        "one request on the store ring (READ, WRITE, DIRECTORY...)"),
 )))
 
 KINDS: tuple[str, ...] = tuple(dict.fromkeys(e.kind for e in EVENTS))
@@ -496,15 +496,34 @@ def check(ev: dict[str, Any]) -> list[str]:
     return problems
 
 
+README_BEGIN = "<!-- trace-events table: generated from xenwb/trace_events.py (python -m xenwb.trace_events) -->"
+README_END = "<!-- end of the trace-events table -->"
+
+
 def readme_table() -> str:
-    """README's trace-format table, from the schema."""
-    out = ["| kind | name | fields |", "|---|---|---|"]
-    for kind in KINDS:
-        for e in (e for e in EVENTS if e.kind == kind):
-            name = f"`{e.name}`" if e.name is not None else f"= `{e.name_doc}`"
-            fields = ", ".join(f"`{f.key}` {f.type}" + (f" ({f.doc})" if f.doc else "") for f in e.fields)
-            out.append(f"| `{kind}` | {name}: {e.doc} | {fields or '-'} |")
+    """README's trace-format table, from the schema (one row per event)."""
+    out = [README_BEGIN, "| kind | name | what | fields (JSON type) |", "|---|---|---|---|"]
+    for e in EVENTS:
+        if e.name is not None:
+            name = f"`{e.name}`"
+        elif e.name_from and e.name_from[0] == "column":
+            name = f"its `{e.name_from[1]}`"
+        else:
+            d = e.name_from or ()
+            name = f"`{d[0]}({', '.join(d[1:])})`"
+        fields = ", ".join(f"`{f.key}` {f.type.replace('|', chr(92) + '|')}" + (f" ({f.doc})" if f.doc else "")
+                           for f in e.fields)
+        out.append(f"| `{e.kind}` | {name} | {e.doc} | {fields or '-'} |")
+    out.append(README_END)
     return "\n".join(out)
+
+
+def readme_section(text: str) -> str | None:
+    """The generated table as README holds it (None: no markers)."""
+    if README_BEGIN not in text or README_END not in text:
+        return None
+    start = text.index(README_BEGIN)
+    return text[start: text.index(README_END, start) + len(README_END)]
 
 
 if __name__ == "__main__":
