@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from plugins.api import Arg, Opt, Plugin, command
+from xenwb.hypervisor.event_channel import PortState
 from xenwb.registry import CommandError, Result, table
 from xenwb.trace_events import Record, event
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
     from xenwb.machine import Machine
 
-PORT_TYPES = {0: "closed", 1: "unbound", 2: "interdomain", 3: "pirq", 4: "virq", 5: "ipi"}
+PORT_TYPES = {int(s): s.name for s in PortState}         # the core's EVTCHNSTAT_* names
 _MASK = event("mask")
 _OLD, _NEW, _EIP, _BY = _MASK.col("old"), _MASK.col("new"), _MASK.col("eip"), _MASK.col("by")
 
@@ -100,12 +101,12 @@ class EventMaskPlugin(Plugin):
         sel = v.pending_sel
         ports = []
         for port, p in enumerate(ev.ports):
-            if port == 0 or p.state == 0 or p.vcpu != v.id:
+            if port == 0 or p.state == PortState.closed or p.vcpu != v.id:
                 continue
             ports.append({"port": port, "type": PORT_TYPES.get(int(p.state), str(p.state)),
-                          "detail": (f"virq {p.virq}" if p.state == 4 else
-                                     f"dom{p.remote_dom}:{p.remote_port}" if p.state == 2 else
-                                     f"dom{p.remote_dom}" if p.state == 1 else ""),
+                          "detail": (f"virq {p.virq}" if p.state == PortState.virq else
+                                     f"dom{p.remote_dom}:{p.remote_port}" if p.state == PortState.interdomain else
+                                     f"dom{p.remote_dom}" if p.state == PortState.unbound else ""),
                           "pending": ev.is_pending(port), "masked": ev.is_masked(port)})
         since = self.masked_since.get(v.id)
         return {"vcpu": v.id, "upcall_mask": v.upcall_mask, "upcall_pending": v.upcall_pending,

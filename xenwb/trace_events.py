@@ -252,6 +252,18 @@ def _latin1(data: bytes) -> str:
     return data.decode("latin-1")
 
 
+def _loaded(v: Any) -> Any:
+    """A Packed value (kept encoded) as the value it encodes."""
+    return json.loads(v) if type(v) is Packed else v
+
+
+def _column(i: int) -> Callable[[Record], Any]:
+    def get(rec: Record) -> Any:
+        v = rec[i]
+        return json.loads(v) if type(v) is Packed else v
+    return get
+
+
 def _json_line(obj: Any) -> str:
     """The reference encoding: what the trace writers always wrote for an event dict."""
     return json.dumps(obj, separators=(",", ":"), default=str)
@@ -307,63 +319,69 @@ class Formatter:
         }
 
     def _args(self, nr: int, raw: tuple[int, ...], decoded: Any) -> Any:
-        """A hypercall's decoded arguments: captured at the call, or decoded now (memoized:
-        the decoders that run late depend on the registers alone)."""
-        if decoded is not None:
-            return decoded
-        memo = self._memo.setdefault("args", {})
-        key = (nr, raw[: self.later_width.get(nr, 5)])
-        try:
-            return memo[key]
-        except KeyError:
-            pass
-        out = self.decode_later(nr, raw)
-        if len(memo) < ARGS_MEMO_MAX and type(out) is not Volatile:
-            memo[key] = out
-        return out
+        """A hypercall's decoded arguments: captured at the call, or decoded now (afresh for
+        every dict: whoever gets one may keep or change it)."""
+        return decoded if decoded is not None else self.decode_later(nr, raw)
 
-    def _derive(self, d: tuple[str, ...], rec: Record, ev: Event) -> Any:
-        op = d[0]
-        if op == "column":
-            return rec[ev.col(d[1])]
-        fn, memo_ok = self._fns[op]
-        vals = [rec[ev.col(c)] for c in d[1:]]
+    def _compile(self) -> list[tuple[Any, tuple[tuple[str, Callable[[Record], Any]], ...]]]:
+        """For each event: its name (a string, or a getter) and a getter per field."""
+        progs = []
+        for ev in EVENTS:
+            name = ev.name if ev.name is not None else self._getter(ev.name_from or (), ev)
+            fields = tuple((f.key, self._getter(f.derive, ev) if f.derive else _column(ev.col(f.key)))
+                           for f in ev.fields)
+            progs.append((name, fields))
+        return progs
+
+    def _getter(self, d: tuple[str, ...], ev: Event) -> Callable[[Record], Any]:
+        if d[0] == "column":
+            return _column(ev.col(d[1]))
+        fn, memo_ok = self._fns[d[0]]
+        cols = tuple(ev.col(c) for c in d[1:])
         if not memo_ok:
-            return fn(*vals)
-        memo = self._memo.setdefault(op, {})
-        k = vals[0]
-        try:
-            return memo[k]
-        except KeyError:
-            pass
-        out = fn(k)
-        if len(memo) < MEMO_MAX:
-            memo[k] = out
-        return out
+            if len(cols) == 1:
+                (i,) = cols
+                return lambda rec: _loaded(fn(rec[i]))
+            return lambda rec: _loaded(fn(*[rec[i] for i in cols]))
+        memo = self._memo.setdefault(d[0], {})
+        (i,) = cols
+
+        def memoized(rec: Record) -> Any:
+            k = rec[i]
+            try:
+                return memo[k]
+            except KeyError:
+                out = fn(k)
+                if len(memo) < MEMO_MAX:
+                    memo[k] = out
+                return out
+        return memoized
+
+    def _prog(self, eid: int) -> tuple[Any, tuple[tuple[str, Callable[[Record], Any]], ...]]:
+        progs = self.__dict__.get("_progs")
+        if progs is None or self.__dict__.get("_progs_fns") is not self._fns:
+            progs = self.__dict__["_progs"] = self._compile()
+            self.__dict__["_progs_fns"] = self._fns
+        return progs[eid]
 
     def name(self, rec: Record) -> str:
-        ev = EVENTS[rec[0]]
-        return ev.name if ev.name is not None else self._derive(ev.name_from or (), rec, ev)
+        name = self._prog(rec[0])[0]
+        return name if type(name) is str else name(rec)
 
     def value(self, rec: Record, key: str) -> Any:
         """One field of a record, derived as as_dict would."""
-        ev = EVENTS[rec[0]]
-        for f in ev.fields:
-            if f.key == key:
-                return self._field(f, rec, ev)
+        for k, get in self._prog(rec[0])[1]:
+            if k == key:
+                return get(rec)
         raise KeyError(key)
-
-    def _field(self, f: Field, rec: Record, ev: Event) -> Any:
-        v = self._derive(f.derive, rec, ev) if f.derive else rec[ev.col(f.key)]
-        return json.loads(v) if type(v) is Packed else v
 
     def as_dict(self, rec: Record) -> dict[str, Any]:
         """The event as a dict: what subscribers always received and writers always wrote."""
-        ev = EVENTS[rec[0]]
-        d: dict[str, Any] = {"seq": rec[1], "vcpu": rec[2], "time_ns": rec[3], "kind": ev.kind,
-                             "name": self.name(rec)}
-        for f in ev.fields:
-            d[f.key] = self._field(f, rec, ev)
+        name, fields = self._prog(rec[0])
+        d: dict[str, Any] = {"seq": rec[1], "vcpu": rec[2], "time_ns": rec[3], "kind": EVENTS[rec[0]].kind,
+                             "name": name if type(name) is str else name(rec)}
+        for key, get in fields:
+            d[key] = get(rec)
         return d
 
     # -- JSONL ---------------------------------------------------------------------------------
@@ -436,17 +454,25 @@ class Formatter:
         return plans
 
 
+_last_compacted: list[Record] = [(), ()]      # (record, its compact form): plugins keep the same records
+
+
 def compact(rec: Record) -> Record:
     """A record for keeping: its captured structures (json columns) encoded as Packed JSON."""
     js = _JSON_COLUMNS[rec[0]]
     if not js:
         return rec
+    last = _last_compacted
+    if last[0] is rec:
+        return last[1]
     out = list(rec)
     for i in js:
         v = out[i]
         if v is not None and type(v) is not Packed and not isinstance(v, (int, str)):
             out[i] = Packed(dumps(v).encode("ascii"))
-    return tuple(out)
+    packed = tuple(out)
+    last[0], last[1] = rec, packed
+    return packed
 
 
 def _json_columns(ev: Event) -> tuple[int, ...]:
