@@ -1,5 +1,6 @@
-"""Build hook for the one native piece of xenwb: the virtual-clock block hook."""
+"""Build hook for the native pieces of xenwb: the virtual-clock block hook, the trace encoder."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("xenwb._vclock", ["xenwb/_vclock.c"])])
+setup(ext_modules=[Extension("xenwb._vclock", ["xenwb/_vclock.c"]),
+                 Extension("xenwb._traceenc", ["xenwb/_traceenc.c"])])

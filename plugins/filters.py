@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from xenwb.registry import CommandError, parse_int
+from xenwb.trace_events import Formatter, Record, event
+
+_HC = event("hypercall")
+_HC_EID, _HC_RET, _HC_EIP = _HC.eid, _HC.col("ret"), _HC.col("eip")
 
 
 @dataclass
@@ -34,6 +38,22 @@ class EventFilter:
             eip = ev.get("eip")
             if not isinstance(eip, int) or not self.eip_range[0] <= eip < self.eip_range[1]:
                 return False
+        return True
+
+    def match_record(self, rec: Record, fmt: Formatter) -> bool:
+        """match() on a trace record (the name derived only when the names matter)."""
+        if self.vcpus is not None and rec[2] not in self.vcpus:
+            return False
+        if not self.selects_hypercalls:
+            return True
+        if rec[0] != _HC_EID:
+            return False
+        if self.names is not None and fmt.name(rec) not in self.names:
+            return False
+        if self.failed_only and not rec[_HC_RET] < 0:
+            return False
+        if self.eip_range is not None and not self.eip_range[0] <= rec[_HC_EIP] < self.eip_range[1]:
+            return False
         return True
 
     @property

@@ -9,14 +9,13 @@ state of xenwb.hypervisor.mm: the same code the hypervisor and the gdb stub use.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from plugins.api import Plugin
+from plugins.api import Arg, Opt, Plugin, command
 from xenwb.abi import constants as C
 from xenwb.hypervisor.mm import PageType
-from xenwb.hypervisor.paging import walk
+from xenwb.hypervisor.paging import Mapping, mappings, read_pte, walk
 from xenwb.registry import CommandError, Result, parse_int, table
 
 if TYPE_CHECKING:
@@ -26,49 +25,18 @@ if TYPE_CHECKING:
 PT_LIKE = (PageType.l1, PageType.l2, PageType.l3, PageType.l4, PageType.seg_desc)
 
 
-def _vcpu_arg(m: Machine, args: list[str]) -> tuple[Vcpu, list[str]]:
-    rest, vcpu = [], m.vcpus[0]
-    it = iter(args)
-    for a in it:
-        if a == "--vcpu":
-            n = parse_int(next(it, ""), "--vcpu")
-            if not 0 <= n < len(m.vcpus):
-                raise CommandError(f"no vcpu {n}")
-            vcpu = m.vcpus[n]
-        else:
-            rest.append(a)
-    return vcpu, rest
+def _vcpu(m: Machine, n: int | None) -> Vcpu:
+    if n is None:
+        return m.vcpus[0]
+    if not 0 <= n < len(m.vcpus):
+        raise CommandError(f"no vcpu {n}")
+    return m.vcpus[n]
 
 
-def leaf_mappings(m: Machine, root: int) -> Iterator[tuple[int, int, int, int, bool, bool, bool]]:
-    """(va, l1 entry maddr, pte, mfn, writable, user, nx) for every present 4 KiB mapping."""
-    dom = m.domain
-    mode = dom.mode
-    mem = dom.mem
-    fmt = "<Q" if mode.pte_size == 8 else "<I"
-
-    def entries(mfn: int, n: int) -> list[int]:
-        frame = mem.frame(mfn)
-        return [v for (v,) in struct.iter_unpack(fmt, frame[: n * mode.pte_size])]
-
-    def l1_walk(l1: int, va0: int, rw: bool, us: bool, nx: bool):
-        for i, pte in enumerate(entries(l1, mode.entries)):
-            if pte & 1:
-                yield (va0 + (i << 12), (l1 << 12) + i * mode.pte_size, pte, mode.pte_mfn(pte),
-                       rw and bool(pte & 2), us and bool(pte & 4), nx or bool(pte >> 63 & 1))
-
-    def l2_walk(l2: int, va0: int):
-        for i, pde in enumerate(entries(l2, mode.entries)):
-            if pde & 1 and not pde & C._PAGE_PSE and mem.valid(mode.pte_mfn(pde) << 12):
-                yield from l1_walk(mode.pte_mfn(pde), va0 + i * mode.level_span(2), bool(pde & 2),
-                                   bool(pde & 4), bool(pde >> 63 & 1))
-
-    if mode.levels == 3:
-        for i, l3e in enumerate(entries(root, 4)):
-            if l3e & 1:
-                yield from l2_walk(mode.pte_mfn(l3e), i << 30)
-    else:
-        yield from l2_walk(root, 0)
+def leaf_mappings(m: Machine, root: int) -> Iterator[Mapping]:
+    """(va, l1 entry maddr, pte, mfn, writable, user, nx) for every present 4 KiB mapping:
+    the hypervisor's walker (paging.mappings)."""
+    return mappings(m.domain.mem, m.domain.mode, root)
 
 
 class PagetablePlugin(Plugin):
@@ -77,11 +45,14 @@ class PagetablePlugin(Plugin):
     kinds = frozenset()
 
     def commands(self):
+        vcpu = Opt("--vcpu", "N", "through this vcpu's pagetables (default 0)", int)
         return [
-            ("pt walk", self.cmd_walk, "every level's entry for a virtual address", "VA [--vcpu N]"),
-            ("pt dump", self.cmd_dump, "the address space as coalesced ranges with frames", "[--vcpu N] [--all]"),
-            ("pt frames", self.cmd_frames, "pagetable and GDT frames: level, pinned, type count, referrers", ""),
-            ("pt check", self.cmd_check, "writable pagetable/GDT mappings, guest mappings in Xen's range", ""),
+            command("pt walk", self.cmd_walk, "every level's entry for a virtual address",
+                    Arg("va", "VA", "an address or a symbol"), vcpu),
+            command("pt dump", self.cmd_dump, "the address space as coalesced ranges with frames",
+                    vcpu, Opt("--all", help="Xen's range too")),
+            command("pt frames", self.cmd_frames, "pagetable and GDT frames: level, pinned, type count, referrers"),
+            command("pt check", self.cmd_check, "writable pagetable/GDT mappings, guest mappings in Xen's range"),
         ]
 
     # walk -----------------------------------------------------------------------------
@@ -104,11 +75,9 @@ class PagetablePlugin(Plugin):
                        + (" NX" if w.nx else ""))
         return out
 
-    def cmd_walk(self, m: Machine, args: list[str]) -> Result:
-        v, rest = _vcpu_arg(m, args)
-        if len(rest) != 1:
-            raise CommandError("usage: pt walk VA [--vcpu N]")
-        va = _va(m, rest[0])
+    def cmd_walk(self, m: Machine, a: Any) -> Result:
+        v = _vcpu(m, a.vcpu)
+        va = _va(m, a.va)
         d = self.walk(m, v, va)
         text = table(d["levels"], ["level", "table_mfn", "index", "entry_maddr", "raw", "flags", "mfn", "pfn"])
         tail = (f"{d['va']} -> mfn {d['mfn']} (pfn {d['pfn']}) maddr {d['maddr']}: {d['access']}"
@@ -144,9 +113,8 @@ class PagetablePlugin(Plugin):
             r.pop("_next_pfn")
         return out
 
-    def cmd_dump(self, m: Machine, args: list[str]) -> Result:
-        v, rest = _vcpu_arg(m, args)
-        rs = self.ranges(m, v, include_xen="--all" in rest)
+    def cmd_dump(self, m: Machine, a: Any) -> Result:
+        rs = self.ranges(m, _vcpu(m, a.vcpu), include_xen=a.all)
         rows = [{"range": f"{r['va']:08x}-{r['va_end']:08x}", "size": f"{r['pages'] * 4096:#x}", "prot": r["prot"],
                  "mfns": f"{r['mfn_first']:#x}..{r['mfn_last']:#x}",
                  "pfns": f"{r['pfn_first']:#x}..{r['pfn_first'] + r['pages'] - 1:#x}"
@@ -168,7 +136,7 @@ class PagetablePlugin(Plugin):
                          "type_count": pi.type_count, "refs": pi.count, "referenced_by": refs})
         return rows
 
-    def cmd_frames(self, m: Machine, args: list[str]) -> Result:
+    def cmd_frames(self, m: Machine, a: Any) -> Result:
         rows = self.frames(m)
         return Result(rows, table(rows))
 
@@ -192,8 +160,7 @@ class PagetablePlugin(Plugin):
             if top_l2 is not None:
                 mode = dom.mode
                 for slot in dom.geo.xen_l2_slots:
-                    raw = dom.mem.read_u64((top_l2 << 12) + slot * 8) if mode.pte_size == 8 else \
-                        dom.mem.read_u32((top_l2 << 12) + slot * 4)
+                    raw = read_pte(dom.mem, mode, (top_l2 << 12) + slot * mode.pte_size)
                     if raw != xen_slots.get(slot, 0):
                         va = (3 << 30 | slot << 21) if mode.levels == 3 else slot << 22
                         entry = (top_l2 << 12) + slot * mode.pte_size
@@ -206,10 +173,10 @@ class PagetablePlugin(Plugin):
         dom = m.domain
         if dom.mode.levels == 2:
             return root
-        l3e = dom.mem.read_u64((root << 12) + 3 * 8)
+        l3e = read_pte(dom.mem, dom.mode, (root << 12) + 3 * dom.mode.pte_size)
         return dom.mode.pte_mfn(l3e) if l3e & 1 else None
 
-    def cmd_check(self, m: Machine, args: list[str]) -> Result:
+    def cmd_check(self, m: Machine, a: Any) -> Result:
         p = self.check(m)
         text = "no invariant violations" if not p else table(p)
         return Result({"ok": not p, "problems": p}, text)

@@ -468,9 +468,12 @@ def test_evtchn_masked_port_and_unmask(hv: Hv) -> None:
     assert hv.dom.mem.read_u32(hv.v.vcpu_info_maddr + 4) & (1 << (port // 32))
 
 
-def test_evtchn_fifo_not_offered(hv: Hv) -> None:
-    """EVTCHNOP_init_control (FIFO ABI): -ENOSYS keeps guests on the 2-level ABI."""
-    assert hv.call(H.event_channel_op, EVTCHNOP["init_control"], hv.alloc(16)) == ENOSYS
+def test_evtchn_fifo_offered_but_validated(hv: Hv) -> None:
+    """Xen 4.17 offers the FIFO ABI (event_fifo.c): EVTCHNOP_init_control is not -ENOSYS, but a
+    zeroed control block (gfn 0, not a frame of the guest's) is refused with -EINVAL and the
+    domain stays on the 2-level ABI."""
+    assert hv.call(H.event_channel_op, EVTCHNOP["init_control"], hv.alloc(16)) == EINVAL
+    assert hv.dom.evtchn.ops.name != "FIFO"
 
 
 def test_evtchn_bad_pointer(hv: Hv) -> None:

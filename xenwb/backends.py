@@ -165,9 +165,7 @@ class StoreBackend:
 
     def _traced(self, entry) -> None:
         dom = self.dom
-        if dom.trace.active:
-            dom.trace.emit(dom.current, "xenstore", entry.type, domid=entry.domid, tx_id=entry.tx_id,
-                           args=entry.args, reply=entry.reply)
+        dom.trace.emit_xenstore(dom.current, entry.type, entry.domid, entry.tx_id, entry.args, entry.reply)
 
     # -- the protocol engine -----------------------------------------------------------------
     def notify(self) -> None:

@@ -22,13 +22,14 @@ from xenwb.examples import list_examples
 from xenwb.info import cmd_info
 from xenwb.machine import StopReason
 from xenwb.registry import CommandError
-from xenwb.session import ALL_PLUGINS, Events, Session, Symbol, Time
+from xenwb.session import ALL_PLUGINS, DEFAULT_HISTORY, Events, Session, Symbol, Time
 from xenwb.tui import Shell
 
 EXIT_OK, EXIT_GUEST, EXIT_WORKBENCH = 0, 1, 2
 MEMORY_MIB = (4, 1536)          # the guest memory build_domain accepts
 MAX_INSTRUCTIONS = 10 ** 18
 MAX_SECONDS = 10 ** 9           # virtual seconds (about 31 years): nanoseconds stay well within 64 bits
+MAX_HISTORY = 10 ** 9
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,6 +90,23 @@ def _option(parse: Callable[[str], Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(str(e)) from None
     convert.__name__ = parse.__name__
     return convert
+
+
+def parse_history(text: str) -> int:
+    """Records each plugin keeps: a whole number, at least 1."""
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= MAX_HISTORY:
+        raise ValueError(f"{n} is out of range (1 to {_e(MAX_HISTORY)})")
+    return n
+
+
+def _add_history_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--history", type=_option(parse_history), default=DEFAULT_HISTORY, metavar="N",
+                   help=f"events each plugin keeps for its commands (default {DEFAULT_HISTORY:,}; older ones are "
+                        "dropped, a trace file keeps them all)")
 
 
 def _add_boot_options(p: argparse.ArgumentParser) -> None:
@@ -157,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shell", help="full-screen workbench: console, hypercalls, vcpus, disassembly, commands")
     _add_boot_options(p)
     p.add_argument("--run", action="store_true", help="start the guest at once")
+    _add_history_option(p)
     p.add_argument("--gdb", nargs="?", const="127.0.0.1:1234", metavar="[HOST:]PORT",
                    help="also serve gdb on this address (default 127.0.0.1:1234)")
 
@@ -168,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_plugin_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=None, metavar="NAME",
                    help="enable a plugin (repeatable; 'all' for every plugin)")
+    _add_history_option(p)
     p.add_argument("--exec", action="append", default=[], metavar="COMMAND", dest="exec_",
                    help="run a plugin/monitor command when the guest stops (repeatable), e.g. 'hypercalls summary'")
     p.add_argument("--json", action="store_true", help="print --exec results as JSON")
@@ -234,9 +254,12 @@ def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=No
     try:
         session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=module,
                           vcpus=args.vcpus, plugins=plugins, console=sink, event_filter=event_filter,
-                          symbols=args.symbols)
+                          symbols=args.symbols, history=args.history)
     except CommandError as e:          # a --plugin name that does not exist
         raise XenwbError(str(e)) from None
+    if "all" in plugins:               # third-party plugins that could not be loaded: one line each
+        for err in session.plugins.load_errors:
+            print(f"xenwb: {err}", file=sys.stderr)
     _check_exec(session, args.exec_)
     return session
 
@@ -257,7 +280,7 @@ def _check_exec(session, lines: Sequence[str]) -> None:
         for name in sorted(session.plugins.available):      # a command of a plugin left disabled
             try:
                 plugin = session.plugins.get(name)
-                names = [c[0].split() for c in plugin.commands()]
+                names = [n.split() for n in session.plugins.command_names(plugin)]
             except Exception:  # noqa: BLE001 - a broken third-party plugin must not stop the workbench
                 continue
             if not plugin.enabled and any(n == words[:len(n)] for n in names):
@@ -354,7 +377,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
         raise XenwbError("xenwb shell needs a terminal (use xenwb run / xenwb trace in scripts)")
     session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline,
                       module=load_module(args.module, args.memory), vcpus=args.vcpus, plugins=ALL_PLUGINS,
-                      symbols=args.symbols)
+                      symbols=args.symbols, history=args.history)
     shell = Shell(session, gdb_address=args.gdb)
     if args.run:
         shell.ctl.cont()

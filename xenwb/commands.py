@@ -20,7 +20,8 @@ def _help(machine: Machine, args: list[str]) -> Result:
             raise CommandError(f"no command {' '.join(args)!r}")
         c = hit[0]
         data = {"name": c.name, "usage": c.usage, "help": c.help, "plugin": c.plugin}
-        return Result(data, f"{c.name} {c.usage}".rstrip() + f"\n  {c.help}")
+        more = "".join(f"\n    {line}" for line in c.details.splitlines())
+        return Result(data, f"{c.name} {c.usage}".rstrip() + f"\n  {c.help}" + more)
     rows = [{"command": f"{c.name} {c.usage}".rstrip(), "help": c.help, "plugin": c.plugin or "core"}
             for c in sorted(reg.commands.values(), key=lambda c: c.name)]
     return Result(rows, table(rows, ["command", "help"]))

@@ -43,6 +43,7 @@ class Command:
     help: str
     usage: str = ""
     plugin: str | None = None
+    details: str = ""            # one line per argument, for `help COMMAND`
 
     @property
     def words(self) -> list[str]:
@@ -87,8 +88,8 @@ class CommandRegistry:
     commands: dict[str, Command] = field(default_factory=dict)
 
     def register(self, name: str, handler: Handler, help: str, usage: str = "",
-                 plugin: str | None = None) -> Command:
-        cmd = Command(" ".join(name.split()), handler, help, usage, plugin)
+                 plugin: str | None = None, details: str = "") -> Command:
+        cmd = Command(" ".join(name.split()), handler, help, usage, plugin, details)
         self.commands[cmd.name] = cmd
         return cmd
 

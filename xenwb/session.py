@@ -27,9 +27,11 @@ from xenwb.errors import XenwbError
 from xenwb.examples import resolve_guest
 from xenwb.machine import Machine, RunResult, StopReason
 from xenwb.registry import Result
+from xenwb.trace_events import Record, kind_of
 from xenwb.tracefile import TraceWriter, open_writer
 
 ALL_PLUGINS = ("all",)          # every plugin of the entry-point group xenwb.plugins, third-party ones too
+DEFAULT_HISTORY = 100_000       # records each plugin keeps (older ones are dropped; a trace file keeps all)
 
 
 @dataclass(frozen=True)
@@ -59,25 +61,27 @@ Until = str | int | Events | Time | Symbol | None
 class Session:
     def __init__(self, guest: str | Path | None = None, *, memory_mib: int = 64, vcpus: int = 1,
                  cmdline: str = "", module: bytes | None = None, plugins: tuple[str, ...] = ALL_PLUGINS,
-                 console: Any = None, event_filter: Any = None, symbols: str | Path | None = None) -> None:
+                 console: Any = None, event_filter: Any = None, symbols: str | Path | None = None,
+                 history: int = DEFAULT_HISTORY) -> None:
         self.machine = Machine(resolve_guest(str(guest) if guest is not None else None), memory_mib=memory_mib,
                                cmdline=cmdline, module=module, vcpus=vcpus, symbols=symbols)
         self.console = bytearray()
         self._console_cb = console
         self.machine.domain.console_sink = self._on_console
-        self.plugins = PluginManager(self.machine)
+        self.plugins = PluginManager(self.machine, history=history)
         for p in plugins:
             if p == "all":
                 self.plugins.enable_all()
             else:
                 self.plugins.enable(p)
         self.filter = event_filter
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[Record] = deque()
         self._listening = False
         self._event_budget: int | None = None
-        self._held: list[dict[str, Any]] = []      # events past an Events stop, delivered when the machine goes on
+        self._held: list[Record] = []      # events past an Events stop, delivered when the machine goes on
         self.machine.resume_hooks.append(self._release_held)
         self._subscribed = False
+        self._targets: list[Any] = []              # what this session subscribed to the bus
         self.writers: list[TraceWriter] = []
         self.last: RunResult | None = None
         # the one controller every front end drives (gdb stub, shell, CLI, this API)
@@ -98,6 +102,7 @@ class Session:
                 self.machine.turn_hooks.remove(w.flush_pending)
             w.close()
         self.writers.clear()
+        self._rewire()
 
     # plumbing ----------------------------------------------------------------------------
     def _on_console(self, data: bytes) -> None:
@@ -108,12 +113,31 @@ class Session:
     def _listen(self) -> None:
         """Subscribe to the trace once something here wants events (a trace file, events(),
         an Events stop): the machine observes more while anybody listens."""
-        if not self._subscribed:
-            self._subscribed = True
-            self.machine.domain.trace.subscribe(self._on_event)
+        self._subscribed = True
+        self._rewire()
 
-    def _on_event(self, ev: dict[str, Any]) -> None:
-        if self.filter is not None and not self.filter.match(ev):
+    def _rewire(self) -> None:
+        """Who receives the records: the writers themselves (their `add`: no Python frame per
+        event) when nothing here must see each one (no filter, no Events stop counting, nothing
+        held back, no events() reader), else _on_event. The new subscribers come first, so
+        the kinds stay wanted throughout (no observer is switched off and on again)."""
+        if not self._subscribed:
+            return
+        direct = self.filter is None and self._event_budget is None and not self._held and not self._listening
+        want = [w.add for w in self.writers] if direct else [self._on_event]
+        if want == self._targets:
+            return
+        bus = self.machine.domain.trace
+        for fn in want:
+            if fn not in self._targets:
+                bus.subscribe_records(fn)
+        for fn in self._targets:
+            if fn not in want:
+                bus.unsubscribe(fn)
+        self._targets = want
+
+    def _on_event(self, ev: Record) -> None:
+        if self.filter is not None and not self.filter.match_record(ev, self.machine.domain.trace.formatter):
             return
         if self._event_budget is not None:
             if self._event_budget <= 0:
@@ -126,9 +150,9 @@ class Session:
                 self.machine.stop()
         self._deliver(ev)
 
-    def _deliver(self, ev: dict[str, Any]) -> None:
+    def _deliver(self, ev: Record) -> None:
         for w in self.writers:
-            w.write(ev)
+            w.add(ev)
         if self._listening:
             self._queue.append(ev)
 
@@ -136,12 +160,14 @@ class Session:
         held, self._held = self._held, []
         for ev in held:
             self._deliver(ev)
+        self._rewire()
 
     def record(self, path: str, fmt: str | None = None) -> TraceWriter:
         """Write every (filtered) event from now on to a JSONL or Perfetto file."""
-        w = open_writer(path, fmt)
+        w = open_writer(path, fmt, self.machine.domain.trace.formatter)
         self.writers.append(w)
         self._listen()
+        self._rewire()
         # flushed after every vcpu turn: a killed run loses at most one turn's events
         self.machine.turn_hooks.append(w.flush_pending)
         return w
@@ -164,8 +190,8 @@ class Session:
         temporary: int | None = None
         try:
             if isinstance(until, Events):
-                self._listen()
                 self._event_budget = max(1, until.count)
+                self._listen()
             elif isinstance(until, Time):       # the earlier of this and the machine's own limit
                 self.machine.timeout_ns = until.ns if old_timeout is None else min(until.ns, old_timeout)
             elif isinstance(until, (Symbol, int)) or (isinstance(until, str) and until != "shutdown"):
@@ -181,6 +207,7 @@ class Session:
             if temporary is not None:
                 ctl.remove_breakpoint(temporary)
             self._event_budget = None
+            self._rewire()
             self.machine.timeout_ns = old_timeout
             for w in self.writers:
                 w.flush()
@@ -216,14 +243,15 @@ class Session:
 
     def events(self, kinds: set[str] | None = None, chunk: int = 256) -> Iterator[dict[str, Any]]:
         """Run the guest and yield its events as they happen, until it stops for good."""
-        self._listen()
         self._listening = True
+        self._listen()
+        as_dict = self.machine.domain.trace.formatter.as_dict
         try:
             while True:
                 while self._queue:
                     ev = self._queue.popleft()
-                    if kinds is None or ev["kind"] in kinds:
-                        yield ev
+                    if kinds is None or kind_of(ev) in kinds:
+                        yield as_dict(ev)
                 if self.machine.domain.finished or (self.last is not None and self.last.reason in (
                         StopReason.hang, StopReason.crash, StopReason.shutdown)):
                     return
@@ -232,6 +260,7 @@ class Session:
                     return
         finally:
             self._listening = False
+            self._rewire()
 
     def command(self, line: str) -> Result:
         return self.machine.commands.run(self.machine, line)

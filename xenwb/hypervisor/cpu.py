@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Callable
 from functools import cache
 
 from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
@@ -129,6 +130,8 @@ class CpuBase:
         self._pc_buf = ctypes.c_uint64()
         self._oe_off = old_exception_offset()
         self.ring_switches = 0
+        self.running = False                       # inside emu_start (a hook may be running)
+        self._after_run: list[Callable[[], None]] = []
 
     exit_address: int = 0
     pc_reg: int = X.UC_X86_REG_EIP
@@ -166,16 +169,32 @@ class CpuBase:
     def run(self) -> None:
         """Run until a hook or the clock stops the engine; the clock is then settled, so it
         counts exactly the instructions that completed."""
+        self.running = True
         try:
             self.uc.emu_start(self.pc, self.exit_address)
         finally:
+            self.running = False
             self.clock.settle(self.pc)
+            while self._after_run:
+                self._after_run.pop(0)()
             while self._pending_invalidations:
                 lo, hi = self._pending_invalidations.pop()
                 try:
                     self.uc.ctl_remove_cache(lo, hi)
                 except UcError:
                     self.flush_translations()
+
+    def when_stopped(self, fn: Callable[[], None]) -> None:
+        """Run fn now if the engine is not running, else as soon as it stops (and stop it:
+        the stop is invisible, the turn goes on). For changes to the engine's memory map
+        (mem_protect splits regions), which are not safe from a hook that runs inside a
+        translation block (measured: the next instruction fetch after a split made from the
+        SYSCALL hook faults)."""
+        if not self.running:
+            fn()
+            return
+        self._after_run.append(fn)
+        self.uc.emu_stop()
 
     def sync_pc_in(self, lo: int, hi: int) -> None:
         """Make the guest pc exact inside memory hooks for code in [lo, hi): unicorn updates it

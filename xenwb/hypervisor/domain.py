@@ -26,6 +26,7 @@ from xenwb.hypervisor.memory import MachineMemory, PhysMap
 from xenwb.hypervisor.mm import MM
 from xenwb.hypervisor.state import DomainCrash
 from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime, init_wallclock
+from xenwb.hypervisor.trace_args import LATER_WIDTH, capture_args, decode_later
 from xenwb.hypervisor.upcall_mask import MaskObserver
 from xenwb.hypervisor.xenarea import HvGeometry, XenArea
 from xenwb.hypervisor.xenarea64 import XenArea64
@@ -87,7 +88,7 @@ class Domain:
         self.time = VirtualTime()
         self.trace = TraceBus()
         self.mask_observer = MaskObserver(self)
-        self.trace.on_active = self.mask_observer.set_enabled
+        self.trace.on_want("mask", self.mask_observer.set_enabled)
         self.vcpus: list[Vcpu] = []
         self.vm_assist = 0
         self.shared_info_mfn = mem.alloc_xen_frame()
@@ -107,6 +108,7 @@ class Domain:
         self.stub_cache: dict[int, bool] = {}      # pc after a hypercall instruction -> in a page stub?
         self.evtchn = EventChannels(self)
         self.gnttab = GrantTable(self)
+        self.trace.formatter.bind(symbolize=self.symbolize, decode_later=decode_later, later_width=LATER_WIDTH)
         init_wallclock(self)
 
     def frame_freed(self, mfn: int) -> None:
@@ -155,11 +157,11 @@ class Domain:
         self.stats["hypercalls"] += 1
         if nr == C.Hypercall.iret:
             self.time.charge(vcpu, HYPERCALL_COST_NS)
-            if self.trace.active:
+            if self.trace.want_hypercall:
                 self.trace.emit_hypercall(vcpu, nr, args, 0, pc - 2, {})
             vcpu.do_iret()
             return
-        ret = self.call(vcpu, nr, args, eip=vcpu.caller_pc(pc) if self.trace.active else 0)
+        ret = self.call(vcpu, nr, args, eip=vcpu.caller_pc(pc) if self.trace.want_hypercall else 0)
         if vcpu.continuation is not None:       # preempted: the guest re-executes the instruction
             cont = (tuple(vcpu.continuation) + (0,) * 5)[:5]
             vcpu.continuation = None
@@ -175,7 +177,8 @@ class Domain:
         entry = self.hypercalls.get(nr)
         t0 = vcpu.clock.units
         vcpu.clock.units = t0 + HYPERCALL_COST_NS       # the hypervisor's work takes virtual time
-        decoded = decode_args(vcpu, nr, args) if self.trace.active else None
+        traced = self.trace.want_hypercall
+        decoded = capture_args(vcpu, nr, args) if traced else None     # None: decoded when read
         handler = None if entry is None else entry.pv64 if self.is_64 else entry.pv32
         if entry is None:
             ret = self.unimplemented(f"hypercall {hypercall_name(nr)} ({nr})")
@@ -193,9 +196,8 @@ class Domain:
                                   f"{type(e).__name__}: {e} (please report; XENWB_DEBUG=1 shows the traceback)") \
                     from None
         ret = _signed(ret, self.word)
-        if self.trace.active:
-            self.trace.emit_hypercall(vcpu, nr, args, ret, eip, decoded, multicall,
-                                      time_ns=t0, duration_ns=vcpu.clock.units - t0)
+        if traced:
+            self.trace.emit_hypercall(vcpu, nr, args, ret, eip, decoded, multicall, t0, vcpu.clock.units - t0)
         return ret
 
     def caller_eip(self, vcpu: Vcpu) -> int:
@@ -245,7 +247,7 @@ class Domain:
         if self.crash_report is None and self.shutdown_reason is None:
             eip = vcpu.cpu.pc
             self.crash_report = CrashReport(vcpu.id, eip, self.symbolize(eip), reason, self.word)
-            self.trace.emit(vcpu, "crash", "domain_crash", reason=reason, eip=eip)
+            self.trace.emit_crash(vcpu, reason, eip)
         self.stop_all()
 
     def stop_all(self) -> None:

@@ -189,9 +189,7 @@ class EventChannels:
         v = dom.vcpus[vid]
         self.stats["set_pending"] += 1
         already, masked, edge = self.ops.set_pending(v, port)
-        if dom.trace.active:
-            dom.trace.emit(v, "event", "set_pending", port=port, notify_vcpu=vid, edge=edge, masked=masked,
-                           already_pending=already)
+        dom.trace.emit_event_set_pending(v, port, vid, edge, masked, already)
         if not already:
             evtchn_check_pollers(dom, port)
 
@@ -414,8 +412,7 @@ class EventChannels:
         if not self.table.valid(port):
             return EINVAL
         raised = self.unmask(port)
-        if self.dom.trace.active:
-            self.dom.trace.emit(self.dom.current, "event", "unmask", port=port, raised=raised)
+        self.dom.trace.emit_event_unmask(self.dom.current, port, raised)
         return 0
 
     def reset(self, dom: int) -> int:
@@ -554,9 +551,7 @@ def evtchn_op(vcpu: Vcpu, cmd: int, arg: int) -> int:
             rc = init_control(dom, dom.vcpus[a.vcpu], a.control_gfn, a.offset)
             if rc == 0:
                 _wr(vcpu, arg, a)
-                if dom.trace.active:
-                    dom.trace.emit(vcpu, "event", "init_control", abi=ev.ops.name, vcpu_id=a.vcpu,
-                                   control_gfn=a.control_gfn, offset=a.offset)
+                dom.trace.emit_event_init_control(vcpu, ev.ops.name, a.vcpu, a.control_gfn, a.offset)
             return rc
         if cmd == EvtchnOp.expand_array:
             a = _rd(vcpu, arg, L.evtchn_expand_array)

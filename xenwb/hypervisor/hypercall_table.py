@@ -134,7 +134,7 @@ def decode_args(vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
     """Decoded arguments of a call, or the raw registers when no decoder exists."""
     e = TABLE.get(nr)
     decoder, arity = (e.decoder, e.decoder_arity) if e is not None else (None, 0)
-    if e is not None and vcpu.word == 8 and e.decoder64 is not None:
+    if e is not None and e.decoder64 is not None and vcpu.word == 8:
         decoder, arity = e.decoder64, e.decoder64_arity
     if decoder is None:
         return {"args": [f"{a:#x}" for a in args]}

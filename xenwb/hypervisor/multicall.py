@@ -26,11 +26,8 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
     dom = vcpu.domain
     L = dom.abi.multicall_entry
     size = L.size()
-    eip = dom.caller_eip(vcpu) if dom.trace.active else 0
-    batch = dom.trace.seq if dom.trace.active else None
-    if dom.trace.active:
-        dom.trace.emit(vcpu, "multicall", "multicall_begin", calls=f"{calls:#x}", nr=nr, eip=eip,
-                       symbol=dom.symbolize(eip))
+    eip = dom.caller_eip(vcpu) if dom.trace.want_multicall else 0
+    batch = dom.trace.emit_multicall_begin(vcpu, calls, nr, eip)
     vcpu.in_multicall = True
     try:
         for i in range(nr):
@@ -48,8 +45,7 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
                 return 0
             if e.op == C.Hypercall.multicall:
                 ret = EINVAL
-                if dom.trace.active:
-                    dom.trace.emit_hypercall(vcpu, e.op, tuple(e.args[:5]), ret, eip, {"nested": True}, batch)
+                dom.trace.emit_hypercall(vcpu, e.op, tuple(e.args[:5]), ret, eip, {"nested": True}, batch)
             else:
                 ret = dom.call(vcpu, e.op, tuple(e.args[:5]), eip=eip, multicall=batch)
             try:
@@ -60,8 +56,7 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
                 break
     finally:
         vcpu.in_multicall = False
-        if dom.trace.active:
-            dom.trace.emit(vcpu, "multicall", "multicall_end", nr=nr, batch=batch)
+        dom.trace.emit_multicall_end(vcpu, nr, batch)
     return 0
 
 

@@ -1,12 +1,16 @@
 """x86 paging as Xen PV guests use it: 2-level (non-PAE), 3-level PAE and 4-level long mode.
 
 One walker serves the hypervisor (copy to/from guest), the gdb stub and the
-pagetable plugin. It reads the live tables in machine memory, as the CPU does.
+pagetable plugin (walk: one address; mappings: the whole address space). It reads the
+live tables in machine memory, as the CPU does.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import MachineMemory
@@ -146,3 +150,41 @@ def translate(mem: MachineMemory, mode: PagingMode, top_mfn: int, va: int, write
             return None
         table = mode.pte_mfn(pte)
     return (table << 12) | (va & 0xFFF)
+
+
+class Mapping(NamedTuple):
+    """One present 4 KiB leaf mapping, with the access the whole walk grants."""
+
+    va: int
+    entry_maddr: int          # the L1 entry's machine address
+    pte: int
+    mfn: int
+    writable: bool
+    user: bool
+    nx: bool
+
+
+def mappings(mem: MachineMemory, mode: PagingMode, top_mfn: int) -> Iterator[Mapping]:
+    """Every present 4 KiB mapping of the tables rooted at top_mfn, in VA order: the walk
+    above done for the whole address space at once (superpage entries are not followed;
+    a table outside machine memory is skipped)."""
+    fmt = "<Q" if mode.pte_size == 8 else "<I"
+
+    def table(mfn: int, level: int, va0: int, rw: bool, us: bool, nx: bool) -> Iterator[Mapping]:
+        pae_l3 = mode.levels == 3 and level == 3
+        n = 4 if pae_l3 else mode.entries
+        span = mode.level_span(level)
+        frame = mem.frame(mfn)
+        for i, (pte,) in enumerate(struct.iter_unpack(fmt, frame[: n * mode.pte_size])):
+            if not pte & C._PAGE_PRESENT:
+                continue
+            e_rw, e_us = (rw, us) if pae_l3 else (rw and bool(pte & C._PAGE_RW), us and bool(pte & C._PAGE_USER))
+            e_nx = nx or (mode.pte_size == 8 and bool(pte & C._PAGE_NX))
+            child = mode.pte_mfn(pte)
+            if level == 1:
+                yield Mapping(va0 + i * span, (mfn << 12) + i * mode.pte_size, pte, child, e_rw, e_us, e_nx)
+            elif not (level == 2 and pte & C._PAGE_PSE) and mem.valid(child << 12):
+                yield from table(child, level - 1, va0 + i * span, e_rw, e_us, e_nx)
+
+    if mem.valid(top_mfn << 12):
+        yield from table(top_mfn, mode.levels, 0, True, True, False)

@@ -49,8 +49,7 @@ def vcpu_block(v: Vcpu) -> bool:
     _set_state(v, VcpuState.blocked)
     v.rescheduled = True        # on real Xen another domain runs meanwhile: segments reload
     v.cpu.uc.emu_stop()
-    v.domain.trace.emit(v, "sched", "block", polling=v.poll_ports is not None,
-                        poll_ports=list(v.poll_ports or ()), poll_timeout=v.poll_deadline)
+    v.domain.trace.emit_sched_block(v, v.poll_ports is not None, list(v.poll_ports or ()), v.poll_deadline)
     return True
 
 
@@ -62,7 +61,7 @@ def vcpu_wake(v: Vcpu) -> None:
     if cur is not None and cur is not v:
         dom.time.advance_to(v, dom.time.now(cur))
     _set_state(v, VcpuState.running)
-    dom.trace.emit(v, "sched", "wake")
+    dom.trace.emit_sched_wake(v)
 
 
 def vcpu_unblock(v: Vcpu) -> None:

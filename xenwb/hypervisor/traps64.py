@@ -46,7 +46,7 @@ def toggle_guest_mode(v: Vcpu64) -> None:
     cpu.swapgs()
     v.kernel_mode = not v.kernel_mode
     cpu.set_cr3(v.active_top_mfn)
-    v.domain.trace.emit(v, "mode", "kernel" if v.kernel_mode else "user")
+    v.domain.trace.emit_mode(v, "kernel" if v.kernel_mode else "user")
     if v.kernel_mode:
         update_runstate_area(v.domain, v)
         update_secondary_time(v.domain, v)
@@ -147,7 +147,7 @@ def syscall_from_user(v: Vcpu64, r: dict[str, int], compat: bool) -> None:
         frame["rip"] = r["rip"] - 2
         v.bounce_vector(C.TRAP_invalid_op, None, regs=frame)
         return
-    v.domain.trace.emit(v, "syscall", "user_syscall", rip=r["rip"] - 2, rax=r["rax"])
+    v.domain.trace.emit_user_syscall(v, r["rip"] - 2, r["rax"])
     create_bounce_frame(v, target, None, v.syscall_mask, regs=frame)
     v.cpu.set_reg("rflags", v.cpu.reg("rflags") & ~RFLAGS_DF)
 

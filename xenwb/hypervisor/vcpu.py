@@ -142,15 +142,13 @@ class Vcpu:
 
     def _on_in(self, uc, port: int, size: int, _ud) -> int:
         value = (1 << (8 * size)) - 1
-        if self.domain.trace.active:
-            self.domain.trace.emit(self, "io", "in", port=port, size=size, value=value,
-                                   pc=self.cpu.pc, gp=not self._io_allowed())
+        if self.domain.trace.want_io:
+            self.domain.trace.emit_io(self, "in", port, size, value, self.cpu.pc, not self._io_allowed())
         return value
 
     def _on_out(self, uc, port: int, size: int, value: int, _ud) -> None:
-        if self.domain.trace.active:
-            self.domain.trace.emit(self, "io", "out", port=port, size=size, value=value,
-                                   pc=self.cpu.pc, gp=not self._io_allowed())
+        if self.domain.trace.want_io:
+            self.domain.trace.emit_io(self, "out", port, size, value, self.cpu.pc, not self._io_allowed())
 
     def _invalid(self) -> None:
         if not emulate.invalid_opcode(self):

@@ -160,7 +160,7 @@ def vcpu_up(dom: Domain, target: Vcpu, caller: Vcpu | None = None) -> int:
             dom.time.advance_to(target, dom.time.now(cur))
             account_runstate(dom, target)      # the offline time up to now
         sched.vcpu_wake(target)
-        dom.trace.emit(cur, "vcpu", "up", target=target.id)
+        dom.trace.emit_vcpu_up(cur, target.id)
     return 0
 
 
@@ -175,7 +175,7 @@ def vcpu_down(dom: Domain, target: Vcpu) -> int:
         target.state = VcpuState.down
         account_runstate(dom, target)
         target.cpu.uc.emu_stop()
-        dom.trace.emit(dom.current, "vcpu", "down", target=target.id)
+        dom.trace.emit_vcpu_down(dom.current, target.id)
     return 0
 
 
@@ -201,7 +201,7 @@ def register_vcpu_info(dom: Domain, v: Vcpu, mfn: int, offset: int) -> int:
     dom.mem.write(gaddr, old)
     v.vcpu_info_maddr = gaddr
     v.vcpu_info_registered = True
-    dom.trace.emit(dom.current or v, "vcpu", "register_vcpu_info", target=v.id, maddr=gaddr)
+    dom.trace.emit_vcpu_register_vcpu_info(dom.current or v, v.id, gaddr)
     v.pending_sel = ~0
     dom.evtchn.mark_events_pending(v)
     update_vcpu_time(dom, v, force=True)
@@ -272,7 +272,7 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     v.pending_iret_target = dict(cpu.regs(), eip=r.eip, cs=cs, eflags=eflags, esp=r.esp, ss=ss)
     v.initialised = True
     update_vcpu_time(dom, v)
-    dom.trace.emit(caller, "vcpu", "initialise", target=v.id, eip=r.eip, esp=r.esp, cr3_mfn=mfn)
+    dom.trace.emit_vcpu_initialise(caller, v.id, r.eip, r.esp, mfn)
     return 0
 
 
@@ -365,7 +365,7 @@ def vcpu_initialise64(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     v.exit_to(r.rip, fix3(r.cs), rflags, r.rsp, fix3(r.ss), sysret=False)
     v.initialised = True
     update_vcpu_time(dom, v)
-    dom.trace.emit(caller, "vcpu", "initialise", target=v.id, rip=r.rip, rsp=r.rsp, cr3_mfn=cr3)
+    dom.trace.emit_vcpu_initialise(caller, v.id, r.rip, r.rsp, cr3)
     return 0
 
 
