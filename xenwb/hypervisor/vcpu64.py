@@ -93,7 +93,9 @@ class Vcpu64(Vcpu):
         rcx, r11, cs, ss = out
         cpu = self.cpu
         cpu.sysret_out.write(rcx, r11)
-        if (cs, ss) != (r["cs"], r["ss"]):
+        # sysretq also loads RFLAGS from R11 (x86_64/entry.S restore_all_guest: IOPL and VM
+        # cleared, IF set), so a frame's IOPL never reaches the real flags
+        if (cs, ss, r11) != (r["cs"], r["ss"], r["rflags"]):
             if pending:
                 self.domain.xen.write_iret_frame(self.id, r["rip"], cs, r11, r["rsp"], ss)
             else:
