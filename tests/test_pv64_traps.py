@@ -337,3 +337,29 @@ def test_iret_to_user_without_user_l4_crashes(c: Ctx) -> None:
     c.v.cpu.set_reg("rsp", 0x1000)
     with pytest.raises(DomainCrash):                        # the frame is unreadable
         traps64.do_iret(c.v)
+
+
+def test_iret_as_a_multicall_entry(c: Ctx) -> None:
+    """multicall.c: an iret entry ends the batch (mc_exit) and the multicall returns its result,
+    do_iret's restored RAX, which is what the guest then finds in RAX (pv/iret.c: "Saved %rax
+    gets written back"); the entry's result field gets it too."""
+    hv = c.hv
+    target = hv.scratch_page()
+    sp = hv.scratch_page() + 0x400
+    hv.v.write_virt(sp, bytes(PV64.iret_context(rax=0xA0A0, r11=1, rcx=2, rip=target, cs=KERNEL_CS & ~3,
+                                                rflags=0x202, rsp=KCODE + 0x5550, ss=KERNEL_SS)))
+    entries = bytes(PV64.multicall_entry(op=H.iret)) + bytes(PV64.multicall_entry(op=H.xen_version))
+    calls = hv.put(entries)
+    code = hv.scratch_page()
+    hv.v.write_virt(code, PROBE_SYSCALL)
+    cpu = hv.v.cpu
+    cpu.set_reg("rsp", sp)
+    cpu.set_reg("rax", H.multicall)
+    cpu.set_reg("rdi", calls)
+    cpu.set_reg("rsi", 2)
+    cpu.pc = code
+    cpu.uc.emu_start(code, target, count=2)
+    assert cpu.pc == target and cpu.reg("rsp") == KCODE + 0x5550
+    assert cpu.reg("rax") == 0xA0A0
+    assert hv.u64(calls + 8) == 0xA0A0
+    assert hv.u64(calls + 64 + 8) == 0                  # the entry after the iret did not run
