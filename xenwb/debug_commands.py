@@ -351,7 +351,7 @@ class DebuggerCommands:
     def _dump(self, addr: int, data: bytes, wanted: int, what: str) -> Result:
         """Rows of 16 bytes as words of the guest's width (4 or 8 bytes), like gdb's x/xw, x/xg."""
         word = self.machine.domain.word
-        aw = 16 if addr + wanted > 1 << 32 else 8
+        aw = 2 * word
         rows = []
         for off in range(0, len(data), 16):
             chunk = data[off: off + 16]
