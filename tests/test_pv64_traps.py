@@ -33,6 +33,7 @@ from xenwb.abi.constants import Hypercall as H
 from xenwb.abi.constants import MmuextCmd as X
 from xenwb.abi.structs import PV64
 from xenwb.hypervisor import traps, traps64
+from xenwb.hypervisor.hypercall import PREEMPT_BATCH
 from xenwb.hypervisor.state import DomainCrash
 
 IF, DF, TF, NT, RF, AC, IOPL3 = 0x200, 0x400, 0x100, 0x4000, 0x10000, 0x40000, 0x3000
@@ -363,3 +364,55 @@ def test_iret_as_a_multicall_entry(c: Ctx) -> None:
     assert cpu.reg("rax") == 0xA0A0
     assert hv.u64(calls + 8) == 0xA0A0
     assert hv.u64(calls + 64 + 8) == 0                  # the entry after the iret did not run
+
+
+# ---------------------------------------------------------------- the sysret exit of a hypercall
+def syscall_at(c: Ctx, **regs: int) -> int:
+    """One real `syscall` (a hypercall in kernel mode) on the engine; returns its address."""
+    code = c.hv.scratch_page()
+    c.v.write_virt(code, PROBE_SYSCALL + b"\x90")
+    cpu = c.v.cpu
+    for name, value in regs.items():
+        cpu.set_reg(name, value)
+    cpu.pc = code
+    cpu.uc.emu_start(code, code + 2, count=1)
+    return code
+
+
+def test_hypercall_exit_is_a_sysret(c: Ctx) -> None:
+    """RCX = the return RIP, R11 = RFLAGS, the result in RAX, RFLAGS unchanged (IF set)."""
+    code = syscall_at(c, rax=H.xen_version, rdi=0, rsi=0, rcx=0x1111, r11=0x2222, rflags=0x246)
+    r = c.v.cpu.regs()
+    assert r["rip"] == code + 2 and (r["rcx"], r["r11"], r["rflags"]) == (code + 2, 0x246, 0x246)
+    assert r["rax"] == (C.XEN_MAJOR << 16) | C.XEN_MINOR and (r["cs"], r["ss"]) == (KERNEL_CS, KERNEL_SS)
+
+
+def test_hypercall_from_a_guest_code_selector_returns_on_stars(c: Ctx) -> None:
+    """A kernel on its own GDT's CS 0x13 / SS 0x1b (as Linux and pvdemo64's APs run): sysretq
+    loads CS/SS from XEN_MSR_STAR, so the guest comes back on 0xe033/0xe02b."""
+    page = bytearray(4096)
+    struct.pack_into("<QQ", page, 16, 0x00AFFB000000FFFF, 0x00CFF3000000FFFF)   # 0x10 code64, 0x18 data
+    f = c.hv.free_frame(bytes(page))
+    assert c.hv.call(H.set_gdt, c.hv.put_u64(f), 8) == 0
+    c.v.cpu.set_reg("cs", 0x13)
+    c.v.cpu.set_reg("ss", 0x1B)
+    assert (c.v.cpu.reg("cs"), c.v.cpu.reg("ss")) == (0x13, 0x1B)
+    code = syscall_at(c, rax=H.xen_version, rdi=0, rsi=0)
+    r = c.v.cpu.regs()
+    assert (r["cs"], r["ss"], r["rip"], r["rcx"]) == (KERNEL_CS, KERNEL_SS, code + 2, code + 2)
+
+
+def test_preempted_hypercall_exits_on_the_syscall(c: Ctx) -> None:
+    """A continuation (_pv_hypercall: RIP back by 2, arguments rewritten): the sysret leaves
+    RCX = that RIP, so the guest re-executes the syscall."""
+    hv = c.hv
+    va = hv.scratch_page()
+    maddr = hv.pte_maddr(va)
+    entry = hv.read_entry(maddr)
+    reqs = hv.put(b"".join(struct.pack("<QQ", maddr, entry) for _ in range(PREEMPT_BATCH + 5)))
+    done = hv.put_u32(0)
+    code = syscall_at(c, rax=H.mmu_update, rdi=reqs, rsi=PREEMPT_BATCH + 5, rdx=done, r10=0x7FF0)
+    r = c.v.cpu.regs()
+    assert r["rip"] == code and r["rcx"] == code
+    assert r["rsi"] == 5 | 0x80000000 and r["rdi"] == reqs + 16 * PREEMPT_BATCH
+    assert hv.u32(done) == PREEMPT_BATCH

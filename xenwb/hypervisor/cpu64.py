@@ -49,8 +49,8 @@ RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM = 1 << 9, 3 << 12, 1 << 17
 SYSCALL_LEN = 2
 EXIT_ADDRESS64 = STUB_VA + 0xFF0          # emu_start's "until": mapped, never executed
 HYPERCALL_REGS64 = [R.UC_X86_REG_RAX, R.UC_X86_REG_RDI, R.UC_X86_REG_RSI, R.UC_X86_REG_RDX,
-                    R.UC_X86_REG_R10, R.UC_X86_REG_R8, R.UC_X86_REG_RIP, R.UC_X86_REG_RSP,
-                    R.UC_X86_REG_RFLAGS, R.UC_X86_REG_CS]
+                    R.UC_X86_REG_R10, R.UC_X86_REG_R8, R.UC_X86_REG_RIP, R.UC_X86_REG_RFLAGS,
+                    R.UC_X86_REG_CS, R.UC_X86_REG_SS]
 
 
 class Cpu64(CpuBase):
@@ -70,11 +70,16 @@ class Cpu64(CpuBase):
         uc.reg_write(R.UC_X86_REG_LDTR, (0, 0, 0, 0))
         self.at_cpl3 = False              # set once the first iretq ran
         self.pc_bias = 0                  # SYSCALL_LEN inside the syscall hook
+        # False only while a hypercall runs that has left RIP, RFLAGS, CS, SS, RCX and R11 as
+        # its `syscall` found them: every write of those (pc, set_reg, transfer) sets it
+        self.exit_dirty = True
         self._hypercall_regs = RegBatch(uc, HYPERCALL_REGS64)
         self.hypercall_exit = RegBatch(uc, [R.UC_X86_REG_RAX])
         self.continuation_out = RegBatch(uc, [R.UC_X86_REG_RDI, R.UC_X86_REG_RSI, R.UC_X86_REG_RDX,
                                               R.UC_X86_REG_R10, R.UC_X86_REG_R8])
         self.sysret_out = RegBatch(uc, [R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
+        self.sysret_in = RegBatch(uc, [R.UC_X86_REG_RIP, R.UC_X86_REG_RFLAGS, R.UC_X86_REG_CS, R.UC_X86_REG_SS,
+                                       R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
         self.cpuid_in = RegBatch(uc, [R.UC_X86_REG_EAX, R.UC_X86_REG_ECX])
         self.cpuid_out = RegBatch(uc, [R.UC_X86_REG_RAX, R.UC_X86_REG_RBX, R.UC_X86_REG_RCX, R.UC_X86_REG_RDX])
         self.tsc_out = RegBatch(uc, [R.UC_X86_REG_RAX, R.UC_X86_REG_RDX])
@@ -102,6 +107,7 @@ class Cpu64(CpuBase):
 
     @pc.setter
     def pc(self, v: int) -> None:
+        self.exit_dirty = True
         self.uc.reg_write(R.UC_X86_REG_RIP, (v - self.pc_bias) & self.pc_mask)
 
     @property
@@ -121,6 +127,7 @@ class Cpu64(CpuBase):
         return self.uc.reg_read(_REG64[name])
 
     def set_reg(self, name: str, value: int) -> None:
+        self.exit_dirty = True
         name = ALIASES32.get(name, name)
         if name == "rip":
             self.pc = value
@@ -144,7 +151,7 @@ class Cpu64(CpuBase):
         return out
 
     def hypercall_regs(self) -> list[int]:
-        """RAX, RDI, RSI, RDX, R10, R8, RIP, RSP, RFLAGS, CS in one call (the hot path)."""
+        """RAX, RDI, RSI, RDX, R10, R8, RIP, RFLAGS, CS, SS in one call (the hot path)."""
         return self._hypercall_regs.read()
 
     def set_rax(self, value: int) -> None:
@@ -192,6 +199,7 @@ class Cpu64(CpuBase):
         """Continue the guest at cs:rip with ss:rsp. `same_kind`: the target code segment is of
         the kind (64-bit or 32-bit) the engine runs now, so register writes suffice; otherwise,
         and before the first entry to CPL 3, the stub's iretq makes the transfer."""
+        self.exit_dirty = True
         cur_cs, cur_ss = (r & 0xFFFF for r in self._cs_ss.read())
         if self.at_cpl3 and same_kind:
             if cur_cs != cs:

@@ -18,10 +18,11 @@ from unicorn import x86_const as X
 from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps, traps64
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF
-from xenwb.hypervisor.cpu64 import MSR_FS_BASE, MSR_GS_BASE, Cpu64
+from xenwb.hypervisor.cpu64 import MSR_FS_BASE, MSR_GS_BASE, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM, Cpu64
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.state import DomainCrash, VcpuState
 from xenwb.hypervisor.vcpu import Vcpu
+from xenwb.hypervisor.xenarea64 import STUB_VA
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
@@ -84,8 +85,34 @@ class Vcpu64(Vcpu):
             self.cpu.uc.emu_stop()
 
     def _apply_sysret(self) -> None:
-        """restore_all_guest's sysret path: RCX = RIP, R11 = RFLAGS, CS/SS from STAR."""
+        """restore_all_guest's sysret path: RCX = RIP, R11 = RFLAGS, CS/SS from STAR.
+
+        The hot path of every hypercall: one batch read of RIP, RFLAGS, CS, SS, RCX and R11,
+        and writes only for what changes (after a plain hypercall, nothing: _on_syscall left
+        RCX/R11 as sysret makes them). A transfer through the stub takes the general path."""
         self.sysret_exit = False
+        cpu = self.cpu
+        if not cpu.exit_dirty:
+            return          # _on_syscall left RCX/R11 as sysretq makes them; nothing else moved
+        raw_rip, rflags, cs_now, ss_now, rcx_now, r11_now = cpu.sysret_in.read()
+        rip = (raw_rip + cpu.pc_bias) & cpu.pc_mask
+        if rip == STUB_VA:
+            self._apply_sysret_framed()
+            return
+        cs_now &= 0xFFFF
+        out = traps64.sysret_registers(rip, rflags, cs_now)
+        if out is None:
+            return                          # non-canonical RIP: Xen uses iretq, RCX/R11 restored
+        rcx, r11, cs, ss = out
+        if (rcx, r11) != (rcx_now, r11_now):
+            cpu.sysret_out.write(rcx, r11)
+        # sysretq also loads RFLAGS from R11 (x86_64/entry.S restore_all_guest: IOPL and VM
+        # cleared, IF set), so a frame's IOPL never reaches the real flags
+        if (cs, ss, r11) != (cs_now, ss_now & 0xFFFF, rflags):
+            cpu.transfer(rip, cs, r11, cpu.reg("rsp"), ss, same_kind=True)
+
+    def _apply_sysret_framed(self) -> None:
+        """The sysret exit while the guest's RIP..SS wait in the stub's frame."""
         r, pending = self.guest_regs()
         out = traps64.sysret_registers(r["rip"], r["rflags"], r["cs"])
         if out is None:
@@ -106,15 +133,19 @@ class Vcpu64(Vcpu):
         """`syscall`: a hypercall in kernel mode (lstar_enter -> pv_hypercall), a system call
         to bounce in user mode (switch_to_kernel)."""
         cpu = self.cpu
-        vals = cpu.hypercall_regs()              # rax rdi rsi rdx r10 r8 rip rsp rflags cs
-        rip = vals[6]
+        vals = cpu.hypercall_regs()              # rax rdi rsi rdx r10 r8 rip rflags cs ss
+        rip, rflags = vals[6], vals[7]
         self.clock.settle(rip + 2)               # the syscall completed
         cpu.pc_bias = 2                          # unicorn adds 2 to RIP after this hook
         try:
             # the instruction's own effects: RCX = the next RIP, R11 = RFLAGS
-            cpu.sysret_out.write(rip + 2, vals[8])
+            cpu.sysret_out.write(rip + 2, rflags)
             if self.kernel_mode:
                 self.sysret_exit = True
+                # the sysretq exit changes nothing more unless the hypercall moves the guest, or
+                # CS/SS are not STAR's or RFLAGS not what sysretq loads (IF set, IOPL/VM clear)
+                cpu.exit_dirty = ((vals[8] & 0xFFFF) != C.FLAT_USER_CS64 or (vals[9] & 0xFFFF) != C.FLAT_USER_SS64
+                                  or rflags & (RFLAGS_IOPL | RFLAGS_VM) or not rflags & RFLAGS_IF)
                 self.domain.hypercall(self, vals[0], (vals[1], vals[2], vals[3], vals[4], vals[5]), rip + 2)
             else:
                 r = cpu.regs()
@@ -129,6 +160,7 @@ class Vcpu64(Vcpu):
                                     "(please report; XENWB_DEBUG=1 shows the traceback)")
         finally:
             cpu.pc_bias = 0
+            cpu.exit_dirty = True                # an exit deferred by a debugger takes the full path
 
     def _on_sysenter(self, uc, _ud) -> None:
         """SYSENTER (unicorn: otherwise a silent no-op): sysenter_entry. Xen's SYSENTER MSRs send
