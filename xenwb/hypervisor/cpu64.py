@@ -53,6 +53,18 @@ HYPERCALL_REGS64 = [R.UC_X86_REG_RAX, R.UC_X86_REG_RDI, R.UC_X86_REG_RSI, R.UC_X
                     R.UC_X86_REG_CS, R.UC_X86_REG_SS]
 
 
+class _SysretOut(RegBatch):
+    """RCX and R11: a write replaces any deferred syscall effects (Cpu64.defer_syscall_effects)."""
+
+    def __init__(self, uc: Uc, cpu: Cpu64) -> None:
+        super().__init__(uc, [R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
+        self._cpu = cpu
+
+    def write(self, *values: int) -> None:
+        self._cpu._deferred = None
+        super().write(*values)
+
+
 class Cpu64(CpuBase):
     """The emulated CPU of one 64-bit PV vcpu."""
 
@@ -77,7 +89,9 @@ class Cpu64(CpuBase):
         self.hypercall_exit = RegBatch(uc, [R.UC_X86_REG_RAX])
         self.continuation_out = RegBatch(uc, [R.UC_X86_REG_RDI, R.UC_X86_REG_RSI, R.UC_X86_REG_RDX,
                                               R.UC_X86_REG_R10, R.UC_X86_REG_R8])
-        self.sysret_out = RegBatch(uc, [R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
+        self._deferred: tuple[int, int] | None = None     # RCX, R11 the syscall left, not yet written
+        self.sysret_out = _SysretOut(uc, self)
+        self._result_out = RegBatch(uc, [R.UC_X86_REG_RAX, R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
         self.sysret_in = RegBatch(uc, [R.UC_X86_REG_RIP, R.UC_X86_REG_RFLAGS, R.UC_X86_REG_CS, R.UC_X86_REG_SS,
                                        R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
         self.cpuid_in = RegBatch(uc, [R.UC_X86_REG_EAX, R.UC_X86_REG_ECX])
@@ -118,7 +132,20 @@ class Cpu64(CpuBase):
     def rip(self, v: int) -> None:
         self.pc = v
 
+    # -- the syscall's own effects, written with the hypercall's result -------------------
+    def defer_syscall_effects(self, rcx: int, r11: int) -> None:
+        """RCX/R11 as the `syscall` leaves them, written with RAX by set_rax (one call instead
+        of two on the hypercall path), or by the first register access that comes before."""
+        self._deferred = (rcx, r11)
+
+    def flush_syscall_effects(self) -> None:
+        d = self._deferred
+        if d is not None:
+            self.sysret_out.write(*d)
+
     def reg(self, name: str) -> int:
+        if self._deferred is not None:
+            self.flush_syscall_effects()
         name = ALIASES32.get(name, name)
         if name == "rip":
             return self.pc
@@ -128,6 +155,8 @@ class Cpu64(CpuBase):
 
     def set_reg(self, name: str, value: int) -> None:
         self.exit_dirty = True
+        if self._deferred is not None:
+            self.flush_syscall_effects()
         name = ALIASES32.get(name, name)
         if name == "rip":
             self.pc = value
@@ -141,6 +170,8 @@ class Cpu64(CpuBase):
         return 3 if self.at_cpl3 else 0
 
     def regs(self) -> dict[str, int]:
+        if self._deferred is not None:
+            self.flush_syscall_effects()
         vals = self._all_regs.read()
         out = dict(zip(self._all_names, vals, strict=True))
         out["rip"] = (out["rip"] + self.pc_bias) & self.pc_mask
@@ -155,6 +186,11 @@ class Cpu64(CpuBase):
         return self._hypercall_regs.read()
 
     def set_rax(self, value: int) -> None:
+        d = self._deferred
+        if d is not None:                       # the hypercall's result and the syscall's RCX/R11
+            self._deferred = None
+            self._result_out.write(value & self.pc_mask, d[0], d[1])
+            return
         self._u64.value = value & self.pc_mask
         uclib.uc_reg_write(self.uc._uch, self._rax_id, ctypes.byref(self._u64))
 
@@ -200,6 +236,8 @@ class Cpu64(CpuBase):
         the kind (64-bit or 32-bit) the engine runs now, so register writes suffice; otherwise,
         and before the first entry to CPL 3, the stub's iretq makes the transfer."""
         self.exit_dirty = True
+        if self._deferred is not None:
+            self.flush_syscall_effects()
         cur_cs, cur_ss = (r & 0xFFFF for r in self._cs_ss.read())
         if self.at_cpl3 and same_kind:
             if cur_cs != cs:

@@ -94,6 +94,7 @@ class Vcpu64(Vcpu):
         cpu = self.cpu
         if not cpu.exit_dirty:
             return          # _on_syscall left RCX/R11 as sysretq makes them; nothing else moved
+        cpu.flush_syscall_effects()
         raw_rip, rflags, cs_now, ss_now, rcx_now, r11_now = cpu.sysret_in.read()
         rip = (raw_rip + cpu.pc_bias) & cpu.pc_mask
         if rip == STUB_VA:
@@ -138,8 +139,12 @@ class Vcpu64(Vcpu):
         self.clock.settle(rip + 2)               # the syscall completed
         cpu.pc_bias = 2                          # unicorn adds 2 to RIP after this hook
         try:
-            # the instruction's own effects: RCX = the next RIP, R11 = RFLAGS
-            cpu.sysret_out.write(rip + 2, rflags)
+            # the instruction's own effects: RCX = the next RIP, R11 = RFLAGS (written with the
+            # result when nothing looks at the registers before: no debugger)
+            if self.domain.observer is None:
+                cpu.defer_syscall_effects(rip + 2, rflags)
+            else:
+                cpu.sysret_out.write(rip + 2, rflags)
             if self.kernel_mode:
                 self.sysret_exit = True
                 # the sysretq exit changes nothing more unless the hypercall moves the guest, or
@@ -159,6 +164,7 @@ class Vcpu64(Vcpu):
             self.domain.crash(self, f"xenwb internal error while handling a syscall: {type(e).__name__}: {e} "
                                     "(please report; XENWB_DEBUG=1 shows the traceback)")
         finally:
+            cpu.flush_syscall_effects()
             cpu.pc_bias = 0
             cpu.exit_dirty = True                # an exit deferred by a debugger takes the full path
 
