@@ -45,6 +45,7 @@ class Judge:
         self.vid = vid
         self.v = self.ctl.vcpu(vid)
         self.pcs: list[int] = []
+        self.mnemonics: list[str] = []          # the instruction each step executed
         self.errors: list[str] = []
         self.expect = successors(self.v, self.ctl.guest_regs(vid))
 
@@ -58,4 +59,5 @@ class Judge:
             self.errors.append(f"step {len(self.pcs)}: {insn.address:#x} {insn.mnemonic} {insn.op_str} went to "
                                f"{pc:#x}, expected one of {sorted(hex(a) for a in allowed)}")
         self.pcs.append(pc)
+        self.mnemonics.append(insn.mnemonic)
         self.expect = successors(self.v, self.ctl.guest_regs(self.vid))
