@@ -20,7 +20,7 @@ import traceback
 from typing import TYPE_CHECKING
 from typing import Protocol as Interface
 
-from gdbstub.memmap import memory_map_xml
+from gdbstub.memmap import guest_spans_of, memory_map_xml
 from gdbstub.packets import ALL_THREADS, ANY_THREAD, Command, CommandTable, parse_tid
 from gdbstub.rsp import escape, parse_hex
 from gdbstub.target import RegisterError, RegisterFile, arch_for
@@ -289,7 +289,7 @@ class Protocol:
             key = (vid, cur - off)
             base = self._tlb.get(key, -1)
             if base == -1:
-                base = self._tlb[key] = translate(mem, dom.mode, self.vcpus[vid].cr3_mfn, cur - off)
+                base = self._tlb[key] = translate(mem, dom.mode, self.vcpus[vid].active_top_mfn, cur - off)
             if base is None or not mem.valid(base + off, k):
                 break
             out.append(mem.read(base + off, k))
@@ -413,7 +413,8 @@ class Protocol:
         if offset == 0 or not self._memmap:
             dom = self.machine.domain
             v = self.vcpus[self._mem_vcpu()]
-            self._memmap = memory_map_xml(dom.mem, dom.mode, v.cr3_mfn, dom.geo.hv_start, dom.geo.va_mask + 1)
+            self._memmap = memory_map_xml(dom.mem, dom.mode, v.active_top_mfn, guest_spans_of(dom.geo),
+                                          dom.geo.va_mask + 1)
         return self._xfer(self._memmap, offset, length)
 
     def xfer_exec_file(self, annex: bytes, offset: int, length: int) -> bytes:

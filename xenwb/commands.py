@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from xenwb.abi import constants as C
+from xenwb.hypervisor.vcpu64 import Vcpu64
 from xenwb.hypervisor.version import capabilities
 from xenwb.registry import CommandError, CommandRegistry, Result, table
 
@@ -28,13 +29,20 @@ def _help(machine: Machine, args: list[str]) -> Result:
 
 
 def _info_vcpus(machine: Machine, args: list[str]) -> Result:
+    """Every vcpu: the pc it resumes at (the guest's, not a hypervisor stub's), named eip or rip
+    after the guest's width, its mode, top-level tables and event state."""
     rows = []
     for v in machine.vcpus:
-        r = v.cpu.regs()
-        rows.append({"vcpu": v.id, "state": v.state.value, "eip": f"{r['eip']:#010x}",
-                     "symbol": machine.domain.symbolize(r["eip"]), "cs": f"{r['cs']:#06x}",
-                     "cr3_mfn": f"{v.cr3_mfn:#x}", "upcall_mask": v.upcall_mask,
-                     "upcall_pending": v.upcall_pending, "time_ns": machine.domain.time.now(v)})
+        r, _ = v.guest_regs()
+        pc_name = "rip" if v.word == 8 else "eip"
+        row = {"vcpu": v.id, "state": v.state.value, pc_name: f"{r['pc']:#0{2 + 2 * v.word}x}",
+               "symbol": machine.domain.symbolize(r["pc"]), "cs": f"{r['cs']:#06x}",
+               "cr3_mfn": f"{v.cr3_mfn:#x}"}
+        if isinstance(v, Vcpu64):
+            row["mode"] = "kernel" if v.kernel_mode else "user"
+            row["user_l4_mfn"] = f"{v.user_cr3_mfn:#x}"
+        row.update(upcall_mask=v.upcall_mask, upcall_pending=v.upcall_pending, time_ns=machine.domain.time.now(v))
+        rows.append(row)
     return Result(rows, table(rows))
 
 
@@ -48,5 +56,5 @@ def _xen_version(machine: Machine, args: list[str]) -> Result:
 
 def register_core_commands(reg: CommandRegistry) -> None:
     reg.register("help", _help, "list commands, or show one command's usage", "[COMMAND]")
-    reg.register("info vcpus", _info_vcpus, "state, EIP and event mask of every vcpu")
+    reg.register("info vcpus", _info_vcpus, "state, EIP/RIP, mode and event mask of every vcpu")
     reg.register("xen version", _xen_version, "the emulated hypervisor's version and capabilities")

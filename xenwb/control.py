@@ -327,10 +327,13 @@ class Controller:
             raise DebugError(f"too many breakpoints (at most {MAX_BREAKPOINTS})")
         self._bp_kinds.setdefault(addr, set()).add("hw" if hardware else "sw")
         if addr not in self._bp_hooks:
-            everywhere = addr < self.machine.image.kernel_start
-            self._bp_hooks[addr] = [(v, v.cpu.add_breakpoint_hook(self._on_breakpoint, v.id, addr,
-                                                                  everywhere=everywhere))
-                                    for v in self.vcpus]
+            # dropping one address's translations works in the address space the engine is in
+            # now: a user address, or any address while a 64-bit vcpu runs on its user L4 (the
+            # kernel's code, translated on the kernel L4, may be cached), flushes them all
+            user_space = addr < self.machine.image.kernel_start
+            self._bp_hooks[addr] = [(v, v.cpu.add_breakpoint_hook(
+                self._on_breakpoint, v.id, addr, everywhere=user_space or v.active_top_mfn != v.cr3_mfn))
+                for v in self.vcpus]
 
     def remove_breakpoint(self, addr: int, hardware: bool = False) -> bool:
         self._require_stopped()
@@ -398,14 +401,18 @@ class Controller:
         for v in self.vcpus:
             if not v.cr3_mfn:
                 continue
+            # the hooks watch machine addresses: a 64-bit vcpu's user L4 may map the address
+            # to other frames than its kernel L4 does
+            tops = dict.fromkeys(t for t in (v.cr3_mfn, getattr(v, "user_cr3_mfn", 0)) if t)
             pos = 0
             while pos < w.length:
                 va = w.va + pos
                 n = min(w.length - pos, 4096 - (va & 0xFFF))
-                if va < self.hv_start:
-                    ww = walk(dom.mem, dom.mode, v.cr3_mfn, va)
-                    if ww.mapped and dom.mem.valid(ww.maddr, n):
-                        out.append((v.id, va, ww.maddr, n))
+                if dom.geo.guest_range_ok(va, n):
+                    for maddr in dict.fromkeys(ww.maddr for top in tops
+                                               if (ww := walk(dom.mem, dom.mode, top, va)).mapped):
+                        if maddr is not None and dom.mem.valid(maddr, n):
+                            out.append((v.id, va, maddr, n))
                 pos += n
         return out
 
@@ -507,9 +514,9 @@ class Controller:
         while pos < len(data):
             cur = va + pos
             n = min(len(data) - pos, 4096 - (cur & 0xFFF))
-            if cur < 0 or cur + n > self.hv_start:
+            if not dom.geo.guest_range_ok(cur, n):
                 raise GuestFault(cur, True)
-            w = walk(dom.mem, dom.mode, v.cr3_mfn, cur)
+            w = walk(dom.mem, dom.mode, v.active_top_mfn, cur)
             if not w.mapped or not dom.mem.valid(w.maddr, n):
                 raise GuestFault(cur, True)
             chunks.append((w.maddr, data[pos: pos + n]))

@@ -17,6 +17,7 @@ from xenwb.control import Controller, DebugError, StopEvent, StopKind
 from xenwb.disasm import disassemble
 from xenwb.hypervisor.hypercall_table import decode_args
 from xenwb.hypervisor.traps import descriptor_of
+from xenwb.hypervisor.vcpu64 import Vcpu64
 from xenwb.registry import CommandError, CommandRegistry, Result, parse_int, table
 
 if TYPE_CHECKING:
@@ -85,9 +86,9 @@ class DebuggerCommands:
         r("regs", self.regs, "registers of the selected vcpu")
         r("info registers", self.info_registers,
           "the selected vcpu as Xen sees it: registers, segments (decoded), GDT/LDT, trap table, callbacks")
-        r("vcpu", self.vcpu, "select a vcpu", "N")
-        r("x", self.x, "examine guest memory at a virtual address (the selected vcpu's tables)",
-          "ADDR|SYMBOL [COUNT]")
+        r("vcpu", self.vcpu, "select a vcpu (without N: list them)", "[N]")
+        r("x", self.x, "examine COUNT words (4 or 8 bytes: the guest's width) of guest memory at a virtual "
+          "address (the selected vcpu's tables, in its current mode)", "ADDR|SYMBOL [COUNT]")
         r("xp", self.xp, "examine guest-physical memory (pfn << 12 | offset)", "ADDR [COUNT]")
         r("xm", self.xm, "examine machine memory (mfn << 12 | offset)", "ADDR [COUNT]")
         r("disas", self.disas, "disassemble (AT&T syntax, as gdb)", "[ADDR|SYMBOL] [COUNT]")
@@ -135,13 +136,15 @@ class DebuggerCommands:
         if ev.vcpu is not None and ev.vcpu < len(m.vcpus):
             v = m.vcpus[ev.vcpu]
             r = ctl.guest_regs(ev.vcpu)
-            data["eip"] = f"{r['eip']:#010x}"
-            data["symbol"] = m.domain.symbolize(r["eip"])
+            data["rip" if v.word == 8 else "eip"] = f"{r['pc']:#0{2 + 2 * v.word}x}"
+            data["symbol"] = m.domain.symbolize(r["pc"])
             if ev.kind is StopKind.syscall_entry and ev.nr is not None:
                 data["hypercall"] = {"nr": ev.nr, "name": hypercall_name(ev.nr)}
-                data["args"] = decode_args(v, ev.nr, (r["ebx"], r["ecx"], r["edx"], r["esi"], r["edi"]))
+                data["args"] = decode_args(v, ev.nr, tuple(r[n] for n in HYPERCALL_ARGS[v.word]))
             elif ev.kind is StopKind.syscall_return and ev.nr is not None:
-                ret = r["eax"] - (1 << 32) if r["eax"] & 0x80000000 else r["eax"]
+                bits = 8 * v.word
+                ret = r["rax" if v.word == 8 else "eax"] & ((1 << bits) - 1)
+                ret -= (1 << bits) if ret >> (bits - 1) else 0
                 data["hypercall"] = {"nr": ev.nr, "name": hypercall_name(ev.nr)}
                 data["ret"], data["errno"] = ret, errno_name(ret)
         if ev.addr is not None:
@@ -276,8 +279,14 @@ class DebuggerCommands:
     # -- registers and memory --------------------------------------------------------------------
     def regs(self, m: Machine, args: list[str]) -> Result:
         self._stopped()
+        v = m.vcpus[self.selected]
         r = self.ctl.guest_regs(self.selected)
-        return Result(r, "\n".join(f"{k:<7}{v:#010x}" for k, v in r.items()))
+        if not isinstance(v, Vcpu64):
+            return Result(r, "\n".join(f"{k:<7}{x:#010x}" for k, x in r.items()))
+        r = dict(r, cr2=v.cr2)                        # the virtual CR2 Xen keeps for the guest
+        lines = [f"{k:<10}{r[k]:#018x}" for k in REGS64]
+        lines.append(f"{'mode':<10}{'kernel' if v.kernel_mode else 'user'} (L4 mfn {v.active_top_mfn:#x})")
+        return Result(r, "\n".join(lines))
 
     def info_registers(self, m: Machine, args: list[str]) -> Result:
         """A QEMU `info registers`-style view, from the state Xen keeps for the vcpu."""
@@ -289,7 +298,8 @@ class DebuggerCommands:
             sel = r[name]
             d = descriptor_of(v, sel) if sel & ~3 else None
             segs[name] = _segment(sel, d)
-        traps = [{"vector": i, "name": C.TRAP_NAMES.get(i, ""), "cs": f"{t.cs:#06x}", "address": f"{t.address:#010x}",
+        traps = [{"vector": i, "name": C.TRAP_NAMES.get(i, ""), "cs": f"{t.cs:#06x}",
+                  "address": f"{t.address:#0{2 + 2 * v.word}x}",
                   "symbol": m.domain.symbolize(t.address), "dpl": t.flags & 3, "mask_events": bool(t.flags & 4)}
                  for i, t in enumerate(v.trap_ctxt) if t is not None]
         data = {
@@ -297,21 +307,25 @@ class DebuggerCommands:
             "gdt": {"frames": [f"{f:#x}" for f in v.gdt_frames], "entries": v.gdt_ents},
             "ldt": {"base": f"{v.ldt_base:#x}", "entries": v.ldt_ents},
             "cr3_mfn": f"{v.cr3_mfn:#x}", "kernel_ss": f"{v.kernel_ss:#x}", "kernel_sp": f"{v.kernel_sp:#x}",
-            "event_callback": f"{v.event_cs:#x}:{v.event_eip:#x}",
-            "failsafe_callback": f"{v.failsafe_cs:#x}:{v.failsafe_eip:#x}",
+            "event_callback": f"{v.event_eip:#x}" if v.word == 8 else f"{v.event_cs:#x}:{v.event_eip:#x}",
+            "failsafe_callback": f"{v.failsafe_eip:#x}" if v.word == 8 else f"{v.failsafe_cs:#x}:{v.failsafe_eip:#x}",
             "upcall_mask": v.upcall_mask, "upcall_pending": v.upcall_pending, "iopl": v.iopl,
             "debugreg": [f"{x:#x}" for x in v.debugreg], "traps": traps,
         }
-        lines = [" ".join(f"{k.upper()}={r[k]:08x}" for k in ("eax", "ebx", "ecx", "edx")),
-                 " ".join(f"{k.upper()}={r[k]:08x}" for k in ("esi", "edi", "ebp", "esp")),
-                 f"EIP={r['eip']:08x} EFL={r['eflags']:08x} [vcpu{v.id} {v.state.value}]"]
-        for name, s in segs.items():
-            lines.append(f"{name.upper():<3}={s['selector']} {s['base']} {s['limit']} {s['flags']}")
-        lines.append(f"GDT= frames {','.join(data['gdt']['frames']) or '-'} entries {v.gdt_ents}")
-        lines.append(f"LDT= base {v.ldt_base:#x} entries {v.ldt_ents}")
-        lines.append(f"CR0={r['cr0']:08x} CR2={v.cr2:08x} CR3(mfn)={v.cr3_mfn:x} CR4={r['cr4']:08x}")
-        lines.append(f"kernel stack {v.kernel_ss:#x}:{v.kernel_sp:#x}  event {data['event_callback']}  "
-                     f"failsafe {data['failsafe_callback']}  upcall mask {v.upcall_mask} pending {v.upcall_pending}")
+        if isinstance(v, Vcpu64):
+            lines = _info_registers64(v, r, segs, data)
+        else:
+            lines = [" ".join(f"{k.upper()}={r[k]:08x}" for k in ("eax", "ebx", "ecx", "edx")),
+                     " ".join(f"{k.upper()}={r[k]:08x}" for k in ("esi", "edi", "ebp", "esp")),
+                     f"EIP={r['eip']:08x} EFL={r['eflags']:08x} [vcpu{v.id} {v.state.value}]"]
+            for name, s in segs.items():
+                lines.append(f"{name.upper():<3}={s['selector']} {s['base']} {s['limit']} {s['flags']}")
+            lines.append(f"GDT= frames {','.join(data['gdt']['frames']) or '-'} entries {v.gdt_ents}")
+            lines.append(f"LDT= base {v.ldt_base:#x} entries {v.ldt_ents}")
+            lines.append(f"CR0={r['cr0']:08x} CR2={v.cr2:08x} CR3(mfn)={v.cr3_mfn:x} CR4={r['cr4']:08x}")
+            lines.append(f"kernel stack {v.kernel_ss:#x}:{v.kernel_sp:#x}  event {data['event_callback']}  "
+                         f"failsafe {data['failsafe_callback']}  upcall mask {v.upcall_mask} "
+                         f"pending {v.upcall_pending}")
         lines.append("DR0-3,6,7=" + " ".join(f"{v.debugreg[i]:x}" for i in (0, 1, 2, 3, 6, 7)))
         if traps:
             lines.append("trap table:")
@@ -321,8 +335,13 @@ class DebuggerCommands:
         return Result(data, "\n".join(lines))
 
     def vcpu(self, m: Machine, args: list[str]) -> Result:
+        if not args:
+            rows = vcpu_rows(m, self.ctl)
+            for row in rows:
+                row["selected"] = "*" if row["vcpu"] == self.selected else ""
+            return Result(rows, table(rows, ["selected", "vcpu", "state", "pc", "symbol", "mode", "cs"]))
         if len(args) != 1:
-            raise CommandError("usage: vcpu N")
+            raise CommandError("usage: vcpu [N]")
         n = parse_int(args[0], "vcpu")
         if not 0 <= n < len(m.vcpus):
             raise CommandError(f"no vcpu {n}")
@@ -330,13 +349,17 @@ class DebuggerCommands:
         return Result({"vcpu": n}, f"vcpu{n} selected")
 
     def _dump(self, addr: int, data: bytes, wanted: int, what: str) -> Result:
+        """Rows of 16 bytes as words of the guest's width (4 or 8 bytes), like gdb's x/xw, x/xg."""
+        word = self.machine.domain.word
+        aw = 2 * word
         rows = []
         for off in range(0, len(data), 16):
             chunk = data[off: off + 16]
-            words = " ".join(f"{int.from_bytes(chunk[i:i + 4], 'little'):08x}" for i in range(0, len(chunk), 4))
-            rows.append(f"{addr + off:08x}: {words}")
+            words = " ".join(f"{int.from_bytes(chunk[i:i + word], 'little'):0{2 * word}x}"
+                             for i in range(0, len(chunk), word))
+            rows.append(f"{addr + off:0{aw}x}: {words}")
         if len(data) < wanted:
-            rows.append(f"{addr + len(data):08x}: (not {what})")
+            rows.append(f"{addr + len(data):0{aw}x}: (not {what})")
         return Result({"address": addr, "bytes": data.hex()}, "\n".join(rows))
 
     def x(self, m: Machine, args: list[str]) -> Result:
@@ -345,8 +368,9 @@ class DebuggerCommands:
             raise CommandError("usage: x ADDR [COUNT]")
         addr = self._addr(args[0])
         count = parse_int(args[1], "count") if len(args) > 1 else 16
-        data = self.ctl.read_memory(self.selected, addr, count * 4)
-        return self._dump(addr, data, count * 4, "mapped")
+        n = count * m.domain.word                      # COUNT words of the guest's width
+        data = self.ctl.read_memory(self.selected, addr, n)
+        return self._dump(addr, data, n, "mapped")
 
     def _machine_read(self, maddr: int, n: int) -> bytes:
         mem = self.machine.domain.mem
@@ -391,6 +415,53 @@ class DebuggerCommands:
         count = parse_int(args[1], "count") if len(args) > 1 else 12
         lines = disassemble(m, v, addr, count)
         return Result([{"address": a, "text": t} for a, t in lines], "\n".join(t for _, t in lines))
+
+
+# the hypercall argument registers of each width (pv/hypercall.c)
+HYPERCALL_ARGS = {4: ("ebx", "ecx", "edx", "esi", "edi"), 8: ("rdi", "rsi", "rdx", "r10", "r8")}
+REGS64 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+          "r15", "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs", "fs_base", "gs_base", "k_gs_base",
+          "cr0", "cr2", "cr3", "cr4")
+
+
+def vcpu_rows(m: Machine, ctl: Controller) -> list[dict[str, object]]:
+    """One row per vcpu: state, the pc it resumes at, mode, CS (width-aware)."""
+    rows: list[dict[str, object]] = []
+    for v in m.vcpus:
+        r = ctl.guest_regs(v.id)
+        mode = ("kernel" if v.kernel_mode else "user") if isinstance(v, Vcpu64) else \
+            ("kernel" if r["cs"] & 3 == 1 else f"ring {r['cs'] & 3}")
+        rows.append({"vcpu": v.id, "state": v.state.value, "pc": f"{r['pc']:#0{2 + 2 * v.word}x}",
+                     "symbol": m.domain.symbolize(r["pc"]), "mode": mode, "cs": f"{r['cs']:#06x}"})
+    return rows
+
+
+def _info_registers64(v: Vcpu64, r: dict[str, int], segs: dict[str, dict[str, str]],
+                      data: dict[str, object]) -> list[str]:
+    """QEMU's `info registers` layout for a 64-bit CPU, with what Xen keeps for a PV64 vcpu:
+    the FS/GS bases (the kernel's and the user's GS base, whichever mode is active), both
+    L4s, the kernel stack, the three callbacks."""
+    q = [("rax", "rbx", "rcx", "rdx"), ("rsi", "rdi", "rbp", "rsp"), ("r8", "r9", "r10", "r11"),
+         ("r12", "r13", "r14", "r15")]
+    lines = [" ".join(f"{k.upper():<3}={r[k]:016x}" for k in row) for row in q]
+    mode = "kernel" if v.kernel_mode else "user"
+    lines.append(f"RIP={r['rip']:016x} RFL={r['rflags']:08x} [vcpu{v.id} {v.state.value}] CPL=3 {mode} mode")
+    bases = {"fs": r["fs_base"], "gs": r["gs_base"]}
+    for name, seg in segs.items():
+        base = f"{bases[name]:016x}" if name in bases else seg["base"]
+        lines.append(f"{name.upper():<3}={seg['selector']} {base} {seg['limit']} {seg['flags']}")
+    kernel_gs, user_gs = (r["gs_base"], r["k_gs_base"]) if v.kernel_mode else (r["k_gs_base"], r["gs_base"])
+    lines.append(f"KernelGSbase={r['k_gs_base']:016x} (GS base kernel {kernel_gs:#x}, user {user_gs:#x})")
+    lines.append(f"GDT= frames {','.join(data['gdt']['frames']) or '-'} entries {v.gdt_ents}")
+    lines.append(f"LDT= base {v.ldt_base:#x} entries {v.ldt_ents}")
+    lines.append(f"CR0={r['cr0']:08x} CR2={v.cr2:016x} CR3={r['cr3']:016x} CR4={r['cr4']:08x}")
+    lines.append(f"L4 kernel mfn {v.cr3_mfn:#x} user mfn {v.user_cr3_mfn:#x}")
+    lines.append(f"kernel stack {v.kernel_ss:#x}:{v.kernel_sp:#x}  event {v.event_eip:#x}  "
+                 f"failsafe {v.failsafe_eip:#x}  syscall {v.syscall_eip:#x}  "
+                 f"upcall mask {v.upcall_mask} pending {v.upcall_pending}")
+    data.update(user_l4_mfn=f"{v.user_cr3_mfn:#x}", kernel_mode=v.kernel_mode,
+                syscall_callback=f"{v.syscall_eip:#x}")
+    return lines
 
 
 def _segment(sel: int, d: int | None) -> dict[str, str]:

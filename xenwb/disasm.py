@@ -27,7 +27,7 @@ def _engine(bits: int) -> Cs:
 def disassemble(m: Machine, v: Vcpu, addr: int, count: int, before: int = 0) -> list[tuple[int, str]]:
     """Lines `ADDR <sym+off>: insn operands` from addr (and up to `before` instructions
     before it, when an instruction boundary that decodes into addr can be found)."""
-    md = _engine(m.domain.abi.abi.word * 8)
+    md = _engine(v.code_bits())           # 64-bit, or the compat code a 64-bit guest's user may run
     start = addr
     if before:
         for back in range(before * 7, 0, -1):
@@ -39,7 +39,7 @@ def disassemble(m: Machine, v: Vcpu, addr: int, count: int, before: int = 0) -> 
                 break
     code = v.debug_read(start, (count + before) * 16)
     out = []
-    width = 16 if m.domain.abi.abi.word == 8 else 8
+    width = 16 if m.domain.word == 8 else 8
     for insn in md.disasm(code, start):
         sym = m.domain.symbolize(insn.address)
         label = f"<{sym}>" if sym else ""

@@ -7,7 +7,7 @@ import argparse
 from xenwb.builder import module_size
 from xenwb.errors import XenwbError
 from xenwb.examples import resolve_guest
-from xenwb.layout import compute_layout
+from xenwb.layout import compute_layout, compute_layout64, page_count
 from xenwb.loader import GuestImage, load_guest
 
 
@@ -59,8 +59,45 @@ def describe(img: GuestImage, memory_mib: int = 64, module_size: int = 0) -> str
                      f"tables: {t.l3} L3, {t.l2} L2, {t.l1} L1")
         lines.append(f"  initial esp {lay.stack_top:#010x}, esi = start_info {lay.start_info.va:#010x}")
     else:
-        lines.append("start-of-day layout: not computed for 64-bit guests yet")
+        lines += _layout64(img, memory_mib, module_size)
     return "\n".join(lines)
+
+
+def _layout64(img: GuestImage, memory_mib: int, module_size: int) -> list[str]:
+    """The x86_64 builder's layout (xg_dom_x86.c, xenwb.layout.compute_layout64): the mapped
+    regions from virt_base, the four levels of boot tables, the padded end of the mapping, then
+    what lies past it: the unmapped ramdisk (MOD_START_PFN) and the p2m list at INIT_P2M with
+    its own tables; the registers vcpu 0 starts with."""
+    nr_pages = memory_mib * 256
+    lay = compute_layout64(img, nr_pages, module_size)
+    needed = page_count(lay)
+    if needed > nr_pages:                          # as _build_domain64 refuses it
+        raise XenwbError(f"{memory_mib} MiB is too small: the boot mapping alone needs "
+                         f"{needed * 4 // 1024 + 1} MiB")
+    out = [f"start-of-day layout ({memory_mib} MiB, {nr_pages} pages, pfn = (va - virt_base) / 4096):"]
+    for r in lay.regions:
+        out.append(f"  {r.name:<11} {r.va:#018x} - {r.end:#018x}  pfn {lay.pfn(r.va):#7x}  "
+                   f"{r.pages:5d} page{'s' if r.pages != 1 else ''}")
+    t = lay.tables
+    out.append(f"  boot mapping ends at {lay.virt_end:#018x} ({lay.mapped_pages} pages); "
+               f"tables: {t.l4} L4, {t.l3} L3, {t.l2} L2, {t.l1} L1 (start_info.nr_pt_frames {t.total}), "
+               f"L4 = pt_base {lay.pagetables.va:#x}")
+    if lay.module is not None and lay.module_pfn is not None:
+        out.append(f"  ramdisk     unmapped: pfn {lay.module_pfn:#x} - {lay.module_pfn + lay.module.pages - 1:#x}, "
+                   f"{lay.module.pages} pages (MOD_START_PFN: start_info.mod_start = its first pfn, "
+                   "flags SIF_MOD_START_PFN)")
+    if lay.p2m_pfn is not None:
+        p2m_map = lay.mappings[1]
+        lv = p2m_map.lvls
+        out.append(f"  p2m list    {lay.p2m.va:#018x} - {lay.p2m.end:#018x}  pfn {lay.p2m_pfn:#7x}  "
+                   f"{lay.p2m.pages:5d} pages (INIT_P2M: outside the kernel mapping)")
+        out.append(f"              its tables: {lv[2].count} L3, {lv[1].count} L2, {lv[0].count} L1 from pfn "
+                   f"{lv[3].pfn:#x} (the L4 is shared); start_info.first_p2m_pfn {lay.p2m_pfn:#x}, "
+                   f"nr_p2m_frames {lay.p2m.pages + p2m_map.pgtables}")
+    out.append(f"  populated: {needed} pages; start_info.mfn_list {lay.p2m.va:#x}")
+    out.append(f"  initial rip {img.entry:#018x}, rsp {lay.stack_top:#018x}, "
+               f"rsi = start_info {lay.start_info.va:#018x}")
+    return out
 
 
 def _symbols_line(img: GuestImage) -> str:

@@ -43,6 +43,7 @@ from plugins.hypercalls import brief_args
 from xenwb.control import POSTMORTEM_KINDS, StopEvent, StopKind
 from xenwb.disasm import disassemble
 from xenwb.errors import XenwbError
+from xenwb.hypervisor.vcpu64 import Vcpu64
 from xenwb.registry import CommandError, Result
 
 if TYPE_CHECKING:
@@ -766,15 +767,25 @@ class Shell:
             return 0, [[("class:dim", "(running: registers shown when stopped)")]]
         v = self.machine.vcpus[self.ctl.selected]
         r = self.ctl.dbg.guest_regs(v.id)
-        lines = [f"vcpu{v.id} {v.state.value}  cpl {r['cs'] & 3}"]
-        for a, b in (("eax", "ebx"), ("ecx", "edx"), ("esi", "edi"), ("ebp", "esp")):
-            lines.append(f"{a} {r[a]:08x}   {b} {r[b]:08x}")
-        lines.append(f"eip {r['eip']:08x}   efl {r['eflags']:08x}")
-        lines.append(f"cs {r['cs']:04x} ss {r['ss']:04x} ds {r['ds']:04x} fs {r['fs']:04x}")
-        lines.append(f"cr3 mfn {v.cr3_mfn:#x}  cr2 {v.cr2:#x}")
+        if isinstance(v, Vcpu64):
+            lines = [f"vcpu{v.id} {v.state.value}  {'kernel' if v.kernel_mode else 'user'} mode"]
+            for a, b in (("rax", "rbx"), ("rcx", "rdx"), ("rsi", "rdi"), ("rbp", "rsp"), ("r8", "r9"),
+                         ("r10", "r11"), ("r12", "r13"), ("r14", "r15")):
+                lines.append(f"{a:<3} {r[a]:016x} {b:<3} {r[b]:016x}")
+            lines.append(f"rip {r['rip']:016x} rfl {r['rflags']:08x}")
+            lines.append(f"cs {r['cs']:04x} ss {r['ss']:04x} ds {r['ds']:04x} fs {r['fs']:04x} gs {r['gs']:04x}")
+            lines.append(f"fs_base {r['fs_base']:#x} gs_base {r['gs_base']:#x} k_gs_base {r['k_gs_base']:#x}")
+            lines.append(f"L4 mfn kernel {v.cr3_mfn:#x} user {v.user_cr3_mfn:#x}  cr2 {v.cr2:#x}")
+        else:
+            lines = [f"vcpu{v.id} {v.state.value}  cpl {r['cs'] & 3}"]
+            for a, b in (("eax", "ebx"), ("ecx", "edx"), ("esi", "edi"), ("ebp", "esp")):
+                lines.append(f"{a} {r[a]:08x}   {b} {r[b]:08x}")
+            lines.append(f"eip {r['eip']:08x}   efl {r['eflags']:08x}")
+            lines.append(f"cs {r['cs']:04x} ss {r['ss']:04x} ds {r['ds']:04x} fs {r['fs']:04x}")
+            lines.append(f"cr3 mfn {v.cr3_mfn:#x}  cr2 {v.cr2:#x}")
         sel = v.pending_sel
         lines.append(f"upcall mask {v.upcall_mask} pending {v.upcall_pending} sel {sel:#x}")
-        sym = self.machine.domain.symbolize(r["eip"])
+        sym = self.machine.domain.symbolize(r["pc"])
         if sym:
             lines.append(f"<{sym}>")
         return 0, lines

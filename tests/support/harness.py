@@ -235,7 +235,7 @@ def run_to_guest(m: Machine) -> None:
         m.run()
     finally:
         v.cpu.uc.hook_del(h)
-    assert v.cpu.eip == entry, f"stopped at {v.cpu.eip:#x}, not at the entry {entry:#x}"
+    assert v.cpu.pc == entry, f"stopped at {v.cpu.pc:#x}, not at the entry {entry:#x}"
 
 
 # ---------------------------------------------------------------------------- test guests

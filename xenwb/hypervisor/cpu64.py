@@ -49,8 +49,20 @@ RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM = 1 << 9, 3 << 12, 1 << 17
 SYSCALL_LEN = 2
 EXIT_ADDRESS64 = STUB_VA + 0xFF0          # emu_start's "until": mapped, never executed
 HYPERCALL_REGS64 = [R.UC_X86_REG_RAX, R.UC_X86_REG_RDI, R.UC_X86_REG_RSI, R.UC_X86_REG_RDX,
-                    R.UC_X86_REG_R10, R.UC_X86_REG_R8, R.UC_X86_REG_RIP, R.UC_X86_REG_RSP,
-                    R.UC_X86_REG_RFLAGS, R.UC_X86_REG_CS, R.UC_X86_REG_SS]
+                    R.UC_X86_REG_R10, R.UC_X86_REG_R8, R.UC_X86_REG_RIP, R.UC_X86_REG_RFLAGS,
+                    R.UC_X86_REG_CS, R.UC_X86_REG_SS]
+
+
+class _SysretOut(RegBatch):
+    """RCX and R11: a write replaces any deferred syscall effects (Cpu64.defer_syscall_effects)."""
+
+    def __init__(self, uc: Uc, cpu: Cpu64) -> None:
+        super().__init__(uc, [R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
+        self._cpu = cpu
+
+    def write(self, *values: int) -> None:
+        self._cpu._deferred = None
+        super().write(*values)
 
 
 class Cpu64(CpuBase):
@@ -70,11 +82,18 @@ class Cpu64(CpuBase):
         uc.reg_write(R.UC_X86_REG_LDTR, (0, 0, 0, 0))
         self.at_cpl3 = False              # set once the first iretq ran
         self.pc_bias = 0                  # SYSCALL_LEN inside the syscall hook
+        # False only while a hypercall runs that has left RIP, RFLAGS, CS, SS, RCX and R11 as
+        # its `syscall` found them: every write of those (pc, set_reg, transfer) sets it
+        self.exit_dirty = True
         self._hypercall_regs = RegBatch(uc, HYPERCALL_REGS64)
         self.hypercall_exit = RegBatch(uc, [R.UC_X86_REG_RAX])
         self.continuation_out = RegBatch(uc, [R.UC_X86_REG_RDI, R.UC_X86_REG_RSI, R.UC_X86_REG_RDX,
                                               R.UC_X86_REG_R10, R.UC_X86_REG_R8])
-        self.sysret_out = RegBatch(uc, [R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
+        self._deferred: tuple[int, int] | None = None     # RCX, R11 the syscall left, not yet written
+        self.sysret_out = _SysretOut(uc, self)
+        self._result_out = RegBatch(uc, [R.UC_X86_REG_RAX, R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
+        self.sysret_in = RegBatch(uc, [R.UC_X86_REG_RIP, R.UC_X86_REG_RFLAGS, R.UC_X86_REG_CS, R.UC_X86_REG_SS,
+                                       R.UC_X86_REG_RCX, R.UC_X86_REG_R11])
         self.cpuid_in = RegBatch(uc, [R.UC_X86_REG_EAX, R.UC_X86_REG_ECX])
         self.cpuid_out = RegBatch(uc, [R.UC_X86_REG_RAX, R.UC_X86_REG_RBX, R.UC_X86_REG_RCX, R.UC_X86_REG_RDX])
         self._all_names = list(_REG64)
@@ -100,6 +119,7 @@ class Cpu64(CpuBase):
 
     @pc.setter
     def pc(self, v: int) -> None:
+        self.exit_dirty = True
         self.uc.reg_write(R.UC_X86_REG_RIP, (v - self.pc_bias) & self.pc_mask)
 
     @property
@@ -110,7 +130,20 @@ class Cpu64(CpuBase):
     def rip(self, v: int) -> None:
         self.pc = v
 
+    # -- the syscall's own effects, written with the hypercall's result -------------------
+    def defer_syscall_effects(self, rcx: int, r11: int) -> None:
+        """RCX/R11 as the `syscall` leaves them, written with RAX by set_rax (one call instead
+        of two on the hypercall path), or by the first register access that comes before."""
+        self._deferred = (rcx, r11)
+
+    def flush_syscall_effects(self) -> None:
+        d = self._deferred
+        if d is not None:
+            self.sysret_out.write(*d)
+
     def reg(self, name: str) -> int:
+        if self._deferred is not None:
+            self.flush_syscall_effects()
         name = ALIASES32.get(name, name)
         if name == "rip":
             return self.pc
@@ -119,6 +152,9 @@ class Cpu64(CpuBase):
         return self.uc.reg_read(_REG64[name])
 
     def set_reg(self, name: str, value: int) -> None:
+        self.exit_dirty = True
+        if self._deferred is not None:
+            self.flush_syscall_effects()
         name = ALIASES32.get(name, name)
         if name == "rip":
             self.pc = value
@@ -132,6 +168,8 @@ class Cpu64(CpuBase):
         return 3 if self.at_cpl3 else 0
 
     def regs(self) -> dict[str, int]:
+        if self._deferred is not None:
+            self.flush_syscall_effects()
         vals = self._all_regs.read()
         out = dict(zip(self._all_names, vals, strict=True))
         out["rip"] = (out["rip"] + self.pc_bias) & self.pc_mask
@@ -142,10 +180,15 @@ class Cpu64(CpuBase):
         return out
 
     def hypercall_regs(self) -> list[int]:
-        """RAX, RDI, RSI, RDX, R10, R8, RIP, RSP, RFLAGS, CS, SS in one call (the hot path)."""
+        """RAX, RDI, RSI, RDX, R10, R8, RIP, RFLAGS, CS, SS in one call (the hot path)."""
         return self._hypercall_regs.read()
 
     def set_rax(self, value: int) -> None:
+        d = self._deferred
+        if d is not None:                       # the hypercall's result and the syscall's RCX/R11
+            self._deferred = None
+            self._result_out.write(value & self.pc_mask, d[0], d[1])
+            return
         self._u64.value = value & self.pc_mask
         uclib.uc_reg_write(self.uc._uch, self._rax_id, ctypes.byref(self._u64))
 
@@ -190,6 +233,9 @@ class Cpu64(CpuBase):
         """Continue the guest at cs:rip with ss:rsp. `same_kind`: the target code segment is of
         the kind (64-bit or 32-bit) the engine runs now, so register writes suffice; otherwise,
         and before the first entry to CPL 3, the stub's iretq makes the transfer."""
+        self.exit_dirty = True
+        if self._deferred is not None:
+            self.flush_syscall_effects()
         cur_cs, cur_ss = (r & 0xFFFF for r in self._cs_ss.read())
         if self.at_cpl3 and same_kind:
             if cur_cs != cs:

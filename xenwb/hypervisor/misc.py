@@ -82,6 +82,8 @@ def set_debugreg(vcpu: Vcpu, reg: int, value: int) -> int:
     value &= (1 << (8 * vcpu.word)) - 1
     if reg in (4, 5) and not vcpu.cr4 & CR4_DE:
         reg += 2                     # DR4/DR5 alias DR6/DR7 unless CR4.DE (traps.c set_debugreg)
+    if reg in (6, 7) and value >> 32:
+        return EINVAL                # pv/misc-hypercalls.c: "the upper 32 bits are strictly reserved"
     if reg < 4:
         if not vcpu.domain.geo.guest_range_ok(value, 4):     # breakpoint_addr_ok
             return EPERM

@@ -877,8 +877,11 @@ def mmuext_one(vcpu: Vcpu, cmd: int, arg1: int, arg2: int) -> int:
             for v in dom.vcpus:
                 v.cpu.flush_tlb()
             return 0
-        if cmd in (MmuextCmd.FLUSH_CACHE, MmuextCmd.FLUSH_CACHE_GLOBAL):
+        if cmd == MmuextCmd.FLUSH_CACHE:
             return EACCES                   # a domU has no cache-flush permission
+        if cmd == MmuextCmd.FLUSH_CACHE_GLOBAL:
+            # mm.c do_mmuext_op: without cache_flush_permitted() this one is -EINVAL, not -EACCES
+            return EINVAL
         if cmd == MmuextCmd.SET_LDT:
             return set_ldt(vcpu, arg1, arg2)
         if cmd == MmuextCmd.NEW_USER_BASEPTR:

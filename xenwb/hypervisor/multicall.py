@@ -41,8 +41,15 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
                 return EFAULT
             dom.stats["multicall_entries"] += 1
             if e.op == C.Hypercall.iret:
+                # mc_exit: the multicall returns the entry's result, do_iret's restored RAX/EAX
+                # ("Saved %rax gets written back", pv/iret.c), stored best effort (multicall.c)
                 vcpu.do_iret()
-                return 0
+                ret = vcpu.cpu.reg("rax" if vcpu.word == 8 else "eax")
+                try:
+                    vcpu.write_ulong(addr + L.offset("result"), ret)
+                except GuestFault:
+                    pass
+                return ret
             if e.op == C.Hypercall.multicall:
                 ret = EINVAL
                 dom.trace.emit_hypercall(vcpu, e.op, tuple(e.args[:5]), ret, eip, {"nested": True}, batch)

@@ -18,16 +18,16 @@ from unicorn import x86_const as X
 from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps, traps64
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF
-from xenwb.hypervisor.cpu64 import MSR_FS_BASE, MSR_GS_BASE, Cpu64
+from xenwb.hypervisor.cpu64 import MSR_FS_BASE, MSR_GS_BASE, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM, Cpu64
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.state import DomainCrash, VcpuState
 from xenwb.hypervisor.vcpu import Vcpu
+from xenwb.hypervisor.xenarea64 import STUB_VA
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
 
 FRAME_REGS = ("rip", "cs", "rflags", "rsp", "ss")
-RFLAGS_IF, RFLAGS_IOPL_VM = 1 << 9, (3 << 12) | (1 << 17)
 INT3, INT80 = 3, 0x80
 
 
@@ -44,7 +44,6 @@ class Vcpu64(Vcpu):
         self.gs_base_kernel = self.gs_base_user = 0
         self.fs_base = 0
         self.sysret_exit = False               # Xen leaves by sysretq (TRAP_syscall) this time
-        self._sysret_done = False              # RCX/R11/CS/SS already what the sysret gives
         self._compat_code = False              # the engine runs 32-bit code (compat user mode)
         self._install_common_hooks()
         uc = self.cpu.uc
@@ -77,7 +76,6 @@ class Vcpu64(Vcpu):
         cpu.transfer(rip, cs, rflags, rsp, ss, same_kind=long_target != self._compat_code)
         self._compat_code = not long_target
         self.sysret_exit = sysret
-        self._sysret_done = False
 
     def return_to_guest(self) -> None:
         traps.deliver_event_upcall(self)
@@ -87,10 +85,35 @@ class Vcpu64(Vcpu):
             self.cpu.uc.emu_stop()
 
     def _apply_sysret(self) -> None:
-        """restore_all_guest's sysret path: RCX = RIP, R11 = RFLAGS, CS/SS from STAR."""
+        """restore_all_guest's sysret path: RCX = RIP, R11 = RFLAGS, CS/SS from STAR.
+
+        The hot path of every hypercall: one batch read of RIP, RFLAGS, CS, SS, RCX and R11,
+        and writes only for what changes (after a plain hypercall, nothing: _on_syscall left
+        RCX/R11 as sysret makes them). A transfer through the stub takes the general path."""
         self.sysret_exit = False
-        if self._sysret_done:
-            return                  # a hypercall that moved nothing: the syscall left them so
+        cpu = self.cpu
+        if not cpu.exit_dirty:
+            return          # _on_syscall left RCX/R11 as sysretq makes them; nothing else moved
+        cpu.flush_syscall_effects()
+        raw_rip, rflags, cs_now, ss_now, rcx_now, r11_now = cpu.sysret_in.read()
+        rip = (raw_rip + cpu.pc_bias) & cpu.pc_mask
+        if rip == STUB_VA:
+            self._apply_sysret_framed()
+            return
+        cs_now &= 0xFFFF
+        out = traps64.sysret_registers(rip, rflags, cs_now)
+        if out is None:
+            return                          # non-canonical RIP: Xen uses iretq, RCX/R11 restored
+        rcx, r11, cs, ss = out
+        if (rcx, r11) != (rcx_now, r11_now):
+            cpu.sysret_out.write(rcx, r11)
+        # sysretq also loads RFLAGS from R11 (x86_64/entry.S restore_all_guest: IOPL and VM
+        # cleared, IF set), so a frame's IOPL never reaches the real flags
+        if (cs, ss, r11) != (cs_now, ss_now & 0xFFFF, rflags):
+            cpu.transfer(rip, cs, r11, cpu.reg("rsp"), ss, same_kind=True)
+
+    def _apply_sysret_framed(self) -> None:
+        """The sysret exit while the guest's RIP..SS wait in the stub's frame."""
         r, pending = self.guest_regs()
         out = traps64.sysret_registers(r["rip"], r["rflags"], r["cs"])
         if out is None:
@@ -98,7 +121,9 @@ class Vcpu64(Vcpu):
         rcx, r11, cs, ss = out
         cpu = self.cpu
         cpu.sysret_out.write(rcx, r11)
-        if (cs, ss) != (r["cs"], r["ss"]):
+        # sysretq also loads RFLAGS from R11 (x86_64/entry.S restore_all_guest: IOPL and VM
+        # cleared, IF set), so a frame's IOPL never reaches the real flags
+        if (cs, ss, r11) != (r["cs"], r["ss"], r["rflags"]):
             if pending:
                 self.domain.xen.write_iret_frame(self.id, r["rip"], cs, r11, r["rsp"], ss)
             else:
@@ -109,19 +134,23 @@ class Vcpu64(Vcpu):
         """`syscall`: a hypercall in kernel mode (lstar_enter -> pv_hypercall), a system call
         to bounce in user mode (switch_to_kernel)."""
         cpu = self.cpu
-        vals = cpu.hypercall_regs()              # rax rdi rsi rdx r10 r8 rip rsp rflags cs ss
-        rip = vals[6]
+        vals = cpu.hypercall_regs()              # rax rdi rsi rdx r10 r8 rip rflags cs ss
+        rip, rflags = vals[6], vals[7]
         self.clock.settle(rip + 2)               # the syscall completed
         cpu.pc_bias = 2                          # unicorn adds 2 to RIP after this hook
         try:
-            # the instruction's own effects: RCX = the next RIP, R11 = RFLAGS
-            cpu.sysret_out.write(rip + 2, vals[8])
+            # the instruction's own effects: RCX = the next RIP, R11 = RFLAGS (written with the
+            # result when nothing looks at the registers before: no debugger)
+            if self.domain.observer is None:
+                cpu.defer_syscall_effects(rip + 2, rflags)
+            else:
+                cpu.sysret_out.write(rip + 2, rflags)
             if self.kernel_mode:
                 self.sysret_exit = True
-                # the sysret would give the same RCX/R11 and flat CS/SS: nothing to redo
-                # unless the hypercall moves the vcpu (exit_to clears this)
-                self._sysret_done = (vals[9] == C.FLAT_KERNEL_CS64 and vals[10] == C.FLAT_KERNEL_SS64
-                                     and vals[8] & RFLAGS_IF and not vals[8] & RFLAGS_IOPL_VM)
+                # the sysretq exit changes nothing more unless the hypercall moves the guest, or
+                # CS/SS are not STAR's or RFLAGS not what sysretq loads (IF set, IOPL/VM clear)
+                cpu.exit_dirty = ((vals[8] & 0xFFFF) != C.FLAT_USER_CS64 or (vals[9] & 0xFFFF) != C.FLAT_USER_SS64
+                                  or rflags & (RFLAGS_IOPL | RFLAGS_VM) or not rflags & RFLAGS_IF)
                 self.domain.hypercall(self, vals[0], (vals[1], vals[2], vals[3], vals[4], vals[5]), rip + 2)
             else:
                 r = cpu.regs()
@@ -135,7 +164,9 @@ class Vcpu64(Vcpu):
             self.domain.crash(self, f"xenwb internal error while handling a syscall: {type(e).__name__}: {e} "
                                     "(please report; XENWB_DEBUG=1 shows the traceback)")
         finally:
+            cpu.flush_syscall_effects()
             cpu.pc_bias = 0
+            cpu.exit_dirty = True                # an exit deferred by a debugger takes the full path
 
     def _on_sysenter(self, uc, _ud) -> None:
         """SYSENTER (unicorn: otherwise a silent no-op): sysenter_entry. Xen's SYSENTER MSRs send
@@ -245,7 +276,6 @@ class Vcpu64(Vcpu):
         leaves by sysretq: RCX = that RIP)."""
         self.cpu.continuation_out.write(*args)
         self.cpu.pc = pc
-        self._sysret_done = False           # the sysret gives RCX = the rewound RIP
 
     def do_iret(self) -> None:
         traps64.do_iret(self)

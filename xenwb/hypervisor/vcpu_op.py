@@ -189,8 +189,10 @@ def register_vcpu_info(dom: Domain, v: Vcpu, mfn: int, offset: int) -> int:
         return -Errno.EINVAL
     if v.vcpu_info_registered:
         return -Errno.EBUSY
-    if (gaddr + dom.abi.vcpu_info.size() - 1) >> 12 != mfn or gaddr % 4:
-        return -Errno.ENXIO                # crosses a page / not compat_ulong_t aligned
+    if (gaddr + dom.abi.vcpu_info.size() - 1) >> 12 != mfn or gaddr % dom.word:
+        # crosses a page / misaligned: map_vcpu_info's alignof(vcpu_info_t), 8 on x86_64,
+        # alignof(the compat struct), 4, for a 32-bit guest (common/domain.c)
+        return -Errno.ENXIO
     if not dom.mm.is_owned(mfn):
         return -Errno.EINVAL               # check_get_page_from_gfn
     try:
