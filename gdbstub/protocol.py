@@ -42,8 +42,8 @@ E_INVAL = b"E22"                 # EINVAL: malformed or impossible request
 E_PERM = b"E01"                  # EPERM: refused (read-only register, machine running...)
 
 SUPPORTED = (b"PacketSize=%x;qXfer:features:read+;qXfer:threads:read+;qXfer:memory-map:read+;"
-             b"qXfer:exec-file:read+;QStartNoAckMode+;swbreak+;hwbreak+;vContSupported+;QCatchSyscalls+"
-             % PACKET_SIZE)
+             b"qXfer:exec-file:read+;QStartNoAckMode+;swbreak+;hwbreak+;vContSupported+;QCatchSyscalls+;"
+             b"ReverseStep+;ReverseContinue+" % PACKET_SIZE)
 STOP_REASON = {StopKind.swbreak: b"swbreak:;", StopKind.hwbreak: b"hwbreak:;"}
 WATCH_REASON = {StopKind.watch: b"watch", StopKind.rwatch: b"rwatch", StopKind.awatch: b"awatch"}
 SYSCALL_REASON = {StopKind.syscall_entry: b"syscall_entry", StopKind.syscall_return: b"syscall_return"}
@@ -505,6 +505,14 @@ class Protocol:
         self._set_pc(addr)
         self._resume("step", self._vcpu_id(self.c_thread))
 
+    def reverse_step(self) -> None:
+        """bs: back to where the last stepi of the current thread started (time travel)."""
+        self._resume("reverse-step", self._vcpu_id(self.c_thread))
+
+    def reverse_cont(self) -> None:
+        """bc: back to the last breakpoint/watchpoint/catchpoint hit before now."""
+        self._resume("reverse-continue")
+
     def cont_signal(self, sig: int, addr: int | None = None) -> None:
         self._set_pc(addr)
         self._resume("continue", signal=sig)
@@ -601,6 +609,8 @@ class Protocol:
             out.append(b"%s:%x;" % (WATCH_REASON[ev.kind], ev.addr))
         elif ev.kind in SYSCALL_REASON and ev.nr is not None:
             out.append(b"%s:%x;" % (SYSCALL_REASON[ev.kind], ev.nr))
+        elif ev.kind is StopKind.history_start:
+            out.append(b"replaylog:begin;")          # gdb: "No more reverse-execution history."
         return b"".join(out)
 
     def report(self, ev: StopEvent) -> None:
@@ -666,6 +676,8 @@ BASIC = (
     Command(b"D", P.detach),
     Command(b"D;", P.detach, "l0", prefix=True),
     Command(b"k", P.kill),
+    Command(b"bs", P.reverse_step),
+    Command(b"bc", P.reverse_cont),
 )
 # General queries (gdb_gen_query_table).
 QUERIES = (

@@ -60,16 +60,27 @@ class MachineThread:
               signal: int = 0) -> None:
         if self.ctl.running or self._busy:
             raise DebugError("the machine is already running")
-        if mode != "continue" and run is None:
+        if mode != "continue" and mode != "reverse-continue" and run is None:
             self._sync = self._sync % 1_000_000 + 1
             try:
-                result = self.ctl.run(mode, vcpu, start=start, end=end, signal=signal)
+                result = self._run(mode, vcpu, start, end, signal)
             finally:
                 self._sync = 0
             self.on_stop(result)
             return
         self._busy = True
         self._jobs.put((mode, vcpu, start, end, run, signal))
+
+    def _run(self, mode: str, vcpu: int | None, start: int, end: int, signal: int) -> StopEvent:
+        """Run the machine (or re-execute its history: reverse-step, reverse-continue) to the stop."""
+        tt = self.ctl.timetravel
+        if mode in ("reverse-step", "reverse-continue"):
+            if tt is None:
+                raise DebugError("no time travel on this machine")
+            ev = tt.reverse_step(vcpu or 0) if mode == "reverse-step" else tt.reverse_continue()
+            self.ctl.take_stop()
+            return ev
+        return self.ctl.run(mode, vcpu, start=start, end=end, signal=signal)
 
     def interrupt(self) -> None:
         """Stop the machine (gdb's Ctrl-C). A resume handed over but not yet begun is let
@@ -103,7 +114,7 @@ class MachineThread:
             result: StopEvent | DebugError
             try:
                 if run is None:
-                    result = self.ctl.run(mode, vcpu, start=start, end=end, signal=signal)
+                    result = self._run(mode, vcpu, start, end, signal)
                 else:
                     self.ctl.resume(mode, vcpu, start=start, end=end, run=run, signal=signal)
                     self.ctl.wait()

@@ -20,6 +20,8 @@ Third-party plugins register a Plugin subclass under the entry-point group
 
 from __future__ import annotations
 
+import copy
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -186,6 +188,38 @@ class Plugin:
     def _wants_records(self) -> bool:
         return type(self).on_record is not Plugin.on_record
 
+    # time travel ------------------------------------------------------------------------
+    # A checkpoint saves the plugin's history and restoring it puts the history back, so it
+    # matches the machine's (the events after it come again as the machine re-executes).
+    # The default copies the instance's attributes: lists and deques of recorded events
+    # shallowly (an event is not changed once recorded), everything else deeply. Override
+    # both for state that does not fit.
+    def save_state(self) -> Any:
+        out: dict[str, Any] = {}
+        for k, v in vars(self).items():
+            if k in ("machine", "enabled"):
+                continue
+            if isinstance(v, deque):
+                out[k] = deque(v, maxlen=v.maxlen)
+            elif isinstance(v, list):
+                out[k] = list(v)
+            else:
+                out[k] = copy.deepcopy(v)
+        return out
+
+    def load_state(self, state: Any) -> None:
+        if state is None:                   # from before the plugin was enabled
+            fresh = type(self)(self.machine)
+            fresh.set_history(self.history)
+            state = fresh.save_state()
+        for k, v in state.items():
+            if isinstance(v, deque):
+                setattr(self, k, deque(v, maxlen=v.maxlen))
+            elif isinstance(v, list):
+                setattr(self, k, list(v))
+            else:
+                setattr(self, k, copy.deepcopy(v))
+
 
 class PluginManager:
     """Finds plugins (built-in and entry points), enables and disables them at run time."""
@@ -253,6 +287,16 @@ class PluginManager:
                 self.machine.domain.trace.unsubscribe(fn)
             self.machine.commands.unregister_plugin(p.name)
             p.on_disable()
+
+    def save_state(self) -> Any:
+        """The enabled plugins' histories (time travel's participant protocol)."""
+        return {n: p.save_state() for n, p in self.instances.items() if p.enabled}
+
+    def load_state(self, state: Any) -> None:
+        state = state or {}
+        for n, p in self.instances.items():
+            if p.enabled:
+                p.load_state(state.get(n))
 
     def enable_all(self) -> None:
         for name in sorted(self.available):

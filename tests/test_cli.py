@@ -332,7 +332,9 @@ def _trace(tmp_path: Path, *args: str) -> list[dict]:
     out = tmp_path / "f.jsonl"
     p = xenwb("trace", "pvdemo-pae", "-o", str(out), "--quiet", *args)
     assert p.returncode == 0, p.stderr
-    return [json.loads(ln) for ln in out.read_text().splitlines()]
+    lines = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert lines[0]["kind"] == "session"        # the header: what the run was (xenwb replay)
+    return lines[1:]
 
 
 def test_trace_vcpu_filter_applies_to_every_kind(tmp_path: Path) -> None:

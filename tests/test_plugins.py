@@ -219,7 +219,7 @@ def test_trace_filters_and_stop_conditions(tmp_path: Path) -> None:
     hc = [json.loads(x) for x in f.read_text().splitlines() if '"hypercall"' in x]
     assert hc and all(e["kind"] != "hypercall" or e["ret"] < 0 for e in hc)
     u = _capture(tmp_path, "u.jsonl", "--until", "events:10")
-    assert len(u.read_text().splitlines()) == 10
+    assert len(u.read_text().splitlines()) == 1 + 10              # the header, then the events
     t = _capture(tmp_path, "t.jsonl", "--until", "time:0.0002")
     assert max(json.loads(x)["time_ns"] for x in t.read_text().splitlines()) <= 210_000
 
@@ -323,4 +323,18 @@ def test_killed_capture_is_valid(tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert len(lines) >= 60
     evs = [json.loads(line) for line in lines]
+    assert evs[0]["kind"] == "session" and evs[0]["seq"] == -1       # the header
+    evs = evs[1:]
     assert [e["seq"] for e in evs] == list(range(len(evs)))
+
+
+def test_watching_the_upcall_mask_leaves_the_cpu_state_alone() -> None:
+    """The mask watch write-protects the vcpu_info page (uc.mem_protect), which on unicorn 2.1.4
+    sets CR2 and a pending #PF: the registers at a stop must be those of a run without it."""
+    def regs_at_step_smp(plugins: tuple[str, ...]) -> list[dict[str, int]]:
+        with Session("pvdemo-pae", vcpus=2, console=lambda b: None, plugins=plugins, time_travel=False) as s:
+            s.run(until="step_smp")
+            return [v.cpu.regs() for v in s.machine.vcpus]
+    watched = regs_at_step_smp(("evmask",))
+    assert watched == regs_at_step_smp(())
+    assert watched[0]["cr2"] not in (0x100000, 0x1000000)      # what the region split left

@@ -107,6 +107,8 @@ SAMPLE_ARGS: dict[str, tuple[Any, ...]] = {
     "emit_mode": ("user",),
     "emit_user_syscall": (0x400076, 39),
     "emit_io": ("in", 0x64, 1, 0xFF, 0xC0001000, False),
+    "emit_input_console": (5000, 2, "ls\n"),
+    "emit_input_xenstore": (7000, 3, "control/shutdown", "poweroff"),
 }
 
 

@@ -22,8 +22,11 @@
  * before the instruction whose number reaches insn_deadline (single steps, stops
  * right after a watched access, --max-instructions). Instructions in the hypervisor's
  * own range [skip_lo, skip_hi) (ring-transition stubs) are neither counted nor stopped at.
+ * It can also stop before the first instruction that starts at or past a given clock unit
+ * (time travel, xenwb/timetravel.py: a place in a vcpu's history is a point on its clock).
  */
 #include <Python.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef int (*uc_stop_fn)(void *uc);
@@ -45,6 +48,10 @@ struct vclock {
     int64_t reg_ax, reg_dx, reg_cx; /* RAX/RDX/RCX (64-bit engine) or EAX/EDX/ECX */
     uint64_t tsc_aux;       /* MSR_TSC_AUX: what RDTSCP returns in ECX */
     uint64_t tsc_reads;     /* RDTSC/RDTSCP executed */
+    uint64_t unit_target;   /* stop before the instruction that starts at or past this unit ... */
+    uint64_t unit_stops;    /* how many times unit_target stopped the engine */
+    uint64_t exits;         /* exceptions and invalid opcodes that reached the hypervisor */
+    uint64_t exit_target;   /* ... once exits has reached this */
 };
 
 static void vclock_block_hook(void *uc, uint64_t address, uint32_t size, void *user_data)
@@ -76,7 +83,47 @@ static void vclock_insn_hook(void *uc, uint64_t address, uint32_t size, void *us
         c->stop(uc);
         return;
     }
+    /* Where this instruction starts on the clock: the block was counted whole on entry. */
+    if (c->unit_target != UINT64_MAX && c->exits >= c->exit_target
+            && c->units - c->last_size + (address - c->last_addr) >= c->unit_target) {
+        c->unit_target = UINT64_MAX;
+        c->unit_stops++;
+        c->stop(uc);
+        return;
+    }
     c->insns++;
+}
+
+/* Every exception and every invalid opcode the hypervisor sees, counted: an
+ * instruction Xen emulates (a privileged one, a pagetable write) adds nothing to the clock,
+ * so the count tells the boundaries before and after it apart (time travel). The invalid
+ * opcode hook says it did not handle the opcode: the hypervisor's own hook, after it, does. */
+static void vclock_intr_hook(void *uc, uint32_t intno, void *user_data)
+{
+    (void)uc;
+    if (intno < 32)         /* exceptions; `int n` (hypercalls) moves the clock already */
+        ((struct vclock *)user_data)->exits++;
+}
+
+static bool vclock_invalid_hook(void *uc, void *user_data)
+{
+    (void)uc;
+    ((struct vclock *)user_data)->exits++;
+    return false;
+}
+
+static PyObject *intr_hook_address(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromVoidPtr((void *)vclock_intr_hook);
+}
+
+static PyObject *invalid_hook_address(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromVoidPtr((void *)vclock_invalid_hook);
 }
 
 /* RDTSC: EDX:EAX = the clock (the bytes of the block being executed are already counted,
@@ -149,6 +196,8 @@ static PyMethodDef methods[] = {
     {"hook_address", hook_address, METH_NOARGS, "Address of the C block hook."},
     {"insn_hook_address", insn_hook_address, METH_NOARGS, "Address of the C instruction hook."},
     {"pc_sync_hook_address", pc_sync_hook_address, METH_NOARGS, "Address of the no-op pc-sync code hook."},
+    {"intr_hook_address", intr_hook_address, METH_NOARGS, "Address of the C interrupt-counting hook."},
+    {"invalid_hook_address", invalid_hook_address, METH_NOARGS, "Address of the C invalid-opcode-counting hook."},
     {"rdtsc_hook_address", rdtsc_hook_address, METH_NOARGS, "Address of the C RDTSC instruction hook."},
     {"rdtscp_hook_address", rdtscp_hook_address, METH_NOARGS, "Address of the C RDTSCP instruction hook."},
     {NULL, NULL, 0, NULL},

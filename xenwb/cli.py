@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
+import json
 import math
 import os
 import shlex
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -20,9 +23,12 @@ from xenwb.builder import load_module
 from xenwb.errors import XenwbError
 from xenwb.examples import list_examples
 from xenwb.info import cmd_info
+from xenwb.inputlog import Input
 from xenwb.machine import StopReason
 from xenwb.registry import CommandError
 from xenwb.session import ALL_PLUGINS, DEFAULT_HISTORY, Events, Session, Symbol, Time
+from xenwb.timetravel import DEFAULT_MEMORY
+from xenwb.tracefile import SESSION_KIND
 from xenwb.tui import Shell
 
 EXIT_OK, EXIT_GUEST, EXIT_WORKBENCH = 0, 1, 2
@@ -121,6 +127,37 @@ def _add_boot_options(p: argparse.ArgumentParser) -> None:
                    help="a System.map for the guest's symbols (default: the ELF's, else a System.map next to it)")
 
 
+def parse_checkpoint_ms(text: str) -> int:
+    """--checkpoint-every: virtual milliseconds (a decimal number, at least 0.001) as ns."""
+    try:
+        ms = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of milliseconds") from None
+    if not math.isfinite(ms) or not 0.001 <= ms <= MAX_SECONDS * 1000:
+        raise ValueError(f"{text!r}: want at least 0.001 ms of virtual time")
+    return round(ms * 1e6)
+
+
+def parse_checkpoint_memory(text: str) -> int:
+    """--checkpoint-memory: MiB (a whole number, 1 to 1048576) as bytes."""
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of MiB") from None
+    if not 1 <= n <= 1 << 20:
+        raise ValueError(f"{n} MiB: want between 1 and {1 << 20} MiB")
+    return n << 20
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint-every", type=_option(parse_checkpoint_ms), metavar="MS",
+                   help="checkpoint the whole machine every MS milliseconds of virtual time (time travel: "
+                        "restore, reverse-stepi/continue go back from the nearest one)")
+    p.add_argument("--checkpoint-memory", type=_option(parse_checkpoint_memory), metavar="MiB",
+                   default=DEFAULT_MEMORY, help=f"memory the checkpoints may take (default {DEFAULT_MEMORY >> 20}; "
+                                                "the oldest automatic ones are dropped first)")
+
+
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-instructions", type=_option(parse_count), metavar="N",
                    help="stop after N guest instructions (exact; counting halves emulation speed)")
@@ -151,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve gdb's remote protocol (default 127.0.0.1:1234; another host only when given)")
     p.add_argument("--wait", action="store_true",
                    help="with --gdb: halt before the guest's first instruction until gdb continues (qemu -S)")
+    _add_checkpoint_options(p)
 
     p = sub.add_parser("trace", help="capture a trace of a guest run (JSONL or Perfetto); stdin goes to its console")
     _add_boot_options(p)
@@ -171,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "events:N (events written), time:SECONDS")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     _add_plugin_options(p)
+    _add_checkpoint_options(p)
 
     p = sub.add_parser("shell", help="full-screen workbench: console, hypercalls, vcpus, disassembly, commands")
     _add_boot_options(p)
@@ -178,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_history_option(p)
     p.add_argument("--gdb", nargs="?", const="127.0.0.1:1234", metavar="[HOST:]PORT",
                    help="also serve gdb on this address (default 127.0.0.1:1234)")
+    _add_checkpoint_options(p)
+
+    p = sub.add_parser("replay", help="run a recorded session again (the trace's guest, options and input) "
+                                      "and check that it gives the same trace, byte for byte")
+    p.add_argument("trace", help="a JSONL trace written by xenwb run --trace or xenwb trace")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the replayed trace here too")
+    p.add_argument("--guest", help="the guest ELF, when it is no longer where the trace says")
+    p.add_argument("--module", metavar="FILE", help="the module, when the recorded run had one")
+    p.add_argument("--symbols", metavar="FILE", help="the System.map, when it is no longer where the trace says")
+    p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
 
     p = sub.add_parser("examples", help="list the bundled example guests (building them)")
     p.add_argument("--no-build", action="store_true", help="list without building")
@@ -215,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_trace(args)
         if args.command == "shell":
             return cmd_shell(args)
+        if args.command == "replay":
+            return cmd_replay(args)
     except XenwbError as e:
         print(f"xenwb: {e}", file=sys.stderr)
         return EXIT_WORKBENCH
@@ -239,7 +290,7 @@ def cmd_examples(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=None):
+def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=None, time_travel: bool = False):
     """The Session for run/trace: the module checked and read, the plugins enabled, the
     --exec commands checked; nothing has run yet."""
     out = sys.stdout.buffer
@@ -254,7 +305,8 @@ def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=No
     try:
         session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=module,
                           vcpus=args.vcpus, plugins=plugins, console=sink, event_filter=event_filter,
-                          symbols=args.symbols, history=args.history)
+                          symbols=args.symbols, history=args.history, time_travel=time_travel,
+                          checkpoint_every_ns=args.checkpoint_every, checkpoint_memory=args.checkpoint_memory)
     except CommandError as e:          # a --plugin name that does not exist
         raise XenwbError(str(e)) from None
     if "all" in plugins:               # third-party plugins that could not be loaded: one line each
@@ -357,9 +409,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.gdb is not None:
         _check_gdb_address(args)
     # under gdb every plugin is on from the start, so `monitor hypercalls ...` has the whole history
-    session = _session(args, _plugins(args, ("all",) if args.gdb is not None else ()))
+    # under gdb the history starts at boot (reverse execution, restart)
+    session = _session(args, _plugins(args, ("all",) if args.gdb is not None else ()), time_travel=args.gdb is not None)
     if args.trace:
-        session.record(args.trace)
+        session.record(args.trace, header=_header(args, "shutdown"))
     console_in = _start_input(args, session)
     try:
         if args.gdb is not None:               # gdb remote stub (gdbstub/, issue 4)
@@ -370,6 +423,93 @@ def cmd_run(args: argparse.Namespace) -> int:
             console_in.close()
 
 
+def _header(args: argparse.Namespace, until: str) -> dict[str, Any]:
+    """What a trace's header records of the command line (for `xenwb replay`)."""
+    return {"until": until, "max_instructions": args.max_instructions, "timeout_ns": args.timeout,
+            "module_path": os.path.abspath(args.module) if args.module else None,
+            "filter": {k: getattr(args, k, None) for k in ("name", "vcpu", "failed", "range")}}
+
+
+def _read_trace(path: str) -> tuple[dict[str, Any], list[str]]:
+    """A JSONL trace's header and its event lines."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise XenwbError(f"{path}: cannot read the trace: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise XenwbError(f"{path}: not a JSONL trace (not text)") from None
+    if not lines:
+        raise XenwbError(f"{path}: empty trace")
+    try:
+        head = json.loads(lines[0])
+    except json.JSONDecodeError:
+        raise XenwbError(f"{path}: not a JSONL trace (the Perfetto format cannot be replayed; record with "
+                         "--trace FILE.jsonl)") from None
+    if not isinstance(head, dict) or head.get("kind") != SESSION_KIND:
+        raise XenwbError(f"{path}: no session header in the first line (a trace from an older xenwb?)")
+    return head, lines[1:]
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    head, lines = _read_trace(args.trace)
+    inputs = []
+    for n, line in enumerate(lines, 2):
+        if '"kind":"input"' not in line:
+            continue
+        try:
+            inputs.append(Input.from_event(json.loads(line)))
+        except (json.JSONDecodeError, ValueError) as e:
+            raise XenwbError(f"{args.trace}:{n}: bad input record: {e}") from None
+    guest = args.guest or head.get("path") or head.get("guest")
+    module_path = args.module or head.get("module_path")
+    module = load_module(module_path, head.get("memory_mib", 64)) if module_path else None
+    if head.get("module") and (module is None or hashlib.sha256(module).hexdigest() != head["module"]):
+        raise XenwbError("the recorded run had a module" + (" that differs from " + module_path if module_path else "")
+                         + ": give it with --module FILE")
+    flt = head.get("filter") or {}
+    try:
+        event_filter = build_filter(flt.get("name"), flt.get("vcpu"), bool(flt.get("failed")), flt.get("range"))
+        session = Session(guest, memory_mib=int(head.get("memory_mib", 64)), cmdline=str(head.get("cmdline", "")),
+                          module=module, vcpus=int(head.get("vcpus", 1)), plugins=(),
+                          symbols=args.symbols or head.get("symbols"),
+                          event_filter=None if event_filter.empty else event_filter, time_travel=False,
+                          console=lambda b: (sys.stdout.buffer.write(b), sys.stdout.flush()))
+    except CommandError as e:
+        raise XenwbError(str(e)) from None
+    out = args.output or os.path.join(tempfile.mkdtemp(prefix="xenwb-replay-"), "replay.jsonl")
+    extra = {k: v for k, v in head.items() if k not in ("seq", "vcpu", "time_ns", "kind", "name")
+             and k not in session.describe()}
+    session.record(out, "jsonl", header=extra)
+    session.machine.inputs.load(inputs)
+    session.machine.set_limits(head.get("max_instructions"), head.get("timeout_ns"))
+    until = _parse_until(str(head.get("until") or "shutdown"))
+    last = json.loads(lines[-1]) if lines else {}
+    if last.get("kind") not in ("shutdown", "crash") and lines:
+        until = Events(len(lines))      # the recording ended there (interrupted, a limit): so does the replay
+    try:
+        result = session.run(until)
+    finally:
+        session.close()
+    _, again = _read_trace(out)
+    same = again == lines
+    if not args.quiet:
+        print(f"xenwb: {result.reason.value}{f' ({result.detail})' if result.detail else ''}; "
+              f"{len(inputs)} inputs replayed", file=sys.stderr)
+    if same:
+        if not args.quiet:
+            print(f"xenwb: replay identical: {len(lines)} events", file=sys.stderr)
+        return EXIT_OK
+    for i, (a, b) in enumerate(zip(lines, again, strict=False)):
+        if a != b:
+            print(f"xenwb: replay differs at event {i} (line {i + 2}):\n  recorded: {a[:200]}\n  replayed: {b[:200]}",
+                  file=sys.stderr)
+            break
+    else:
+        print(f"xenwb: replay differs: {len(lines)} events recorded, {len(again)} replayed", file=sys.stderr)
+    return EXIT_GUEST
+
+
 def cmd_shell(args: argparse.Namespace) -> int:
     if args.gdb is not None:
         _check_gdb_address(args)
@@ -377,7 +517,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
         raise XenwbError("xenwb shell needs a terminal (use xenwb run / xenwb trace in scripts)")
     session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline,
                       module=load_module(args.module, args.memory), vcpus=args.vcpus, plugins=ALL_PLUGINS,
-                      symbols=args.symbols, history=args.history)
+                      symbols=args.symbols, history=args.history,
+                      checkpoint_every_ns=args.checkpoint_every, checkpoint_memory=args.checkpoint_memory)
     shell = Shell(session, gdb_address=args.gdb)
     if args.run:
         shell.ctl.cont()
@@ -412,7 +553,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     session = _session(args, _plugins(args, ("evmask",)), None if flt.empty else flt)
     if isinstance(until, Symbol):
         session.address(until.name)            # an unknown symbol is an error before anything is written
-    session.record(args.output, args.format)
+    session.record(args.output, args.format, header=_header(args, args.until))
     console_in = _start_input(args, session)
     try:
         return _run_and_report(args, session, until)

@@ -8,6 +8,7 @@ from xenwb.abi import constants as C
 from xenwb.hypervisor.vcpu64 import Vcpu64
 from xenwb.hypervisor.version import capabilities
 from xenwb.registry import CommandError, CommandRegistry, Result, table
+from xenwb.xenstore import XsError
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
@@ -54,7 +55,47 @@ def _xen_version(machine: Machine, args: list[str]) -> Result:
     return Result(data, "\n".join(f"{k:<22} {v}" for k, v in data.items()))
 
 
+def _xs_path(machine: Machine, text: str) -> str:
+    try:
+        return machine.xenstore.canonical(text, 0)
+    except XsError as e:
+        raise CommandError(f"bad xenstore path {text!r} ({e})") from None
+
+
+def _xenstore_write(machine: Machine, args: list[str]) -> Result:
+    if len(args) != 2:
+        raise CommandError("usage: xenstore write PATH VALUE")
+    path = _xs_path(machine, args[0])
+    if path.startswith("@"):
+        raise CommandError(f"{path}: a special watch path, not a node")
+    machine.xenstore_input(path, args[1])
+    return Result({"path": path, "value": args[1]},
+                  f"{path} = {args[1]!r}: written as domain 0 when the guest next runs (recorded with the input)")
+
+
+def _xenstore_read(machine: Machine, args: list[str]) -> Result:
+    if len(args) != 1:
+        raise CommandError("usage: xenstore read PATH")
+    path = _xs_path(machine, args[0])
+    value = machine.xenstore.read(path) if not path.startswith("@") else None
+    if value is None:
+        raise CommandError(f"{path}: no such node")
+    text = value.decode("latin-1")
+    return Result({"path": path, "value": text}, f"{path} = {text!r}")
+
+
+def _xenstore_ls(machine: Machine, args: list[str]) -> Result:
+    path = _xs_path(machine, args[0]) if args else "/"
+    if not machine.xenstore.exists(path):
+        raise CommandError(f"{path}: no such node")
+    return Result(machine.xenstore.dump(path), machine.xenstore.format(path))
+
+
 def register_core_commands(reg: CommandRegistry) -> None:
     reg.register("help", _help, "list commands, or show one command's usage", "[COMMAND]")
     reg.register("info vcpus", _info_vcpus, "state, EIP/RIP, mode and event mask of every vcpu")
     reg.register("xen version", _xen_version, "the emulated hypervisor's version and capabilities")
+    reg.register("xenstore write", _xenstore_write, "write a xenstore node as the toolstack does (domain 0; fires "
+                 "the guest's watches)", "PATH VALUE")
+    reg.register("xenstore read", _xenstore_read, "a xenstore node's value", "PATH")
+    reg.register("xenstore ls", _xenstore_ls, "a xenstore subtree, xenstore-ls style", "[PATH]")

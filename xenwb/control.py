@@ -41,7 +41,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, Uc
 
@@ -94,6 +94,9 @@ class StopKind(enum.Enum):
     exited = "exited"              # SCHEDOP_shutdown: code = shutdown reason
     killed = "killed"
     error = "error"                # a workbench error while running (details in detail)
+    xen = "xen"                    # a Xen-state catchpoint (event channel, mask, PTE, multicall)
+    restored = "restored"          # a checkpoint was restored (time travel)
+    history_start = "history_start"   # reverse execution reached the start of the recorded history
 
 
 FINAL_KINDS = frozenset({StopKind.exited, StopKind.killed})
@@ -138,7 +141,9 @@ class StopEvent:
         what = {StopKind.swbreak: "breakpoint", StopKind.hwbreak: "hardware breakpoint",
                 StopKind.watch: "watchpoint (write)", StopKind.rwatch: "watchpoint (read)",
                 StopKind.awatch: "watchpoint (access)", StopKind.syscall_entry: "on entry to hypercall",
-                StopKind.syscall_return: "on return from hypercall"}.get(self.kind, self.kind.value)
+                StopKind.syscall_return: "on return from hypercall", StopKind.xen: "catchpoint",
+                StopKind.history_start: "start of the recorded history (no more reverse execution)",
+                StopKind.restored: "checkpoint restored"}.get(self.kind, self.kind.value)
         if self.kind in WATCH_KINDS.values() and self.addr is not None:
             what += f" {self.addr:#x}"
         elif self.nr is not None and self.kind in (StopKind.syscall_entry, StopKind.syscall_return):
@@ -158,16 +163,28 @@ class Watchpoint:
     hooks: list[tuple[Uc, int]] = field(default_factory=list)
 
 
+CATCH_KINDS = ("hypercall", "exception", "evtchn", "mask", "pte", "multicall")
+XEN_CATCH_KINDS = frozenset({"evtchn", "mask", "pte", "multicall"})
+
+
 @dataclass
 class Catchpoint:
     """A stop on the hypervisor's work: hypercalls (by number; on entry and return, or only
-    failed returns) or guest exceptions about to be bounced (by vector)."""
+    failed returns), guest exceptions about to be bounced (by vector), or a change of Xen
+    state: an event channel port becoming pending or delivered (evtchn), a vcpu's upcall mask
+    (mask), an entry of the pagetables that map an address (pte), a multicall (its failed
+    entries)."""
 
     ident: int
-    kind: str                              # "hypercall" or "exception"
+    kind: str                              # one of CATCH_KINDS
     numbers: frozenset[int] | None = None  # None: every hypercall / vector
     failed_only: bool = False
     owner: str = "user"                    # "gdb" for QCatchSyscalls, "user" for monitor/shell/Python
+    port: int | None = None                # evtchn
+    vcpu: int | None = None                # evtchn (notified vcpu), mask (whose mask)
+    value: int | None = None               # mask: 1 set, 0 cleared, None either
+    va: int | None = None                  # pte
+    any_level: bool = False                # pte: every level's entry, not only the L1 (the mapping)
 
     def matches(self, n: int) -> bool:
         return self.numbers is None or n in self.numbers
@@ -177,6 +194,17 @@ class Catchpoint:
             what = "every hypercall" if self.numbers is None else ", ".join(
                 C.hypercall_name(n) for n in sorted(self.numbers))
             return f"catch hypercall {what}" + (" (failed returns)" if self.failed_only else "")
+        if self.kind == "evtchn":
+            return f"catch evtchn {self.port}" + (f" (vcpu {self.vcpu})" if self.vcpu is not None else "") + \
+                ": pending or delivered"
+        if self.kind == "mask":
+            how = {1: "set", 0: "cleared"}.get(self.value if self.value is not None else -1, "changed")
+            return f"catch mask: vcpu {self.vcpu}'s upcall mask {how}"
+        if self.kind == "pte":
+            return f"catch pte {self.va:#x}: " + ("an entry at any level" if self.any_level else "its L1 entry") + \
+                " changes"
+        if self.kind == "multicall":
+            return "catch multicall" + (": a failed entry" if self.failed_only else ": every batch")
         what = "every exception" if self.numbers is None else ", ".join(
             C.TRAP_NAMES.get(n, str(n)) for n in sorted(self.numbers))
         return f"catch exception {what}"
@@ -219,11 +247,19 @@ class Controller:
         self._syscall_nr: dict[int, int] = {}         # vcpu -> hypercall of its syscall stop
         self._held_states: dict[int, VcpuState] = {}
         self._stepping: Vcpu | None = None
+        self.bounce_hook: Callable[[Vcpu], None] | None = None   # time travel: told of every frame Xen pushes
+        # Xen-state catchpoints watch the trace (only while there are any)
+        self._xen_watching = False
+        self._upcalling: Vcpu | None = None          # an event upcall being delivered (its mask change follows)
+        self._call_nr: dict[int, int] = {}           # vcpu -> the hypercall it is in
+        self._pte_seen: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}   # (catch, vcpu) -> walk
+        self.timetravel: Any = None          # the TimeTravel over this controller, once there is one
         self.domain.observer = self
 
     # -- the observer protocol (hypervisor/domain.py DebugObserver) -------------------------------
     def hypercall_entry(self, vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> bool:
         vid = vcpu.id
+        self._call_nr[vid] = nr
         if vid in self._skip_entry:
             self._skip_entry.discard(vid)
             return False
@@ -232,16 +268,20 @@ class Controller:
         # hold the call: the vcpu stops after the instruction; resuming re-issues it
         pc = vcpu.cpu.pc                          # after the int $0x82 / syscall (2 bytes)
         vcpu.clock.units -= 2                     # the trapping instruction runs again then
+        if vcpu.clock.insn_hook_installed:
+            vcpu.clock.insns -= 1                 # and is counted again (time travel counts exactly)
         self._syscall_nr[vid] = nr
 
         def reissue() -> None:
             vcpu.cpu.pc = pc - 2
             self._skip_entry.add(vid)
+        reissue.hold_kind = "entry"               # type: ignore[attr-defined]  # time travel's places
         vcpu.hold_exit = reissue
         self._record(StopEvent(StopKind.syscall_entry, vid, nr=nr))
         return True
 
     def hypercall_return(self, vcpu: Vcpu, nr: int, ret: int) -> None:
+        self._call_nr.pop(vcpu.id, None)
         if self._watch and nr in PAGETABLE_HYPERCALLS:
             self._retranslate_watchpoints()
         failed = ret < 0
@@ -263,9 +303,13 @@ class Controller:
         return True
 
     def bounced(self, vcpu: Vcpu) -> None:
+        if self._upcalling is vcpu:
+            self._upcalling = None
         if self._stepping is vcpu:
             # Xen pushed a frame: the step ends before the handler's first instruction
             vcpu.clock.insn_deadline = min(vcpu.clock.insn_deadline, vcpu.clock.insns)
+        if self.bounce_hook is not None:
+            self.bounce_hook(vcpu)
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -454,18 +498,154 @@ class Controller:
 
     # -- catchpoints ------------------------------------------------------------------------------
     def add_catchpoint(self, kind: str, numbers: Iterable[int] | None = None, *, failed_only: bool = False,
-                       owner: str = "user") -> Catchpoint:
+                       owner: str = "user", port: int | None = None, vcpu: int | None = None,
+                       value: int | None = None, va: int | None = None, any_level: bool = False) -> Catchpoint:
+        """A catchpoint (see Catchpoint); ValueError for a kind or argument that makes no sense."""
         self._require_stopped()
-        if kind not in ("hypercall", "exception"):
-            raise ValueError(f"catchpoint kind {kind!r}")
-        c = Catchpoint(self._next_catch, kind, None if numbers is None else frozenset(numbers), failed_only, owner)
+        if kind not in CATCH_KINDS:
+            raise ValueError(f"catchpoint kind {kind!r} (one of {', '.join(CATCH_KINDS)})")
+        if kind == "evtchn" and (port is None or not 0 <= port < self.domain.evtchn.nr_ports):
+            raise ValueError(f"event channel port {port} (0 to {self.domain.evtchn.nr_ports - 1})")
+        if kind in ("evtchn", "mask") and vcpu is not None and not 0 <= vcpu < len(self.vcpus):
+            raise ValueError(f"no vcpu {vcpu}")
+        if kind == "mask" and vcpu is None:
+            raise ValueError("catch mask needs a vcpu")
+        if kind == "pte" and (va is None or not 0 <= va <= self.domain.geo.va_mask):
+            raise ValueError(f"address {va} for catch pte")
+        c = Catchpoint(self._next_catch, kind, None if numbers is None else frozenset(numbers), failed_only, owner,
+                       port=port, vcpu=vcpu, value=value, va=va, any_level=any_level)
         self._next_catch += 1
         self._catches[c.ident] = c
+        self._xen_watch()
         return c
 
     def remove_catchpoint(self, ident: int) -> bool:
         self._require_stopped()
-        return self._catches.pop(ident, None) is not None
+        gone = self._catches.pop(ident, None) is not None
+        self._xen_watch()
+        return gone
+
+    # -- Xen-state catchpoints --------------------------------------------------------------------
+    # They watch the trace: the hypervisor emits an event where it changes the state (set_pending,
+    # an upcall, a mask change by Xen or by a guest store, a hypercall's return, a ptwr write).
+    # The stop comes where the change was made: on return from the hypercall (or the exception
+    # Xen emulated) that made it, right after a guest store, before the first instruction of an
+    # upcall handler, or before the next instruction when a timer or backend made it.
+    def _xen_catches(self) -> list[Catchpoint]:
+        return [c for c in self._catches.values() if c.kind in XEN_CATCH_KINDS]
+
+    def _xen_watch(self) -> None:
+        on = bool(self._xen_catches())
+        if on != self._xen_watching:
+            self._xen_watching = on
+            if on:
+                self.domain.trace.subscribe(self._on_trace)
+            else:
+                self.domain.trace.unsubscribe(self._on_trace)
+            for v in self.vcpus:                # stops before an instruction need exact counting
+                v.cpu.need_exact("catch", on)
+        self._pte_baseline()
+
+    def _pte_walk(self, c: Catchpoint, v: Vcpu) -> tuple[tuple[int, int], ...]:
+        """(entry machine address, entry) at each level of the walk of c.va in v's tables."""
+        if not v.cr3_mfn or c.va is None:
+            return ()
+        dom = self.domain
+        w = walk(dom.mem, dom.mode, v.cr3_mfn, c.va)
+        steps = tuple((st.entry_maddr, st.pte) for st in w.steps)
+        return steps if c.any_level else steps[-1:]
+
+    def _pte_baseline(self) -> None:
+        self._pte_seen = {(c.ident, v.id): self._pte_walk(c, v) for c in self._xen_catches() if c.kind == "pte"
+                          for v in self.vcpus}
+
+    def _on_trace(self, ev: dict[str, Any]) -> None:
+        kind = ev["kind"]
+        if kind == "upcall":
+            vid = ev["vcpu"]
+            self._upcalling = self.vcpu(vid) if vid is not None else None
+        for c in self._xen_catches():
+            why = self._xen_change(c, ev)
+            if why is not None:
+                self._xen_stop(c, ev, why)
+                return
+
+    def _xen_change(self, c: Catchpoint, ev: dict[str, Any]) -> str | None:
+        """What the event changed that c watches, or None."""
+        kind, name = ev["kind"], ev["name"]
+        if c.kind == "evtchn":
+            if kind == "event" and name == "set_pending" and ev.get("port") == c.port \
+                    and not ev.get("already_pending") and (c.vcpu is None or ev.get("notify_vcpu") == c.vcpu):
+                return f"port {c.port} became pending (notify vcpu {ev.get('notify_vcpu')})"
+            if kind == "upcall" and (c.vcpu is None or ev["vcpu"] == c.vcpu):
+                ec = self.domain.evtchn
+                port = c.port
+                assert port is not None
+                if ec.valid(port) and ec.is_pending(port) and not ec.is_masked(port) \
+                        and ec.ports[port].vcpu == ev["vcpu"]:
+                    return f"port {port} delivered by an event upcall to vcpu {ev['vcpu']}"
+            return None
+        if c.kind == "mask":
+            if kind == "mask" and ev["vcpu"] == c.vcpu and (c.value is None or ev.get("new") == c.value):
+                by = "a guest store" if ev.get("by") == "guest" else "Xen"
+                return f"vcpu {c.vcpu}'s upcall mask {ev.get('old')} -> {ev.get('new')} by {by}"
+            return None
+        if c.kind == "multicall":
+            if kind == "hypercall" and ev.get("multicall") is not None and (not c.failed_only or ev["ret"] < 0):
+                return f"multicall entry {ev['name']} returned {ev['ret']}" + (f" ({ev['errno']})" if ev.get("errno")
+                                                                             else "")
+            if kind == "multicall" and name == "multicall_end" and not c.failed_only:
+                return "multicall batch done"
+            return None
+        if c.kind == "pte" and (kind in ("ptwr", "vcpu") or (kind == "hypercall" and (
+                ev.get("nr") in PAGETABLE_HYPERCALLS or ev.get("name") in ("grant_table_op", "vcpu_op")))):
+            for v in self.vcpus:
+                now = self._pte_walk(c, v)
+                key = (c.ident, v.id)
+                before = self._pte_seen.get(key)
+                self._pte_seen[key] = now
+                if before is not None and now != before:
+                    what = "a ptwr-emulated write" if kind == "ptwr" else f"{ev['name']}" + (
+                        " (in a multicall)" if ev.get("multicall") is not None else "")
+                    level = "walk" if c.any_level else "L1 entry"
+                    if not before or not now:
+                        state = f"now {'mapped: ' + hex(now[-1][1]) if now else 'not mapped'}"
+                    elif before[-1][1] == now[-1][1]:
+                        state = f"now the entry at machine address {now[-1][0]:#x} (other tables), same value " \
+                                f"{now[-1][1]:#x}"
+                    else:
+                        state = f"{before[-1][1]:#x} -> {now[-1][1]:#x}"
+                    return f"the {level} of {c.va:#x} in vcpu {v.id}'s tables changed by {what}: {state}"
+        return None
+
+    def _xen_stop(self, c: Catchpoint, ev: dict[str, Any], why: str) -> None:
+        """Stop where the change was made (see above)."""
+        m = self.machine
+        u = m.in_engine
+        if ev["kind"] == "upcall" or (ev["kind"] == "mask" and self._upcalling is not None
+                                      and self._upcalling.id == ev["vcpu"]):
+            v = self.vcpu(ev["vcpu"])
+            v.clock.insn_deadline = min(v.clock.insn_deadline, v.clock.insns)   # before the handler's first
+            self._record(StopEvent(StopKind.xen, v.id, nr=c.ident, detail=why))
+            return
+        if u is not None and ev["kind"] == "mask" and ev.get("by") == "guest":
+            u.clock.insn_deadline = min(u.clock.insn_deadline, u.clock.insns)   # right after the store
+            self._record(StopEvent(StopKind.xen, u.id, nr=c.ident, detail=f"{why} at {ev.get('eip', 0):#x}"))
+            return
+        if u is not None:
+            nr = self._call_nr.get(u.id)
+            where = f" in hypercall {C.hypercall_name(nr)}" if nr is not None and ev["kind"] != "ptwr" else ""
+            if u.hold_exit is None and u.on_resume is None:
+                u.hold_exit = u.return_to_guest          # stop on its way back to the guest
+            self._record(StopEvent(StopKind.xen, u.id, nr=c.ident, detail=f"{why}{where} (vcpu {u.id})"))
+            return
+        # a timer, a backend, an input: before the next instruction of the vcpu about to run
+        cur = self.domain.current or (m.turn.vcpu if m.turn is not None else None)
+        if cur is not None and m.turn is not None:
+            cur.clock.insn_deadline = min(cur.clock.insn_deadline, cur.clock.insns)
+        vid = ev["vcpu"] if ev["vcpu"] is not None else (cur.id if cur is not None else self._current_vcpu())
+        self._record(StopEvent(StopKind.xen, vid, nr=c.ident, detail=f"{why} (between vcpu turns)"
+                               if m.turn is None else why))
 
     def catchpoints(self) -> list[Catchpoint]:
         return list(self._catches.values())
@@ -579,6 +759,9 @@ class Controller:
     def _prepare_resume(self, signal: int | None) -> None:
         self._pending = None
         self._skip.clear()
+        self._upcalling = None
+        for v in self.vcpus:
+            v.clock.insn_deadline = (1 << 64) - 1      # no stop left over from the last run
         for v in self.vcpus:
             pc = v.guest_regs()[0]["pc"]
             if pc in self._bp_kinds:
@@ -732,6 +915,88 @@ class Controller:
             except Exception:
                 traceback.print_exc()
 
+    # -- time travel (xenwb/timetravel.py drives the machine through these) ----------------------------
+    def run_history(self, work: Callable[[], StopEvent]) -> StopEvent:
+        """Run `work` (restores and silent re-executions of history) in the caller's thread as
+        one operation of the machine, from any stop, a post-mortem one included; the stop it
+        returns is published like any other."""
+        self._begin_history()
+        return self._history(work)
+
+    def resume_history(self, work: Callable[[], StopEvent]) -> None:
+        """Like run_history, in a background thread (the stop arrives as a StopEvent)."""
+        self._begin_history()
+        self._thread = threading.Thread(target=self._history, args=(work,), name="xenwb-history", daemon=True)
+        self._thread.start()
+
+    def _begin_history(self) -> None:
+        with self._lock:
+            if self._running:
+                raise DebugError("the machine is already running")
+            if self.killed:
+                raise DebugError("the guest was killed")
+            self._running = True
+            self._interrupt = False
+            self._unreported = None
+        self._idle_wake.clear()
+
+    def _history(self, work: Callable[[], StopEvent]) -> StopEvent:
+        idle = self.idle_on_hang
+        self.idle_on_hang = False               # re-executed history never waits
+        try:
+            ev = work()
+        except DebugError as e:
+            ev = StopEvent(StopKind.error, self._current_vcpu(), detail=str(e))
+        except Exception as e:
+            ev = StopEvent(StopKind.error, self._current_vcpu(),
+                           detail=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}")
+        finally:
+            self.idle_on_hang = idle
+            self._skip.clear()
+            self.machine.stop_check = None
+            self.bounce_hook = None
+            self._stepping = None
+        self._postmortem_seen = False
+        self._publish(ev)
+        return ev
+
+    @property
+    def interrupted(self) -> bool:
+        """interrupt() was called during the current operation."""
+        return self._interrupt
+
+    def silent_continue(self, *, leave_breakpoints: bool = True, arm: Callable[[], None] | None = None) -> StopEvent:
+        """Inside a history operation: run to the next stop and return it without telling
+        anyone. leave_breakpoints: vcpus sitting on a breakpoint leave it once (as after a
+        stop); off after restoring a checkpoint that was not taken at a stop. arm: sets the
+        stop it runs to (after the resume cleared the old ones)."""
+        self._prepare_resume(None)
+        if not leave_breakpoints:
+            self._skip.clear()
+        if arm is not None:
+            arm()
+        ev = self._continue()
+        if self.domain.finished and not ev.final and ev.kind is not StopKind.crashed:
+            ev = self._final_event()
+        return ev
+
+    def restored(self, last: StopEvent) -> None:
+        """The machine was put back (a checkpoint restored): forget the present's pending
+        stops and held calls; `last` is the stop the machine is at now."""
+        self._pending = None
+        self._skip.clear()
+        self._skip_entry.clear()
+        self._syscall_nr.clear()
+        self._held_states = {}
+        self._last = last
+        self._postmortem_seen = False
+        if last.kind in (StopKind.syscall_entry, StopKind.syscall_return) and last.vcpu is not None \
+                and last.nr is not None:
+            self._syscall_nr[last.vcpu] = last.nr
+        self._retranslate_watchpoints()
+        self._pte_baseline()
+        self._call_nr.clear()
+
     # -- stopping and waiting ---------------------------------------------------------------------------
     def interrupt(self, timeout: float = 2.0) -> bool:
         """Stop a running machine (any thread). True when it stopped within timeout."""
@@ -777,6 +1042,7 @@ class Controller:
         for kind, addr, length in list(self._watch):
             self.remove_watchpoint(addr, length, kind)
         self._catches.clear()
+        self._xen_watch()
 
     def detach(self) -> None:
         """Forget every debugging request and let the guest run on."""

@@ -19,6 +19,7 @@ from xenwb.hypervisor.hypercall_table import decode_args
 from xenwb.hypervisor.traps import descriptor_of
 from xenwb.hypervisor.vcpu64 import Vcpu64
 from xenwb.registry import CommandError, CommandRegistry, Result, parse_int, table
+from xenwb.timetravel import TimeTravel, describe_checkpoint
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
@@ -55,6 +56,31 @@ def exception_vector(text: str) -> int:
     return v
 
 
+class _Options:
+    """`--flag` and `--key value` arguments, and the rest in order."""
+
+    def __init__(self, args: list[str], flags: set[str], keys: set[str]) -> None:
+        self.flags: set[str] = set()
+        self.values: dict[str, str] = {}
+        self.positional: list[str] = []
+        it = iter(args)
+        for a in it:
+            if not a.startswith("--"):
+                self.positional.append(a)
+                continue
+            k = a[2:]
+            if k in flags:
+                self.flags.add(k)
+            elif k in keys:
+                v = next(it, None)
+                if v is None:
+                    raise CommandError(f"{a} needs a value")
+                self.values[k] = v
+            else:
+                known = " ".join(f"--{x}" for x in sorted(flags | keys)) or "none"
+                raise CommandError(f"unknown option {a} (known: {known})")
+
+
 class DebuggerCommands:
     """The commands, bound to one controller."""
 
@@ -78,6 +104,15 @@ class DebuggerCommands:
           "NAME[,NAME...]|all [--failed]")
         r("catch fault", self.catch_fault, "stop on a guest exception before Xen bounces it to the guest",
           "[VECTOR|NAME]")
+        r("catch evtchn", self.catch_evtchn, "stop where an event channel port becomes pending (set_pending) or is "
+          "delivered by an upcall (to vcpu V)", "PORT [--vcpu V]")
+        r("catch mask", self.catch_mask, "stop where a vcpu's upcall mask changes, by a guest store or by Xen",
+          "VCPU [--set|--clear]")
+        r("catch pte", self.catch_pte, "stop where the L1 entry (--any-level: any entry) of the current tables that "
+          "maps VA changes: mmu_update, update_va_mapping, a ptwr-emulated write, a baseptr switch",
+          "VA|SYMBOL [--l1|--any-level]")
+        r("catch multicall", self.catch_multicall, "stop on return from a multicall (--failed: one with a failed "
+          "entry)", "[--failed]")
         r("delete", self.delete, "remove a breakpoint/watchpoint at ADDR, a catchpoint by number, or all",
           "[SYMBOL|ADDR|catch N|all]")
         r("info breakpoints", self.points, "breakpoints, watchpoints and catchpoints in place")
@@ -92,6 +127,15 @@ class DebuggerCommands:
         r("xp", self.xp, "examine guest-physical memory (pfn << 12 | offset)", "ADDR [COUNT]")
         r("xm", self.xm, "examine machine memory (mfn << 12 | offset)", "ADDR [COUNT]")
         r("disas", self.disas, "disassemble (AT&T syntax, as gdb)", "[ADDR|SYMBOL] [COUNT]")
+        # time travel (xenwb/timetravel.py)
+        r("checkpoint", self.checkpoint, "save the whole machine now under NAME (default: cp<N>)", "[NAME]")
+        r("restore", self.restore, "put the machine back as it was at a checkpoint", "NAME")
+        r("checkpoints", self.checkpoints, "the checkpoints kept: where, when, what they cost")
+        r("checkpoint delete", self.checkpoint_delete, "drop a checkpoint", "NAME")
+        r("restart", self.restart, "back to the guest's first instruction, without a new process")
+        r("rstepi", self.rstepi, "undo N stepi on the selected vcpu (reverse-stepi)", "[N]")
+        r("rcontinue", self.rcontinue, "back to the last breakpoint/watchpoint/catchpoint hit before now "
+          "(reverse-continue)")
 
     # -- helpers ---------------------------------------------------------------------------------
     @property
@@ -136,7 +180,7 @@ class DebuggerCommands:
         if ev.vcpu is not None and ev.vcpu < len(m.vcpus):
             v = m.vcpus[ev.vcpu]
             r = ctl.guest_regs(ev.vcpu)
-            data["rip" if v.word == 8 else "eip"] = f"{r['pc']:#0{2 + 2 * v.word}x}"
+            data["rip" if v.word == 8 else "eip"] = data["pc"] = f"{r['pc']:#0{2 + 2 * v.word}x}"
             data["symbol"] = m.domain.symbolize(r["pc"])
             if ev.kind is StopKind.syscall_entry and ev.nr is not None:
                 data["hypercall"] = {"nr": ev.nr, "name": hypercall_name(ev.nr)}
@@ -147,6 +191,9 @@ class DebuggerCommands:
                 ret -= (1 << bits) if ret >> (bits - 1) else 0
                 data["hypercall"] = {"nr": ev.nr, "name": hypercall_name(ev.nr)}
                 data["ret"], data["errno"] = ret, errno_name(ret)
+        if ev.kind is StopKind.xen and ev.nr is not None:
+            c = next((c for c in ctl.catchpoints() if c.ident == ev.nr), None)
+            data["catchpoint"] = {"number": ev.nr, "what": c.describe() if c is not None else "(deleted)"}
         if ev.addr is not None:
             data["address"] = f"{ev.addr:#x}"
         if ev.detail:
@@ -205,6 +252,43 @@ class DebuggerCommands:
         nums = [exception_vector(a) for a in args] or None
         c = self.ctl.add_catchpoint("exception", nums)
         return Result({"catchpoint": c.ident, "what": c.describe()}, f"catchpoint {c.ident}: {c.describe()}")
+
+    def _catch(self, kind: str, **kw: object) -> Result:
+        try:
+            c = self.ctl.add_catchpoint(kind, **kw)          # type: ignore[arg-type]
+        except (ValueError, DebugError) as e:
+            raise CommandError(str(e)) from None
+        return Result({"catchpoint": c.ident, "what": c.describe()}, f"catchpoint {c.ident}: {c.describe()}")
+
+    def catch_evtchn(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        opts = _Options(args, set(), {"vcpu"})
+        if len(opts.positional) != 1:
+            raise CommandError("usage: catch evtchn PORT [--vcpu V]")
+        vcpu = parse_int(opts.values["vcpu"], "vcpu") if "vcpu" in opts.values else None
+        return self._catch("evtchn", port=parse_int(opts.positional[0], "port"), vcpu=vcpu)
+
+    def catch_mask(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        opts = _Options(args, {"set", "clear"}, set())
+        if len(opts.positional) != 1 or opts.flags >= {"set", "clear"}:
+            raise CommandError("usage: catch mask VCPU [--set|--clear]")
+        value = 1 if "set" in opts.flags else 0 if "clear" in opts.flags else None
+        return self._catch("mask", vcpu=parse_int(opts.positional[0], "vcpu"), value=value)
+
+    def catch_pte(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        opts = _Options(args, {"l1", "any-level"}, set())
+        if len(opts.positional) != 1 or opts.flags >= {"l1", "any-level"}:
+            raise CommandError("usage: catch pte VA|SYMBOL [--l1|--any-level]")
+        return self._catch("pte", va=self._addr(opts.positional[0]), any_level="any-level" in opts.flags)
+
+    def catch_multicall(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        opts = _Options(args, {"failed"}, set())
+        if opts.positional:
+            raise CommandError("usage: catch multicall [--failed]")
+        return self._catch("multicall", failed_only="failed" in opts.flags)
 
     def delete(self, m: Machine, args: list[str]) -> Result:
         self._stopped()
@@ -275,6 +359,90 @@ class DebuggerCommands:
         where = self._where(self.selected)
         text = where if ev.kind is StopKind.step else f"{ev.describe(m)}"
         return Result({"where": where, "stop": ev.kind.value}, text)
+
+    # -- time travel -----------------------------------------------------------------------------
+    @property
+    def tt(self) -> TimeTravel:
+        tt = self.ctl.timetravel
+        if tt is None:
+            raise CommandError("no time travel on this machine")
+        return tt
+
+    def _history(self, op) -> StopEvent:
+        self._stopped()
+        try:
+            ev = op()
+        except DebugError as e:
+            raise CommandError(str(e)) from None
+        self.ctl.take_stop()
+        if ev.kind is StopKind.error:
+            raise CommandError(ev.detail.splitlines()[0] if ev.detail else "time travel failed")
+        return ev
+
+    def checkpoint(self, m: Machine, args: list[str]) -> Result:
+        self._stopped()
+        if len(args) > 1:
+            raise CommandError("usage: checkpoint [NAME]")
+        try:
+            cp = self.tt.checkpoint(args[0] if args else None)
+        except DebugError as e:
+            raise CommandError(str(e)) from None
+        row = describe_checkpoint(cp)
+        return Result(row, f"checkpoint {cp.name!r}: {self._where(self.selected)}, virtual time "
+                           f"{cp.time_ns / 1e9:.6f} s, {cp.snap.size / 1024:.0f} KiB, {cp.host_s * 1e3:.1f} ms")
+
+    def restore(self, m: Machine, args: list[str]) -> Result:
+        if len(args) != 1:
+            raise CommandError("usage: restore NAME (`checkpoints` lists them)")
+        try:
+            self.tt.find(args[0])
+        except DebugError as e:
+            raise CommandError(str(e)) from None
+        ev = self._history(lambda: self.tt.restore(args[0]))
+        return Result({"restored": args[0], "stop": ev.kind.value},
+                      f"restored {args[0]!r}: {self._where(self.selected)} (gdb: `maint flush register-cache`)")
+
+    def checkpoints(self, m: Machine, args: list[str]) -> Result:
+        tt = self.tt
+        rows = [describe_checkpoint(c) for c in tt.checkpoints]
+        for r in rows:
+            r["time"] = f"{r['time_ns'] / 1e9:.6f} s"
+            r["KiB"] = round(r["size"] / 1024)
+        text = table(rows, ["name", "time", "where", "stop", "KiB", "auto"]) if rows else "no checkpoints"
+        text += (f"\n{len(rows)} checkpoints, {tt.memory_used() / 2**20:.1f} MiB of {tt.memory / 2**20:.0f} MiB"
+                 + (f", one every {tt.every_ns / 1e6:g} ms of virtual time" if tt.every_ns else ""))
+        return Result({"checkpoints": rows, "memory": tt.memory_used(), "limit": tt.memory}, text)
+
+    def checkpoint_delete(self, m: Machine, args: list[str]) -> Result:
+        if len(args) != 1:
+            raise CommandError("usage: checkpoint delete NAME")
+        try:
+            self.tt.delete(args[0])
+        except DebugError as e:
+            raise CommandError(str(e)) from None
+        return Result({"deleted": args[0]}, f"checkpoint {args[0]!r} deleted")
+
+    def restart(self, m: Machine, args: list[str]) -> Result:
+        try:
+            ev = self._history(self.tt.restart)
+        except DebugError as e:
+            raise CommandError(str(e)) from None
+        return Result({"stop": ev.kind.value}, f"restarted: {self._where(self.selected)}")
+
+    def rstepi(self, m: Machine, args: list[str]) -> Result:
+        n = parse_int(args[0], "N") if args else 1
+        ev = self.ctl.last_stop
+        for _ in range(n):
+            ev = self._history(lambda: self.tt.reverse_step(self.selected))
+            if ev.kind is not StopKind.step:
+                break
+        where = self._where(self.selected)
+        return Result({"where": where, "stop": ev.kind.value},
+                      where if ev.kind is StopKind.step else f"{ev.describe(m)}")
+
+    def rcontinue(self, m: Machine, args: list[str]) -> Result:
+        ev = self._history(self.tt.reverse_continue)
+        return Result({"stop": ev.kind.value, "vcpu": ev.vcpu}, ev.describe(m))
 
     # -- registers and memory --------------------------------------------------------------------
     def regs(self, m: Machine, args: list[str]) -> Result:

@@ -32,9 +32,11 @@ from xenwb.hypervisor.state import DomainCrash, VcpuState
 from xenwb.hypervisor.time import update_runstate_area, update_vcpu_time
 from xenwb.hypervisor.traps import deliver_event_upcall
 from xenwb.hypervisor.vcpu import Vcpu
+from xenwb.inputlog import Input, InputLog
 from xenwb.layout import BootLayout
 from xenwb.loader import GuestImage, load_guest
 from xenwb.registry import CommandRegistry
+from xenwb.xenstore import XsError
 
 QUANTUM_NS = 1_000_000          # at most 1 ms of virtual time per turn
 
@@ -86,6 +88,12 @@ class Machine:
         self.timeout_ns: int | None = None
         self._futile: set[int] = set()   # vcpus whose periodic timer fired in vain while all idle
         self.input_source = None          # console input from the user (issue 7: xenwb/backends.py)
+        # where the run is (time travel, xenwb/timetravel.py): both only ever count up
+        self.turns = 0                    # vcpu turns begun
+        self.pumps = 0                    # console pumps: where input from outside enters
+        self.inputs = InputLog()          # every such input, with the pump that took it
+        self.in_engine: Vcpu | None = None   # the vcpu whose engine runs (hooks run inside it)
+        self.on_turn_end: Callable[[], None] | None = None   # after a turn's schedule-out work
         # The domain's long-lived state (page info, tables, engines) is built: keep it out of
         # the cyclic garbage collector's scans, which otherwise cost ~5% of a Linux boot
         # (measured with py-spy: gc_collect_main) in the allocation-heavy hypercall paths.
@@ -240,6 +248,7 @@ class Machine:
         before any guest code (the vcpu stopped running, or the domain crashed)."""
         dom = self.domain
         dom.current = v
+        self.turns += 1
         self._futile.clear()
         self._fire_timers(v)                    # vcpu_periodic_timer_work on context switch
         if v.state is not VcpuState.running:
@@ -291,7 +300,11 @@ class Machine:
                 work()                          # work a debugger stop deferred (e.g. a held hypercall)
             if (v.state is VcpuState.running and not dom.finished and not v.rescheduled
                     and not self.stop_requested):
-                v.cpu.run()
+                self.in_engine = v
+                try:
+                    v.cpu.run()
+                finally:
+                    self.in_engine = None
         except DomainCrash as e:
             dom.crash(v, str(e))
         except UcError as e:
@@ -305,6 +318,8 @@ class Machine:
             dom.crash(v, f"xenwb internal error in a hook: {type(e).__name__}: {e} "
                          "(please report; XENWB_DEBUG=1 shows the traceback)")
         dom.current = None
+        if v.on_resume is not None and not dom.finished:
+            return      # work a stop holds (the rest of a hypercall's exit) runs before the turn can end
         if (dom.finished or v.state is not VcpuState.running or v.rescheduled
                 or v.clock.units >= turn.deadline):
             self._end_turn()
@@ -324,6 +339,8 @@ class Machine:
         dom.current = None
         for fn in self.turn_hooks:
             fn()
+        if self.on_turn_end is not None:
+            self.on_turn_end()
 
     def _next_wake(self) -> int | None:
         """The earliest timer that can wake a blocked vcpu (what _idle_jump jumps to)."""
@@ -340,7 +357,8 @@ class Machine:
         idle time passes at once, so runs stay fast and repeatable."""
         src = self.input_source
         cb = self.console
-        if src is None or not src.interactive or cb.pending_input or not cb.input_idle():
+        if (src is None or not src.interactive or cb.pending_input or not cb.input_idle()
+                or self.inputs.has_future or self.inputs.replay_only):   # re-executed history: no waiting
             return False
         t = self._next_wake()
         if t is None:
@@ -415,20 +433,49 @@ class Machine:
 
     # -- console input (added for issue 7; the rules are in xenwb/backends.py) ---------------
     def console_input(self, data: bytes) -> None:
-        """Queue bytes typed for the guest's console. They enter the ring between vcpu turns, as
-        space allows, never while a vcpu runs: where the guest sees them depends only on the
-        guest and on the bytes."""
-        self.console.queue_input(data)
+        """Queue bytes typed for the guest's console (from any thread). They enter at the next
+        console pump, then the ring as space allows, never while a vcpu runs: where the guest
+        sees them depends only on the guest and on the bytes (recorded: xenwb/inputlog.py)."""
+        self.inputs.submit("console", data)
+
+    def xenstore_input(self, path: str, value: str) -> None:
+        """A write to xenstore by the toolstack (domain 0), entered like console input."""
+        self.inputs.submit("xenstore", f"{path}\0{value}".encode("latin-1"))
+
+    def _apply_input(self, e: Input) -> None:
+        f = e.event_fields()
+        if e.kind == "xenstore":
+            self.domain.trace.emit_input_xenstore(None, e.time_ns, e.pump, str(f["path"]), str(f["value"]))
+        else:
+            self.domain.trace.emit_input_console(None, e.time_ns, e.pump, str(f["text"]))
+        if e.kind == "console":
+            self.console.queue_input(e.data)
+        elif e.kind == "xenstore":
+            path, _, value = e.data.partition(b"\0")
+            try:
+                self.xenstore.write(path.decode("latin-1"), value)
+            except XsError:
+                pass                        # a bad path does nothing (commands check it before)
 
     def _pump_console(self) -> None:
+        """A console pump: the inputs recorded for it (a re-execution), then new ones (typed
+        meanwhile, the next chunk of the input source), then as much as fits into the ring."""
+        self.pumps += 1
+        k = self.pumps
+        log = self.inputs
+        for e in log.due(k):
+            self._apply_input(e)
+        for kind, data in log.take_inbox():
+            self._apply_input(log.record(k, kind, data, self.now()))
         cb = self.console
         src = self.input_source
-        if src is not None and not cb.pending_input and cb.input_idle():
+        if (src is not None and not log.has_future and not log.replay_only
+                and not cb.pending_input and cb.input_idle()):
             chunk = src.next_chunk()      # the next line (scripted), or what was typed
             if chunk is None:
                 self.input_source = None
             elif chunk:
-                cb.queue_input(chunk)
+                self._apply_input(log.record(k, "console", chunk, self.now()))
         if cb.pending_input:
             cb.pump()
 
@@ -437,9 +484,12 @@ class Machine:
         for more (host time passes, virtual time does not). A pipe is waited for only once
         the guest has read some input (otherwise it is a hang, as without input). False when
         no input will come."""
+        if self.inputs.has_future:          # re-executing: the input that came here is recorded
+            self._pump_console()
+            return True
         src = self.input_source
         cb = self.console
-        if src is None or cb.pending_input or not cb.input_idle():
+        if src is None or cb.pending_input or not cb.input_idle() or self.inputs.replay_only:
             return False
         if not src.interactive and not cb.input_total:
             return False

@@ -13,6 +13,7 @@ what `monitor ...` gives.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from plugins.api import PluginManager
+from xenwb import __version__
 from xenwb.commands import register_core_commands
-from xenwb.control import Controller, StopEvent, StopKind
+from xenwb.control import Controller, DebugError, StopEvent, StopKind
 from xenwb.debug_commands import register_debugger_commands
 from xenwb.errors import XenwbError
-from xenwb.examples import resolve_guest
+from xenwb.examples import DEFAULT_EXAMPLE, resolve_guest
 from xenwb.machine import Machine, RunResult, StopReason
 from xenwb.registry import Result
+from xenwb.timetravel import DEFAULT_MEMORY, Checkpoint, TimeTravel
 from xenwb.trace_events import Record, kind_of
 from xenwb.tracefile import TraceWriter, open_writer
 
@@ -62,11 +65,17 @@ class Session:
     def __init__(self, guest: str | Path | None = None, *, memory_mib: int = 64, vcpus: int = 1,
                  cmdline: str = "", module: bytes | None = None, plugins: tuple[str, ...] = ALL_PLUGINS,
                  console: Any = None, event_filter: Any = None, symbols: str | Path | None = None,
-                 history: int = DEFAULT_HISTORY) -> None:
+                 history: int = DEFAULT_HISTORY, time_travel: bool = True,
+                 checkpoint_every_ns: int | None = None, checkpoint_memory: int = DEFAULT_MEMORY) -> None:
         self.machine = Machine(resolve_guest(str(guest) if guest is not None else None), memory_mib=memory_mib,
                                cmdline=cmdline, module=module, vcpus=vcpus, symbols=symbols)
+        self.guest = str(guest) if guest is not None else DEFAULT_EXAMPLE
+        self.options: dict[str, Any] = {"memory_mib": memory_mib, "vcpus": vcpus, "cmdline": cmdline,
+                                        "module": hashlib.sha256(module).hexdigest() if module else None,
+                                        "symbols": str(symbols) if symbols is not None else None}
         self.console = bytearray()
         self._console_cb = console
+        self._console_shown = 0         # console bytes given to the callback (re-executed ones are not again)
         self.machine.domain.console_sink = self._on_console
         self.plugins = PluginManager(self.machine, history=history)
         for p in plugins:
@@ -87,6 +96,11 @@ class Session:
         # the one controller every front end drives (gdb stub, shell, CLI, this API)
         register_core_commands(self.machine.commands)
         self.controller = Controller(self.machine)
+        # time travel: history from the first instruction (time_travel=True), or from the first checkpoint
+        self.timetravel = TimeTravel(self.controller, every_ns=checkpoint_every_ns, memory=checkpoint_memory,
+                                     from_boot=time_travel or checkpoint_every_ns is not None)
+        self.timetravel.add_participant("session", self)
+        self.timetravel.add_participant("plugins", self.plugins)
         self.debugger = register_debugger_commands(self.machine.commands, self.controller)
 
     # context manager -------------------------------------------------------------------
@@ -106,9 +120,24 @@ class Session:
 
     # plumbing ----------------------------------------------------------------------------
     def _on_console(self, data: bytes) -> None:
+        start = len(self.console)
         self.console += data
-        if self._console_cb is not None:
-            self._console_cb(data)
+        if self._console_cb is not None and len(self.console) > self._console_shown:
+            # bytes shown before going back in time are not shown again
+            new = data[max(0, self._console_shown - start):]
+            self._console_shown = len(self.console)
+            self._console_cb(new)
+
+    # time travel: what the session keeps follows the machine back (participant protocol)
+    def save_state(self) -> Any:
+        return (len(self.console), {id(w): w.save_state() for w in self.writers}, list(self._held))
+
+    def load_state(self, state: Any) -> None:
+        n, writers, held = state if state is not None else (0, {}, [])
+        del self.console[n:]
+        for w in self.writers:
+            w.load_state(writers.get(id(w)))
+        self._held = list(held)
 
     def _listen(self) -> None:
         """Subscribe to the trace once something here wants events (a trace file, events(),
@@ -162,15 +191,25 @@ class Session:
             self._deliver(ev)
         self._rewire()
 
-    def record(self, path: str, fmt: str | None = None) -> TraceWriter:
-        """Write every (filtered) event from now on to a JSONL or Perfetto file."""
+    def record(self, path: str, fmt: str | None = None, header: dict[str, Any] | None = None) -> TraceWriter:
+        """Write every (filtered) event from now on to a JSONL or Perfetto file. Its first
+        record says what the run is (the guest and its options, and `header`'s fields), so
+        `xenwb replay` can run it again."""
         w = open_writer(path, fmt, self.machine.domain.trace.formatter)
+        w.header({**self.describe(), **(header or {})})
         self.writers.append(w)
         self._listen()
         self._rewire()
         # flushed after every vcpu turn: a killed run loses at most one turn's events
         self.machine.turn_hooks.append(w.flush_pending)
         return w
+
+    def describe(self) -> dict[str, Any]:
+        """The session's guest and options, as a trace header records them."""
+        return {"xenwb": __version__, "guest": self.guest, "path": str(self.machine.image.path),
+                "memory_mib": self.options["memory_mib"], "vcpus": self.options["vcpus"],
+                "cmdline": self.options["cmdline"], "module": self.options["module"],
+                **({"symbols": self.options["symbols"]} if self.options["symbols"] else {})}
 
     @property
     def image(self):
@@ -264,3 +303,42 @@ class Session:
 
     def command(self, line: str) -> Result:
         return self.machine.commands.run(self.machine, line)
+
+    # time travel ---------------------------------------------------------------------------
+    def checkpoint(self, name: str | None = None) -> Checkpoint:
+        """A checkpoint of the machine now (the guest stopped); restore() goes back to it."""
+        return self.timetravel.checkpoint(name)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return list(self.timetravel.checkpoints)
+
+    def restore(self, cp: Checkpoint | str) -> StopEvent:
+        """Back to a checkpoint (or its name): the machine, the trace files, the plugins'
+        histories and the console text as they were then."""
+        return self._time_op(lambda: self.timetravel.restore(cp.name if isinstance(cp, Checkpoint) else cp))
+
+    def restart(self) -> StopEvent:
+        """Back to the guest's first instruction, without building the machine again."""
+        return self._time_op(self.timetravel.restart)
+
+    def reverse_step(self, vcpu: int | None = None) -> StopEvent:
+        """Undo one stepi of the vcpu (default: the one of the last stop)."""
+        vid = self.controller.last_stop.vcpu if vcpu is None else vcpu
+        return self._time_op(lambda: self.timetravel.reverse_step(vid or 0))
+
+    def reverse_continue(self) -> StopEvent:
+        """Back to the last breakpoint, watchpoint or catchpoint hit before now (or the start
+        of the history)."""
+        return self._time_op(self.timetravel.reverse_continue)
+
+    def _time_op(self, op) -> StopEvent:
+        try:
+            ev = op()
+        except DebugError as e:
+            raise XenwbError(str(e)) from None
+        self.controller.take_stop()
+        for w in self.writers:
+            w.flush()
+        if ev.kind is StopKind.error:
+            raise XenwbError(ev.detail)
+        return ev

@@ -54,6 +54,8 @@ _EV_INIT_CONTROL = event("event", "init_control").eid
 _MODE = event("mode").eid
 _USER_SYSCALL = event("syscall").eid
 _IO = event("io").eid
+_INPUT_CONSOLE = event("input", "console").eid
+_INPUT_XENSTORE = event("input", "xenstore").eid
 
 
 class TraceBus:
@@ -76,6 +78,7 @@ class TraceBus:
     want_mode = False
     want_syscall = False
     want_io = False
+    want_input = False
 
     def __init__(self) -> None:
         self.seq = 0
@@ -281,5 +284,20 @@ class TraceBus:
         if self.want_xenstore:
             self._put("xenstore", self._rec(_XENSTORE, vcpu, type_, domid, tx_id, args, reply))
 
+    def emit_input_console(self, vcpu: Vcpu | None, time_ns: int, pump: int, text: str) -> None:
+        """Input of no vcpu (vcpu is None) that entered at virtual time time_ns."""
+        if self.want_input:
+            self._put("input", self._rec_at(_INPUT_CONSOLE, time_ns, pump, text))
 
-assert len(EVENTS) == 25 and all(hasattr(TraceBus, e.emitter) for e in EVENTS)
+    def emit_input_xenstore(self, vcpu: Vcpu | None, time_ns: int, pump: int, path: str, value: str) -> None:
+        if self.want_input:
+            self._put("input", self._rec_at(_INPUT_XENSTORE, time_ns, pump, path, value))
+
+    def _rec_at(self, eid: int, time_ns: int, *cols: Any) -> Record:
+        """A record of no vcpu at a given virtual time."""
+        seq = self.seq
+        self.seq = seq + 1
+        return (eid, seq, None, time_ns, *cols)
+
+
+assert len(EVENTS) == 27 and all(hasattr(TraceBus, e.emitter) for e in EVENTS)

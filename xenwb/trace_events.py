@@ -201,6 +201,13 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
         _f("domid", "int"), _f("tx_id", "int"), _f("args", "json", "the request's strings"),
         _f("reply", "str", "`OK`, an error name such as `ENOENT`, or the value")],
         "one request on the store ring (READ, WRITE, DIRECTORY...)"),
+    _ev("input", "console", "emit_input_console", "pump text", [
+        _f("pump", "int", "the console pump that took it (xenwb/inputlog.py)"),
+        _f("text", "str", "the bytes typed, as latin-1")],
+        "console input from outside the guest, recorded for `xenwb replay`; `time_ns` is when it entered"),
+    _ev("input", "xenstore", "emit_input_xenstore", "pump path value", [
+        _f("pump", "int", "the console pump that took it"), _f("path", "str"), _f("value", "str")],
+        "a xenstore write by the toolstack (domain 0), recorded for `xenwb replay`"),
 )))
 
 KINDS: tuple[str, ...] = tuple(dict.fromkeys(e.kind for e in EVENTS))

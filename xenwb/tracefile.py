@@ -24,6 +24,7 @@ from xenwb.errors import XenwbError
 from xenwb.trace_events import Formatter, Record, dumps
 
 FLUSH_EVERY = 512     # events buffered at most before they are written (besides every turn and stop)
+SESSION_KIND = "session"          # the header record (TraceWriter.header)
 
 
 class TraceWriter:
@@ -37,6 +38,8 @@ class TraceWriter:
         self.pending: list[Record] = []
         self.add: Callable[[Record], None] = self._add      # the bus's record subscriber
         self._unflushed = 0
+        self.offset = 0              # bytes written
+        self._start_offset = 0       # where the events start (after a format's header)
         self.error: str | None = None
 
     @classmethod
@@ -47,6 +50,7 @@ class TraceWriter:
             raise XenwbError(f"{path}: cannot write trace: {e.strerror or e}") from None
         w = cls(fh, path, formatter)
         w.start()
+        w._start_offset = w.offset
         return w
 
     def start(self) -> None:
@@ -55,6 +59,7 @@ class TraceWriter:
     def _out(self, data: bytes) -> None:
         try:
             self.fh.write(data)
+            self.offset += len(data)
         except OSError as e:
             raise XenwbError(f"{self.path}: trace write failed: {e.strerror or e}") from None
 
@@ -100,8 +105,41 @@ class TraceWriter:
     def encode_dict(self, ev: dict[str, Any]) -> bytes:
         raise NotImplementedError
 
+    def header(self, fields: dict[str, Any]) -> None:
+        """What the run was (guest, options): one first record, so `xenwb replay` can run it
+        again. Its seq is -1; it is not an event of the machine."""
+        self.write({"seq": -1, "vcpu": None, "time_ns": 0, "kind": SESSION_KIND, "name": "xenwb", **fields})
+        self.flush()
+        self.count -= 1
+        self._start_offset = self.offset
+
     def finish(self) -> None:
         pass
+
+    # -- time travel: the file follows the machine back (xenwb/timetravel.py) -------------------
+    def save_state(self) -> Any:
+        self.flush_pending()                 # what happened before the checkpoint is in the file
+        return (self.count, self.offset)
+
+    def drop_pending(self) -> None:
+        """Forget the records not yet written (they belong to a future being undone)."""
+        self.pending.clear()
+
+    def load_state(self, state: Any) -> None:
+        """Back to a saved position: what was written after it is cut off (the re-executed
+        run writes it again, byte for byte). None: back to the start."""
+        count, offset = state if state is not None else (0, self._start_offset)
+        self.drop_pending()
+        if self.fh.closed:
+            return
+        try:
+            self.fh.flush()
+            self.fh.truncate(offset)
+            self.fh.seek(offset)
+        except OSError as e:
+            raise XenwbError(f"{self.path}: cannot rewind the trace: {e.strerror or e}") from None
+        self.count, self.offset = count, offset
+        self._unflushed = 0
 
     def close(self) -> None:
         if self.fh.closed:
@@ -152,6 +190,11 @@ class JsonlWriter(TraceWriter):
             self.flush_pending()
         super().write(ev)
 
+    def drop_pending(self) -> None:
+        super().drop_pending()
+        if self._enc is not None and self._enc.added:
+            self._enc.take()
+
     def encode(self, records: list[Record]) -> bytes:
         return self.formatter.jsonl(records)
 
@@ -172,6 +215,19 @@ class PerfettoWriter(TraceWriter):
         self._chunks: list[str] = ["[\n"]
         self._emit({"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "xenwb domain"}})
         self._out(self._take())
+        self._initial_named: set[int] = set()
+
+    def save_state(self) -> Any:
+        return (super().save_state(), self._first, set(self._named))
+
+    def load_state(self, state: Any) -> None:
+        if state is None:
+            super().load_state(None)
+            self._first, self._named = False, set(self._initial_named)
+            return
+        base, first, named = state
+        super().load_state(base)
+        self._first, self._named = first, set(named)
 
     def _take(self) -> bytes:
         data = "".join(self._chunks).encode("ascii")
@@ -201,6 +257,11 @@ class PerfettoWriter(TraceWriter):
         return self._take()
 
     def _event(self, ev: dict[str, Any]) -> None:
+        if ev["kind"] == SESSION_KIND:
+            self._emit({"name": "xenwb_session", "ph": "M", "pid": 1, "tid": 0,
+                        "args": {"name": "xenwb session", **{k: v for k, v in ev.items()
+                                                            if k not in ("seq", "vcpu", "time_ns", "kind", "name")}}})
+            return
         tid = self._track(ev.get("vcpu"))
         ts = ev["time_ns"] / 1000.0
         kind = ev["kind"]

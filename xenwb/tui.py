@@ -367,6 +367,10 @@ class GuestConsole:
         """Give the emulator what the guest wrote since (at most CONSOLE_CHUNK bytes); True
         while more is pending."""
         total = len(self.output)
+        if total < self.fed:                           # the machine went back in time: draw it again
+            self.screen = _ScrollbackScreen(self.screen.columns, self.screen.lines, self.screen.scrollback.maxlen)
+            self.stream = pyte.ByteStream(self.screen)
+            self.fed = 0
         if total - self.fed > CONSOLE_BACKLOG:         # a flood: what would scroll away unseen is skipped
             cut = self.output.find(b"\n", total - CONSOLE_BACKLOG)
             self.fed = cut + 1 if cut >= 0 else total - CONSOLE_BACKLOG
@@ -418,6 +422,7 @@ class ShellControl:
         self._stale: StopEvent | None = None
         self._announce: StopEvent | None = None
         self.machine.domain.trace.subscribe(self._on_event)
+        session.timetravel.add_participant("shell", self)
         self.dbg = session.controller
         self.dbg.add_listener(self._on_stop)
         host, port = parse_address(gdb_address) if gdb_address else ("127.0.0.1", 0)
@@ -442,6 +447,18 @@ class ShellControl:
             with self._tail_lock:
                 self.tail.append(ev)
                 self.tail_count += 1
+
+    # time travel: the tail follows the machine back (a participant of session.timetravel)
+    def save_state(self) -> Any:
+        with self._tail_lock:
+            return self.tail_count, list(self.tail)
+
+    def load_state(self, state: Any) -> None:
+        count, tail = state if state is not None else (0, [])
+        with self._tail_lock:
+            self.tail.clear()
+            self.tail.extend(tail)
+            self.tail_count = count
 
     def tail_view(self) -> tuple[int, list[dict[str, Any]]]:
         """(index of the first entry kept, the entries), consistent with each other."""

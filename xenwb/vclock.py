@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ctypes
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, Uc, UcError
 from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import UC_X86_INS_RDTSC, UC_X86_INS_RDTSCP
 
@@ -38,7 +38,9 @@ class _VClockStruct(ctypes.Structure):
                 ("skip_lo", ctypes.c_uint64), ("skip_hi", ctypes.c_uint64),
                 ("insn_stops", ctypes.c_uint64), ("reg_write", ctypes.c_void_p),
                 ("reg_ax", ctypes.c_int64), ("reg_dx", ctypes.c_int64), ("reg_cx", ctypes.c_int64),
-                ("tsc_aux", ctypes.c_uint64), ("tsc_reads", ctypes.c_uint64)]
+                ("tsc_aux", ctypes.c_uint64), ("tsc_reads", ctypes.c_uint64),
+                ("unit_target", ctypes.c_uint64), ("unit_stops", ctypes.c_uint64),
+                ("exits", ctypes.c_uint64), ("exit_target", ctypes.c_uint64)]
 
 
 _STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
@@ -48,6 +50,8 @@ _RDTSCP_HOOK = _vclock.rdtscp_hook_address()
 _HOOK = _vclock.hook_address()
 _INSN_HOOK = _vclock.insn_hook_address()
 PC_SYNC_HOOK = _vclock.pc_sync_hook_address()
+_INTR_HOOK = _vclock.intr_hook_address()
+_INVALID_HOOK = _vclock.invalid_hook_address()
 
 
 class VClock:
@@ -56,8 +60,12 @@ class VClock:
 
     def __init__(self, uc: Uc, skip: tuple[int, int] = (0, 0)) -> None:
         self._c = _VClockStruct(0, NEVER, _STOP, 0, 0, NEVER, 0, 0, skip[0], skip[1], 0, _REG_WRITE)
+        self._c.unit_target = NEVER
         self._uc = uc  # the hooks live as long as the engine
         self._add(UC_HOOK_BLOCK, _HOOK)
+        # before the hypervisor's own hooks (unicorn calls hooks in the order they were added)
+        self._add(UC_HOOK_INTR, _INTR_HOOK)
+        self._add(UC_HOOK_INSN_INVALID, _INVALID_HOOK)
         self._insn_handle: int | None = None
 
     def _add(self, kind: int, fn: int) -> int:
@@ -140,6 +148,10 @@ class VClock:
     def insns(self) -> int:
         return self._c.insns
 
+    @insns.setter
+    def insns(self, v: int) -> None:
+        self._c.insns = max(v, 0)
+
     @property
     def insn_deadline(self) -> int:
         return self._c.insn_deadline
@@ -178,3 +190,46 @@ class VClock:
     def insn_stops(self) -> int:
         """How many times an instruction deadline stopped the engine."""
         return self._c.insn_stops
+
+    # -- time travel ---------------------------------------------------------------------------
+    @property
+    def unit_target(self) -> int:
+        """Stop before the first instruction starting at or past this unit (needs the
+        instruction hook); NEVER when unset. Cleared when it fires."""
+        return self._c.unit_target
+
+    @unit_target.setter
+    def unit_target(self, v: int) -> None:
+        self._c.unit_target = min(max(v, 0), NEVER)
+
+    @property
+    def unit_stops(self) -> int:
+        return self._c.unit_stops
+
+    @property
+    def exits(self) -> int:
+        """Exceptions and invalid opcodes that reached the hypervisor: with units and the
+        bounces they name every instruction boundary of this vcpu (an instruction Xen emulates
+        moves no clock)."""
+        return self._c.exits
+
+    @property
+    def exit_target(self) -> int:
+        """unit_target applies once exits has reached this."""
+        return self._c.exit_target
+
+    @exit_target.setter
+    def exit_target(self, v: int) -> None:
+        self._c.exit_target = max(v, 0)
+
+    def save(self) -> bytes:
+        """The whole counter state (time travel: a checkpoint of the engine's clock)."""
+        return bytes(self._c)
+
+    def load(self, state: bytes) -> None:
+        """Put back a state from save(); the stop requests (deadlines, targets) are cleared."""
+        ctypes.memmove(ctypes.addressof(self._c), state, ctypes.sizeof(self._c))
+        c = self._c
+        c.insn_deadline = c.unit_target = NEVER
+        c.exit_target = 0
+        c.last_size = 0

@@ -60,10 +60,7 @@ class MaskObserver:
             v.cpu.when_stopped(rehook)
 
     def _protect(self, v: Vcpu, page: int, perms: int) -> None:
-        v.cpu.uc.mem_protect(page, PAGE, perms)
-        # unicorn's region split leaves its "exception in progress" set, which would make the
-        # next #PF/#GP a #DF (the same unicorn issue #1883 the fault path works around)
-        v.cpu.clear_pending_exception()
+        v.cpu.protect(page, PAGE, perms)
 
     def _hook(self, v: Vcpu) -> None:
         maddr = v.vcpu_info_maddr + self.dom.abi.vcpu_info.offset("evtchn_upcall_mask")
