@@ -357,10 +357,14 @@ def test_reset_closes_every_port(hv: Hv) -> None:
 
 
 def test_fifo_ops_pirq_and_unknown(hv: Hv) -> None:
-    """No FIFO ABI: init_control, expand_array, set_priority -> -ENOSYS (Linux stays on 2-level);
+    """Still on the 2-level ABI (event_channel.c, event_fifo.c): set_priority has no 2-level op
+    (-ENOSYS), expand_array needs the FIFO ABI first (-EOPNOTSUPP), init_control with gfn 0 (a
+    frame the domU does not own) fails to map it (-EINVAL) and leaves the domain on 2-level;
     a domU has no PIRQ access (-EPERM, -EINVAL past nr_pirqs); unknown commands -ENOSYS."""
-    for cmd in (E.init_control, E.expand_array, E.set_priority):
-        assert hv.call(H.event_channel_op, cmd, hv.alloc(16)) == ENOSYS
+    assert hv.call(H.event_channel_op, E.set_priority, hv.alloc(16)) == ENOSYS
+    assert hv.call(H.event_channel_op, E.expand_array, hv.alloc(16)) == -95          # -EOPNOTSUPP
+    assert hv.call(H.event_channel_op, E.init_control, hv.alloc(16)) == EINVAL
+    assert hv.dom.evtchn.ops.name == "2-level"
     assert op(hv, E.bind_pirq, "<III", 3, 0, 0)[0] == EPERM
     assert op(hv, E.bind_pirq, "<III", 5000, 0, 0)[0] == EINVAL
     assert hv.call(H.event_channel_op, 99, hv.alloc(16)) == ENOSYS
@@ -494,3 +498,56 @@ def test_register_vcpu_info_marks_everything_pending(hv: Hv) -> None:
     assert port_op(hv, E.send, p) == 0
     assert sel(hv) == 1 and hv.dom.mem.read_u32(old + 4) == 0
     assert hv.call(H.vcpu_op, 10, 0, arg) == EBUSY
+
+
+# ================================================================ the FIFO ABI (event_fifo.c)
+def test_fifo_abi_links_raised_ports_into_their_queue(hv: Hv) -> None:
+    """EVTCHNOP_init_control maps vcpu 0's control block (link_bits 17 written back) and
+    switches the domain to FIFO; checks in Xen's order: vcpu (-ENOENT), offset past the page
+    or misaligned (-EINVAL), a second block for the vcpu (-EINVAL). EXPAND_ARRAY adds 1024
+    event words; a port pending on the 2-level ABI before the switch is raised again once its
+    page exists. Raising an unmasked port sets PENDING|LINKED, makes it the head of its
+    priority's queue (7 by default), sets that priority's ready bit and marks events pending
+    on the vcpu; a second port is linked after it (LINK of the tail); a masked port only gets
+    PENDING, and unmasking links it (evtchn_fifo_set_pending/unmask)."""
+    ipi_before = op(hv, E.bind_ipi, "<II", 0, 0)[1][1]
+    assert op(hv, E.send, "<I", ipi_before)[0] == 0 and pending(hv, ipi_before)   # pending on 2-level
+    cb_va, arr_va = hv.scratch_page(), hv.scratch_page()
+    cb, arr = hv.mfn_of(cb_va), hv.mfn_of(arr_va)
+    ctl = "<QIIB7x"
+    assert op(hv, E.init_control, ctl, cb, 0, 5, 0)[0] == -C.Errno.ENOENT
+    assert op(hv, E.init_control, ctl, cb, 4096 - 64, 0, 0)[0] == EINVAL        # crosses the page
+    assert op(hv, E.init_control, ctl, cb, 4, 0, 0)[0] == EINVAL                 # not 8-byte aligned
+    rc, out = op(hv, E.init_control, ctl, cb, 0, 0, 0)
+    assert rc == 0 and out[3] == 17 and hv.dom.evtchn.ops.name == "FIFO"
+    assert op(hv, E.init_control, ctl, cb, 0, 0, 0)[0] == EINVAL                 # already mapped
+    hv.v.upcall_pending = 0
+    assert op(hv, E.expand_array, "<Q", arr)[0] == 0
+
+    def word(port: int) -> int:
+        return hv.u32(arr_va + 4 * port)
+
+    def head(prio: int) -> int:
+        return hv.u32(cb_va + 8 + 4 * prio)
+
+    PENDING, MASKED, LINKED = 1 << 31, 1 << 30, 1 << 29
+    assert word(ipi_before) & (PENDING | LINKED) == PENDING | LINKED and head(7) == ipi_before
+    assert hv.u32(cb_va) == 1 << 7 and hv.v.upcall_pending == 1
+    # the guest consumes it: clears LINKED/PENDING and the ready bit, as Linux's consume_one_event
+    hv.v.write_virt(arr_va + 4 * ipi_before, struct.pack("<I", 0))
+    hv.v.write_virt(cb_va, struct.pack("<I", 0))
+    hv.v.upcall_pending = 0
+    a = op(hv, E.bind_ipi, "<II", 0, 0)[1][1]
+    b = op(hv, E.bind_ipi, "<II", 0, 0)[1][1]
+    assert op(hv, E.send, "<I", a)[0] == 0
+    assert head(7) == a and word(a) & (PENDING | LINKED) == PENDING | LINKED and hv.v.upcall_pending == 1
+    assert op(hv, E.send, "<I", b)[0] == 0
+    assert word(a) & 0x1FFFF == b and word(b) & LINKED                              # linked after the tail
+    assert op(hv, E.set_priority, "<II", b, 16)[0] == EINVAL
+    assert op(hv, E.set_priority, "<II", b, 3)[0] == 0
+    c = op(hv, E.bind_ipi, "<II", 0, 0)[1][1]
+    hv.v.write_virt(arr_va + 4 * c, struct.pack("<I", MASKED))
+    assert op(hv, E.send, "<I", c)[0] == 0
+    assert word(c) == MASKED | PENDING                                                # not linked
+    assert op(hv, E.unmask, "<I", c)[0] == 0
+    assert word(c) & (PENDING | LINKED | MASKED) == PENDING | LINKED and word(b) & 0x1FFFF == c

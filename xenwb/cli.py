@@ -99,6 +99,8 @@ def _add_boot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--module", metavar="FILE",
                    help="ramdisk/module loaded after the kernel (a regular file, at most 1 GiB and the guest's memory)")
     p.add_argument("--vcpus", type=int, default=1, help="number of vcpus (default 1)")
+    p.add_argument("--symbols", metavar="FILE",
+                   help="a System.map for the guest's symbols (default: the ELF's, else a System.map next to it)")
 
 
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=_option(parse_memory), default=64, metavar="MiB",
                    help="memory used to compute the layout (default 64)")
     p.add_argument("--module", metavar="FILE", help="module whose size enters the layout")
+    p.add_argument("--symbols", metavar="FILE", help="a System.map for the guest's symbols")
 
     p = sub.add_parser("run", help="boot a guest; its console goes to stdout, stdin to its console")
     _add_boot_options(p)
@@ -230,7 +233,8 @@ def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=No
     module = load_module(args.module, args.memory)
     try:
         session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=module,
-                          vcpus=args.vcpus, plugins=plugins, console=sink, event_filter=event_filter)
+                          vcpus=args.vcpus, plugins=plugins, console=sink, event_filter=event_filter,
+                          symbols=args.symbols)
     except CommandError as e:          # a --plugin name that does not exist
         raise XenwbError(str(e)) from None
     _check_exec(session, args.exec_)
@@ -349,7 +353,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
     if not sys.stdin.isatty() or not sys.stdout.isatty():
         raise XenwbError("xenwb shell needs a terminal (use xenwb run / xenwb trace in scripts)")
     session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline,
-                      module=load_module(args.module, args.memory), vcpus=args.vcpus, plugins=ALL_PLUGINS)
+                      module=load_module(args.module, args.memory), vcpus=args.vcpus, plugins=ALL_PLUGINS,
+                      symbols=args.symbols)
     shell = Shell(session, gdb_address=args.gdb)
     if args.run:
         shell.ctl.cont()

@@ -73,7 +73,7 @@ def _symbols_line(img: GuestImage) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    img = load_guest(resolve_guest(args.guest))
+    img = load_guest(resolve_guest(args.guest), symbols=args.symbols)
     size = module_size(args.module, args.memory) if args.module else 0
     print(describe(img, args.memory, size))
     return 0

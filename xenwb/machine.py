@@ -64,8 +64,8 @@ class Turn:
 
 class Machine:
     def __init__(self, guest: str | Path | GuestImage, *, memory_mib: int = 64, cmdline: str = "",
-                 module: bytes | None = None, vcpus: int = 1) -> None:
-        self.image = guest if isinstance(guest, GuestImage) else load_guest(guest)
+                 module: bytes | None = None, vcpus: int = 1, symbols: str | Path | None = None) -> None:
+        self.image = guest if isinstance(guest, GuestImage) else load_guest(guest, symbols=symbols)
         built = build_domain(self.image, BuildConfig(memory_mib=memory_mib, cmdline=cmdline, module=module,
                                                      vcpus=vcpus))
         self.domain: Domain = built.domain

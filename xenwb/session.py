@@ -59,9 +59,9 @@ Until = str | int | Events | Time | Symbol | None
 class Session:
     def __init__(self, guest: str | Path | None = None, *, memory_mib: int = 64, vcpus: int = 1,
                  cmdline: str = "", module: bytes | None = None, plugins: tuple[str, ...] = ALL_PLUGINS,
-                 console: Any = None, event_filter: Any = None) -> None:
+                 console: Any = None, event_filter: Any = None, symbols: str | Path | None = None) -> None:
         self.machine = Machine(resolve_guest(str(guest) if guest is not None else None), memory_mib=memory_mib,
-                               cmdline=cmdline, module=module, vcpus=vcpus)
+                               cmdline=cmdline, module=module, vcpus=vcpus, symbols=symbols)
         self.console = bytearray()
         self._console_cb = console
         self.machine.domain.console_sink = self._on_console

@@ -128,6 +128,9 @@ class MM:
         self.nx_ok = self.mode.pte_size == 8
         self.long = geo.long_mode               # a 64-bit guest's 4-level tables
         self.m2p_strict = False                 # VMASST_TYPE_m2p_strict (set by vm_assist)
+        # bumped on every change to a pagetable entry (and on every type change of a table):
+        # the vcpus' caches of guest-virtual translations are good while it stays the same
+        self.generation = 0
         self.last_error = ""
         # called with the mfn when a frame the guest gave back loses its last reference
         self.on_free: Callable[[int], None] | None = None
@@ -218,6 +221,7 @@ class MM:
             pi.type_count += 1
             return
         if t in PT_TYPES or t == PageType.seg_desc:
+            self.generation += 1
             pi.type, pi.pae_xen_l2 = t, xen_l2
             pi.type_count = 1
             try:
@@ -236,6 +240,7 @@ class MM:
         pi.type_count -= 1
         assert pi.type_count >= 0, f"type count underflow on mfn {mfn:#x}"
         if pi.type_count == 0 and pi.validated:
+            self.generation += 1
             pi.validated = False
             self._release(mfn, pi.type)
             pi.pae_xen_l2 = False
@@ -250,6 +255,7 @@ class MM:
         return [v for (v,) in struct.iter_unpack(fmt, frame[: n * sz])]
 
     def _write_entry(self, mfn: int, idx: int, pte: int) -> None:
+        self.generation += 1
         maddr = (mfn << 12) + idx * self.mode.pte_size
         if self.mode.pte_size == 8:
             self.mem.write_u64(maddr, pte)
@@ -553,11 +559,13 @@ class MM:
 
     # -- the read-only M2P slot of a 64-bit guest's L4 (mm.c fill_ro_mpt, zap_ro_mpt) -------
     def fill_ro_mpt(self, mfn: int) -> None:
+        self.generation += 1
         slot = (mfn << 12) + 8 * 256
         if not self.mem.read_u64(slot):
             self.mem.write_u64(slot, self.xen.m2p_l4e)
 
     def zap_ro_mpt(self, mfn: int) -> None:
+        self.generation += 1
         self.mem.write_u64((mfn << 12) + 8 * 256, 0)
 
 

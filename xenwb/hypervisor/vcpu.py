@@ -62,6 +62,8 @@ class Vcpu:
         self.gdt_ents = 0
         self.ldt_base = self.ldt_ents = 0
         self.cr3_mfn = 0
+        self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
+        self._tgen = self._ttop = -1
         self._vcpu_info_maddr = 0
         vi = domain.abi.vcpu_info
         self._vi_size = vi.size()
@@ -296,7 +298,21 @@ class Vcpu:
             raise GuestFault(va)
 
     def virt_to_maddr(self, va: int, write: bool = False) -> int | None:
-        return translate(self.domain.mem, self.domain.mode, self.cr3_mfn, va, write)
+        """copy_to/from_guest's translation through the kernel's tables. Walks are cached per
+        page until a pagetable entry changes anywhere (MM.generation): a hypercall reads
+        its arguments from a handful of pages, and each walk costs four table reads."""
+        mm = self.domain.mm
+        if self._tgen != mm.generation or self._ttop != self.cr3_mfn:
+            self._tcache.clear()
+            self._tgen, self._ttop = mm.generation, self.cr3_mfn
+        key = (va >> 12, write)
+        page = self._tcache.get(key, -1)
+        if page == -1:
+            maddr = translate(self.domain.mem, self.domain.mode, self.cr3_mfn, va & ~0xFFF, write)
+            page = None if maddr is None else maddr >> 12
+            if len(self._tcache) < 4096:
+                self._tcache[key] = page
+        return None if page is None else (page << 12) | (va & 0xFFF)
 
     def read_virt(self, va: int, n: int) -> bytes:
         """copy_from_guest: guest-kernel view, the hypervisor range refused."""
