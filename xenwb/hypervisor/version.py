@@ -25,24 +25,19 @@ def capabilities(vcpu: Vcpu) -> str:
     return "xen-3.0-x86_32"
 
 
-# Xen 4.17's XENVER_get_features for a 64-bit PV domU (common/kernel.c): 0x220e0
-FEATURES_PV64 = ((1 << XenFeat.mmu_pt_update_preserve_ad) | (1 << XenFeat.highmem_assist)
-                 | (1 << XenFeat.gnttab_map_avail_bits) | (1 << XenFeat.memory_op_vnode_supported)
-                 | (1 << XenFeat.direct_mapped))
+# Xen 4.17's XENVER_get_features, submap 0, for a PV domU (common/kernel.c at stable-4.17):
+# memory_op_vnode_supported, and for PV mmu_pt_update_preserve_ad | highmem_assist |
+# gnttab_map_avail_bits, and direct_mapped (a PV guest is not translated) = 0x220e0, the same for
+# both widths; pae_pgdir_above_4gb once VMASST pae_extended_cr3 is on. runstate_phys_area,
+# vcpu_time_phys_area and dm_msix_all_writes (18-20) came after 4.17.
+FEATURES_PV = ((1 << XenFeat.mmu_pt_update_preserve_ad) | (1 << XenFeat.highmem_assist)
+               | (1 << XenFeat.gnttab_map_avail_bits) | (1 << XenFeat.memory_op_vnode_supported)
+               | (1 << XenFeat.direct_mapped))
 
 
 def features(vcpu: Vcpu) -> int:
-    """XENFEAT bits a PV domU sees (kernel.c: xenver_get_features)."""
-    if vcpu.word == 8:
-        f = FEATURES_PV64
-        if vcpu.domain.vm_assist & (1 << C.Vmasst.pae_extended_cr3):
-            f |= 1 << XenFeat.pae_pgdir_above_4gb
-        return f
-    f = 0
-    for b in (XenFeat.mmu_pt_update_preserve_ad, XenFeat.highmem_assist, XenFeat.gnttab_map_avail_bits,
-              XenFeat.memory_op_vnode_supported, XenFeat.direct_mapped, XenFeat.runstate_phys_area,
-              XenFeat.vcpu_time_phys_area, XenFeat.dm_msix_all_writes):
-        f |= 1 << b
+    """XENFEAT bits a PV domU sees (kernel.c do_xen_version, XENVER_get_features)."""
+    f = FEATURES_PV
     if vcpu.domain.vm_assist & (1 << C.Vmasst.pae_extended_cr3):
         f |= 1 << XenFeat.pae_pgdir_above_4gb
     return f
