@@ -19,14 +19,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from support.gdbmi import GDB, Gdb
+from support.stub import InProcessStub
 
-from gdbstub.server import GdbServer
 from xenwb.abi import constants as C
 from xenwb.backends import ScriptedInput
 from xenwb.control import StopEvent, StopKind
@@ -116,29 +115,11 @@ def xenwb_there_and_back(n):
 '''
 
 
-class Stub:
-    """The stub on a Session of this process, so the test sees every vcpu at each stop."""
-
-    def __init__(self, guest: str, vcpus: int) -> None:
-        self.console = bytearray()
-        self.session = Session(guest, vcpus=vcpus, console=self.console.extend)
-        self.ctl = self.session.controller
-        self.server = GdbServer(self.ctl, "127.0.0.1", 0)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.thread.join(10)
-        self.server.close()
-        self.session.close()
-
-
 @pytest.fixture(params=["pvdemo-pae", "pvdemo64"], ids=["pae", "pv64"])
 def gdb_and_stub(tmp_path, request):
     if GDB is None:
         pytest.skip("gdb is not installed (Debian: apt-get install gdb)")
-    stub = Stub(request.param, 2)
+    stub = InProcessStub(request.param, 2)
     script = tmp_path / "tt.py"
     script.write_text(GDB_SCRIPT)
     g = Gdb()
