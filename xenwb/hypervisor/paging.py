@@ -2,13 +2,17 @@
 
 One walker serves the hypervisor (copy to/from guest), the gdb stub and the
 pagetable plugin (walk: one address; mappings: the whole address space). It reads the
-live tables in machine memory, as the CPU does.
+live tables in machine memory, as the CPU does: a PSE entry of a PAE or 4-level L2 is a
+2 MiB page, of a 4-level L3 a 1 GiB page (Intel SDM vol. 3 4.4.2, 4.5.4; Xen refuses
+both in a PV guest's tables, mm.c L2_DISALLOW_MASK / l3_disallow_mask, so only tables
+Xen never validated have them); a non-PAE L2's PSE is followed as a table (Xen's PV
+guests run with CR4.PSE clear).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -56,6 +60,19 @@ class PagingMode:
         """Bytes of VA one entry of a level-`level` table maps."""
         return 1 << self.shifts[self.levels - level]
 
+    def is_superpage(self, level: int, pte: int) -> bool:
+        """A present entry the CPU takes as a large page rather than a table: PSE in a
+        PAE/4-level L2 (2 MiB) or a 4-level L3 (1 GiB)."""
+        if not pte & C._PAGE_PSE or self.pte_size != 8:
+            return False
+        return level == 2 or (level == 3 and self.levels == 4)
+
+    def canonical_va(self, va: int) -> int:
+        """Bit 47 copied into bits 63..48 (4-level); other modes are 32-bit already."""
+        if self.levels == 4 and va >> 47 & 1:
+            return va | ~((1 << 48) - 1) & ((1 << 64) - 1)
+        return va
+
 
 NONPAE = PagingMode("non-PAE", 2, 4, 1024, (22, 12), 0xFFFFF000)
 PAE = PagingMode("PAE", 3, 8, 512, (30, 21, 12), 0x000FFFFFFFFFF000)
@@ -95,11 +112,12 @@ class WalkStep:
 class Walk:
     va: int
     steps: list[WalkStep] = field(default_factory=list)
-    mfn: int | None = None         # final frame, when mapped
+    mfn: int | None = None         # final frame, when mapped (the 4 KiB frame holding va)
     maddr: int | None = None
     writable: bool = False
     user: bool = False
     nx: bool = False
+    page_size: int = 4096          # 2 MiB / 1 GiB when a superpage entry ended the walk
 
     @property
     def mapped(self) -> bool:
@@ -129,6 +147,14 @@ def walk(mem: MachineMemory, mode: PagingMode, top_mfn: int, va: int) -> Walk:
             writable &= bool(pte & C._PAGE_RW)
             user &= bool(pte & C._PAGE_USER)
         nx |= bool(pte & C._PAGE_NX) if mode.pte_size == 8 else False
+        if mode.is_superpage(level, pte):
+            size = mode.level_span(level)
+            base = pte & mode.mfn_mask & ~(size - 1)
+            w.page_size = size
+            w.maddr = base | (va & (size - 1))
+            w.mfn = w.maddr >> 12
+            w.writable, w.user, w.nx = writable, user, nx
+            return w
         table = mode.pte_mfn(pte)
     w.mfn = table
     w.maddr = (table << 12) | (va & 0xFFF)
@@ -148,26 +174,37 @@ def translate(mem: MachineMemory, mode: PagingMode, top_mfn: int, va: int, write
             return None
         if write and not pte & 2 and not (level == 3 and mode.levels == 3):
             return None
+        if mode.is_superpage(level, pte):
+            size = mode.level_span(level)
+            return (pte & mode.mfn_mask & ~(size - 1)) | (va & (size - 1))
         table = mode.pte_mfn(pte)
     return (table << 12) | (va & 0xFFF)
 
 
 class Mapping(NamedTuple):
-    """One present 4 KiB leaf mapping, with the access the whole walk grants."""
+    """One present leaf mapping, with the access the whole walk grants."""
 
-    va: int
-    entry_maddr: int          # the L1 entry's machine address
+    va: int                   # canonical (sign-extended on 4-level)
+    entry_maddr: int          # the leaf entry's machine address (an L1's, or a superpage's L2/L3)
     pte: int
-    mfn: int
+    mfn: int                  # the first frame mapped
     writable: bool
     user: bool
     nx: bool
+    size: int = 4096          # bytes mapped: 4 KiB, or a 2 MiB / 1 GiB superpage
+    level: int = 1            # the level of the leaf entry
 
 
-def mappings(mem: MachineMemory, mode: PagingMode, top_mfn: int) -> Iterator[Mapping]:
-    """Every present 4 KiB mapping of the tables rooted at top_mfn, in VA order: the walk
-    above done for the whole address space at once (superpage entries are not followed;
-    a table outside machine memory is skipped)."""
+# on_table(level, mfn, va, entry_maddr): a table the traversal is about to read (the root
+# with entry_maddr None); returning False skips it and everything under it.
+TableVisitor = Callable[[int, int, int, "int | None"], bool]
+
+
+def mappings(mem: MachineMemory, mode: PagingMode, top_mfn: int,
+             on_table: TableVisitor | None = None) -> Iterator[Mapping]:
+    """Every present leaf mapping of the tables rooted at top_mfn, in VA order: the walk
+    above done for the whole address space at once (a superpage entry is one Mapping of
+    its size; a table outside machine memory is skipped)."""
     fmt = "<Q" if mode.pte_size == 8 else "<I"
 
     def table(mfn: int, level: int, va0: int, rw: bool, us: bool, nx: bool) -> Iterator[Mapping]:
@@ -180,11 +217,20 @@ def mappings(mem: MachineMemory, mode: PagingMode, top_mfn: int) -> Iterator[Map
                 continue
             e_rw, e_us = (rw, us) if pae_l3 else (rw and bool(pte & C._PAGE_RW), us and bool(pte & C._PAGE_USER))
             e_nx = nx or (mode.pte_size == 8 and bool(pte & C._PAGE_NX))
-            child = mode.pte_mfn(pte)
+            va = mode.canonical_va(va0 + i * span)
+            entry = (mfn << 12) + i * mode.pte_size
             if level == 1:
-                yield Mapping(va0 + i * span, (mfn << 12) + i * mode.pte_size, pte, child, e_rw, e_us, e_nx)
-            elif not (level == 2 and pte & C._PAGE_PSE) and mem.valid(child << 12):
+                yield Mapping(va, entry, pte, mode.pte_mfn(pte), e_rw, e_us, e_nx)
+            elif mode.is_superpage(level, pte):
+                yield Mapping(va, entry, pte, (pte & mode.mfn_mask & ~(span - 1)) >> 12, e_rw, e_us, e_nx,
+                              span, level)
+            else:
+                child = mode.pte_mfn(pte)
+                if not mem.valid(child << 12):
+                    continue
+                if on_table is not None and not on_table(level - 1, child, va, entry):
+                    continue
                 yield from table(child, level - 1, va0 + i * span, e_rw, e_us, e_nx)
 
-    if mem.valid(top_mfn << 12):
+    if mem.valid(top_mfn << 12) and (on_table is None or on_table(mode.levels, top_mfn, 0, None)):
         yield from table(top_mfn, mode.levels, 0, True, True, False)
