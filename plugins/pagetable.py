@@ -157,23 +157,33 @@ class PagetablePlugin(Plugin):
         dom = m.domain
         out: list[dict[str, Any]] = []
         cur: dict[str, Any] | None = None
+        m2p = dom.physmap.m2p_snapshot()
         for mp in mappings(dom.mem, dom.mode, root):
             if not include_xen and _in_xen_range(dom, mp.va):
                 continue
-            pfn = dom.physmap.pfn(mp.mfn)
+            pfn = m2p[mp.mfn] if mp.mfn < len(m2p) else None
             pages = mp.size // 4096
             prot = ("rw" if mp.writable else "r-") + ("u" if mp.user else "-") + ("-" if mp.nx else "x")
-            if (cur is not None and cur["_next_va"] == mp.va and cur["prot"] == prot
-                    and cur["_next_pfn"] is not None and cur["_next_pfn"] == pfn):
-                cur["_next_va"] += mp.size
-                cur["_next_pfn"] = pfn + pages
-                cur["pages"] += pages
-                cur["_last_mfn"] = mp.mfn + pages - 1
-                continue
+            if cur is not None and cur["_next_va"] == mp.va and cur["prot"] == prot:
+                if mp.size == 4096 and mp.mfn == cur["mfn_first"] == cur["_last_mfn"] \
+                        and (cur["repeat"] or cur["pages"] == 1):
+                    # one frame mapped again and again (Linux's p2m list maps its "missing"
+                    # page over every hole): one range
+                    cur["repeat"] = True
+                    cur["_next_va"] += 4096
+                    cur["pages"] += 1
+                    continue
+                if not cur["repeat"] and cur["_next_pfn"] is not None and cur["_next_pfn"] == pfn:
+                    cur["_next_va"] += mp.size
+                    cur["_next_pfn"] = pfn + pages
+                    cur["pages"] += pages
+                    cur["_last_mfn"] = mp.mfn + pages - 1
+                    continue
             if cur is not None:
                 out.append(cur)
             cur = {"va": mp.va, "pages": pages, "prot": prot, "mfn_first": mp.mfn, "_last_mfn": mp.mfn + pages - 1,
-                   "pfn_first": pfn, "_next_va": mp.va + mp.size, "_next_pfn": pfn + pages if pfn is not None else None}
+                   "pfn_first": pfn, "_next_va": mp.va + mp.size, "_next_pfn": pfn + pages if pfn is not None else None,
+                   "repeat": False}
         if cur is not None:
             out.append(cur)
         for r in out:
@@ -187,9 +197,10 @@ class PagetablePlugin(Plugin):
         rs = self.ranges(m, root.mfn, include_xen=a.all)
         w = 16 if m.domain.is_64 else 8
         rows = [{"range": f"{r['va']:0{w}x}-{r['va_end']:0{w}x}", "size": f"{r['pages'] * 4096:#x}", "prot": r["prot"],
-                 "mfns": f"{r['mfn_first']:#x}..{r['mfn_last']:#x}",
-                 "pfns": f"{r['pfn_first']:#x}..{r['pfn_first'] + r['pages'] - 1:#x}"
-                if r["pfn_first"] is not None else "xen"} for r in rs]
+                 "mfns": f"{r['mfn_first']:#x} x{r['pages']}" if r["repeat"] else
+                 f"{r['mfn_first']:#x}..{r['mfn_last']:#x}",
+                 "pfns": "xen" if r["pfn_first"] is None else f"{r['pfn_first']:#x} x{r['pages']}" if r["repeat"] else
+                 f"{r['pfn_first']:#x}..{r['pfn_first'] + r['pages'] - 1:#x}"} for r in rs]
         return Result(rs, table(rows))
 
     # frames -----------------------------------------------------------------------------

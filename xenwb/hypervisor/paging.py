@@ -206,31 +206,42 @@ def mappings(mem: MachineMemory, mode: PagingMode, top_mfn: int,
     above done for the whole address space at once (a superpage entry is one Mapping of
     its size; a table outside machine memory is skipped)."""
     fmt = "<Q" if mode.pte_size == 8 else "<I"
+    size, levels, mask = mode.pte_size, mode.levels, mode.mfn_mask
+    P, RW, US, NX = C._PAGE_PRESENT, C._PAGE_RW, C._PAGE_USER, C._PAGE_NX
+    has_nx = size == 8
 
-    def table(mfn: int, level: int, va0: int, rw: bool, us: bool, nx: bool) -> Iterator[Mapping]:
-        pae_l3 = mode.levels == 3 and level == 3
-        n = 4 if pae_l3 else mode.entries
+    def entries(mfn: int, level: int) -> Iterator[tuple[int, tuple[int]]]:
+        n = 4 if levels == 3 and level == 3 else mode.entries
+        return enumerate(struct.iter_unpack(fmt, mem.frame(mfn)[: n * size]))
+
+    if not mem.valid(top_mfn << 12) or (on_table is not None and not on_table(levels, top_mfn, 0, None)):
+        return
+    # depth first in VA order, one frame per table on an explicit stack (a leaf is yielded
+    # from here, not through a generator per level)
+    stack = [(entries(top_mfn, levels), levels, 0, True, True, False, top_mfn)]
+    while stack:
+        it, level, va0, rw, us, nx, mfn = stack[-1]
+        pae_l3 = levels == 3 and level == 3
         span = mode.level_span(level)
-        frame = mem.frame(mfn)
-        for i, (pte,) in enumerate(struct.iter_unpack(fmt, frame[: n * mode.pte_size])):
-            if not pte & C._PAGE_PRESENT:
+        for i, (pte,) in it:
+            if not pte & P:
                 continue
-            e_rw, e_us = (rw, us) if pae_l3 else (rw and bool(pte & C._PAGE_RW), us and bool(pte & C._PAGE_USER))
-            e_nx = nx or (mode.pte_size == 8 and bool(pte & C._PAGE_NX))
-            va = mode.canonical_va(va0 + i * span)
-            entry = (mfn << 12) + i * mode.pte_size
+            e_rw, e_us = (rw, us) if pae_l3 else (rw and bool(pte & RW), us and bool(pte & US))
+            e_nx = nx or (has_nx and bool(pte & NX))
+            va = va0 + i * span
             if level == 1:
-                yield Mapping(va, entry, pte, mode.pte_mfn(pte), e_rw, e_us, e_nx)
+                yield Mapping(mode.canonical_va(va), (mfn << 12) + i * size, pte, (pte & mask) >> 12, e_rw, e_us, e_nx)
             elif mode.is_superpage(level, pte):
-                yield Mapping(va, entry, pte, (pte & mode.mfn_mask & ~(span - 1)) >> 12, e_rw, e_us, e_nx,
-                              span, level)
+                yield Mapping(mode.canonical_va(va), (mfn << 12) + i * size, pte, (pte & mask & ~(span - 1)) >> 12,
+                              e_rw, e_us, e_nx, span, level)
             else:
-                child = mode.pte_mfn(pte)
+                child = (pte & mask) >> 12
                 if not mem.valid(child << 12):
                     continue
-                if on_table is not None and not on_table(level - 1, child, va, entry):
+                if on_table is not None and not on_table(level - 1, child, mode.canonical_va(va),
+                                                         (mfn << 12) + i * size):
                     continue
-                yield from table(child, level - 1, va0 + i * span, e_rw, e_us, e_nx)
-
-    if mem.valid(top_mfn << 12) and (on_table is None or on_table(mode.levels, top_mfn, 0, None)):
-        yield from table(top_mfn, mode.levels, 0, True, True, False)
+                stack.append((entries(child, level - 1), level - 1, va, e_rw, e_us, e_nx, child))
+                break
+        else:
+            stack.pop()
