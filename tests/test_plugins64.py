@@ -330,3 +330,22 @@ def test_user_walk_on_32bit_is_an_error() -> None:
     s = Session("pvdemo-pae", plugins=("pagetable",), console=lambda b: None)
     with pytest.raises(CommandError, match="32-bit"):
         s.command("pt walk --user 0")
+
+
+def test_32bit_arguments_are_the_low_halves_of_their_registers() -> None:
+    """call_handlers_pv64 casts each register to the parameter's type (hypercall-defs.c): an
+    int or unsigned int argument is the low 32 bits, a domid_t the low 16. The handler and
+    the tracer both see that."""
+    hv = Hv64.example("pvdemo64")
+    mgr = _plugins(hv)
+    junk = 0xDEAD_BEEF_0000_0000
+    assert hv.call(H.xen_version, junk | 0, 0) == hv.call(H.xen_version, 0, 0) > 0
+    buf = hv.put(b"hi\n")
+    assert hv.call(H.console_io, junk | 0, junk | 3, buf) == 0
+    e = mgr.command("hypercalls --name console_io")[-1]
+    assert e["args"]["cmd"] == "write" and e["args"]["count"] == 3 and e["args"]["text"] == "hi\n"
+    assert mgr.command("hypercalls --name xen_version")[-2]["args"]["cmd"] == "version"
+    va = hv.scratch_page()
+    pte = (hv.mfn_of(va) << 12) | P | RW | A
+    assert hv.call(H.update_va_mapping_otherdomain, va, pte, 0, junk | 0x7FF0) == 0
+    assert mgr.command("hypercalls --name update_va_mapping_otherdomain")[-1]["args"]["domid"] == "DOMID_SELF"
