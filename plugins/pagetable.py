@@ -10,6 +10,7 @@ xenwb.hypervisor.mm; Xen's own slots come from the domain's Xen area.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,12 @@ def _root(m: Machine, a: Any) -> Root:
     return Root(user, f"vcpu{v.id} user", v.id)
 
 
+def leaf_mappings(m: Machine, root: int) -> Iterator[Mapping]:
+    """Every present leaf mapping under root (va, leaf entry maddr, pte, mfn, writable, user,
+    nx, size, level): the hypervisor's walker (paging.mappings)."""
+    return mappings(m.domain.mem, m.domain.mode, root)
+
+
 def _in_xen_range(dom: Domain, va: int) -> bool:
     """The hypervisor's part of every address space: [hv_start, 4 GiB) on 32-bit guests,
     L4 slots 256-271 on 64-bit ones (asm/x86_64/page.h is_guest_l4_slot)."""
@@ -92,7 +99,10 @@ def _va(m: Machine, text: str) -> int:
         if sym is None:
             raise CommandError(f"VA: {text!r} is neither a number nor a symbol of the guest")
         return sym.address
-    return parse_int(text, "VA") & m.domain.geo.va_mask
+    va = parse_int(text, "VA")
+    if m.domain.is_64 and not -(1 << 63) <= va < 1 << 64:
+        raise CommandError(f"VA {text!r} does not fit in 64 bits")
+    return va & m.domain.geo.va_mask
 
 
 def _root_opts(vcpu: Opt) -> tuple[Opt, ...]:
@@ -158,7 +168,7 @@ class PagetablePlugin(Plugin):
         out: list[dict[str, Any]] = []
         cur: dict[str, Any] | None = None
         m2p = dom.physmap.m2p_snapshot()
-        for mp in mappings(dom.mem, dom.mode, root):
+        for mp in leaf_mappings(m, root):
             if not include_xen and _in_xen_range(dom, mp.va):
                 continue
             pfn = m2p[mp.mfn] if mp.mfn < len(m2p) else None

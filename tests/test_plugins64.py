@@ -311,7 +311,8 @@ def test_update_va_mapping_otherdomain_is_decoded() -> None:
 
 
 # ------------------------------------------------------------------------------- bad input
-BAD = ["pt walk", "pt walk 0x800000000000", "pt walk 12x", "pt walk nosuch_symbol", "pt walk 0 --vcpu 7",
+BAD = ["pt walk", "pt walk 0x800000000000", "pt walk 0x1ffffffffffffffff", "pt walk 0 --cr3 -1",
+       "pt walk 12x", "pt walk nosuch_symbol", "pt walk 0 --vcpu 7",
        "pt walk 0 --cr3 0xfffffffff", "pt walk 0 --user --cr3 0x10", "pt dump --bogus", "pt dump --cr3",
        "pt check extra", "evmask 9", "evmask x", "evmask history --last", "hypercalls show 999999",
        "hypercalls --range 5", "multicall show nosuch", "multicall show 12345678", "hypercalls --vcpu x"]
