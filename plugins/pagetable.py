@@ -141,7 +141,8 @@ class PagetablePlugin(Plugin):
             levels.append({"level": f"L{st.level}", "table_mfn": f"{st.table_mfn:#x}",
                            "table_pfn": _pfn(dom, st.table_mfn), "index": st.index,
                            "entry_maddr": f"{st.entry_maddr:#x}", "raw": f"{st.pte:#0{2 + 2 * mode.pte_size}x}",
-                           "flags": st.flags, "mfn": f"{child:#x}" if child is not None else None,
+                           "flags": st.flags + (["PAT"] if leaf and st.pte & 1 << 12 else []),   # a large page's PAT
+                           "mfn": f"{child:#x}" if child is not None else None,
                            "pfn": _pfn(dom, child) if child is not None else None,
                            "maps": SIZE_NAMES.get(mode.level_span(st.level), "") + " page" if leaf else
                            ("4 KiB page" if st.present and st.level == 1 else "table" if st.present else "")})

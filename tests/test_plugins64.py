@@ -131,13 +131,15 @@ def test_walk_reports_a_superpage_as_the_cpu_reads_it() -> None:
     va = 0x0000_0080_0000_0000 + 5 * (1 << 21)          # L4 slot 1, L2 entry 5
     base = hv.free_frame() & ~511                         # a 2 MiB-aligned frame run of the guest's RAM
     base = max(base, 512)
-    l2 = hv.new_table({5: (base << 12) | P | RW | US | A | PSE})
+    l2 = hv.new_table({5: (base << 12) | P | RW | US | A | PSE | 1 << 12})     # bit 12: the large page's PAT
     l3 = hv.new_table({0: (l2 << 12) | TABLE})
     hv.dom.mem.write_u64((hv.v.cr3_mfn << 12) + 8, (l3 << 12) | TABLE)
     hv.v.cpu.flush_tlb()
     target = va + 0x12345 * 8
     w = s.command(f"pt walk {target:#x}").data
     assert [lv["level"] for lv in w["levels"]] == ["L4", "L3", "L2"] and w["levels"][-1]["maps"] == "2 MiB page"
+    assert {"PSE", "PAT"} <= set(w["levels"][-1]["flags"])
+    assert w["levels"][-1]["mfn"] == f"{base + (0x12345 * 8 >> 12):#x}"
     assert w["page_size"] == 1 << 21 and int(w["maddr"], 16) == (base << 12) + 0x12345 * 8
     if hv.dom.mem.valid(int(w["maddr"], 16), 8):
         assert engine_reads(hv, Probe(hv), target, int(w["maddr"], 16))

@@ -26,8 +26,11 @@ FLAG_NAMES = [
 ]
 
 
-def decode_flags(pte: int) -> list[str]:
+def decode_flags(pte: int, level: int = 0) -> list[str]:
+    """The flag names of an entry; in an L1 entry bit 7 is PAT, not PSE (SDM vol. 3 4.5)."""
     names = [n for bit, n in FLAG_NAMES if pte & bit]
+    if level == 1 and pte & C._PAGE_PSE:
+        names[names.index("PSE")] = "PAT"
     avail = (pte >> 9) & 7
     if avail:
         names.append(f"AVL{avail}")
@@ -105,7 +108,7 @@ class WalkStep:
 
     @property
     def flags(self) -> list[str]:
-        return decode_flags(self.pte)
+        return decode_flags(self.pte, self.level)
 
 
 @dataclass
