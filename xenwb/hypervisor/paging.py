@@ -185,17 +185,36 @@ def translate(mem: MachineMemory, mode: PagingMode, top_mfn: int, va: int, write
 
 
 class Mapping(NamedTuple):
-    """One present leaf mapping, with the access the whole walk grants."""
+    """One present 4 KiB leaf mapping, with the access the whole walk grants."""
 
     va: int                   # canonical (sign-extended on 4-level)
-    entry_maddr: int          # the leaf entry's machine address (an L1's, or a superpage's L2/L3)
+    entry_maddr: int          # the leaf entry's machine address
     pte: int
-    mfn: int                  # the first frame mapped
+    mfn: int                  # the (first) frame mapped
     writable: bool
     user: bool
     nx: bool
-    size: int = 4096          # bytes mapped: 4 KiB, or a 2 MiB / 1 GiB superpage
-    level: int = 1            # the level of the leaf entry
+    size = 4096               # class attributes, not fields: bytes mapped and the leaf's level
+    level = 1
+
+
+class Mapping2M(Mapping):
+    """A 2 MiB page: a PSE entry of a PAE or 4-level L2."""
+
+    __slots__ = ()
+    size = 1 << 21
+    level = 2
+
+
+class Mapping1G(Mapping):
+    """A 1 GiB page: a PSE entry of a 4-level L3."""
+
+    __slots__ = ()
+    size = 1 << 30
+    level = 3
+
+
+LARGE_MAPPINGS = {2: Mapping2M, 3: Mapping1G}
 
 
 # on_table(level, mfn, va, entry_maddr): a table the traversal is about to read (the root
@@ -235,8 +254,8 @@ def mappings(mem: MachineMemory, mode: PagingMode, top_mfn: int,
             if level == 1:
                 yield Mapping(mode.canonical_va(va), (mfn << 12) + i * size, pte, (pte & mask) >> 12, e_rw, e_us, e_nx)
             elif mode.is_superpage(level, pte):
-                yield Mapping(mode.canonical_va(va), (mfn << 12) + i * size, pte, (pte & mask & ~(span - 1)) >> 12,
-                              e_rw, e_us, e_nx, span, level)
+                yield LARGE_MAPPINGS[level](mode.canonical_va(va), (mfn << 12) + i * size, pte,
+                                            (pte & mask & ~(span - 1)) >> 12, e_rw, e_us, e_nx)
             else:
                 child = (pte & mask) >> 12
                 if not mem.valid(child << 12):
