@@ -111,6 +111,7 @@ LAYOUTS: dict[str, list[tuple[str, dict[str, str | None]]]] = {
     "evtchn_init_control": [("struct evtchn_init_control", {"_pad": None})],
     "evtchn_expand_array": [("struct evtchn_expand_array", {})],
     "evtchn_set_priority": [("struct evtchn_set_priority", {})],
+    "evtchn_fifo_control_block": [("struct evtchn_fifo_control_block", {})],
     "vcpu_register_time_memory_area": [("struct vcpu_register_time_memory_area", {"addr": "addr.p"})],
     "iret_context": [("struct iret_context", {})],
     "grant_entry_v1": [("struct grant_entry_v1", {})],

@@ -175,6 +175,11 @@ class Domain:
              multicall: int | None = None) -> int:
         """Dispatch one call (also used for multicall entries)."""
         entry = self.hypercalls.get(nr)
+        if self.is_64 and entry is not None:
+            for i, mask in entry.narrow64:          # the handler's parameter types (hypercall-defs.c)
+                if args[i] > mask:
+                    args = tuple(map(int.__and__, args, entry.masks64))
+                    break
         t0 = vcpu.clock.units
         vcpu.clock.units = t0 + HYPERCALL_COST_NS       # the hypervisor's work takes virtual time
         traced = self.trace.want_hypercall
