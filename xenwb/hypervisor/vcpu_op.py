@@ -180,25 +180,27 @@ def vcpu_down(dom: Domain, target: Vcpu) -> int:
 
 
 def register_vcpu_info(dom: Domain, v: Vcpu, mfn: int, offset: int) -> int:
-    """VCPUOP_register_vcpu_info (common_vcpu_op + map_guest_area, common/domain.c): move
-    v's vcpu_info to mfn:offset (a PV guest's gfn is its mfn). The old contents are copied
-    (vcpu_info_populate), then every selector bit and evtchn_upcall_pending are set so no
-    event is lost in the move, and the time record is rewritten."""
-    gaddr = (mfn << 12) + offset
-    if gaddr >> 12 != mfn or gaddr >= 1 << 64:
-        return -Errno.EINVAL
-    if v.vcpu_info_registered:
-        return -Errno.EBUSY
-    if (gaddr + dom.abi.vcpu_info.size() - 1) >> 12 != mfn or gaddr % dom.word:
-        # crosses a page / misaligned: map_vcpu_info's alignof(vcpu_info_t), 8 on x86_64,
-        # alignof(the compat struct), 4, for a 32-bit guest (common/domain.c)
+    """VCPUOP_register_vcpu_info (common_vcpu_op -> map_vcpu_info, Xen 4.17 common/domain.c):
+    move v's vcpu_info to mfn:offset (a PV guest's gfn is its mfn). Checks in map_vcpu_info's
+    order: the struct within the page and aligned (-ENXIO), not registered before, the caller
+    itself or an offline vcpu, a frame of the guest's that takes a writable type (-EINVAL each).
+    The old contents are copied, then every selector bit and evtchn_upcall_pending are set so
+    no event is lost in the move (vcpu_info_populate), and the time record is rewritten."""
+    size = dom.abi.vcpu_info.size()
+    if offset > 4096 - size or offset % dom.word:
+        # alignof(vcpu_info_t): 8 on x86_64; alignof(the compat struct), 4, for a 32-bit guest
         return -Errno.ENXIO
+    if v.vcpu_info_registered:
+        return -Errno.EINVAL
+    if dom.current is not None and v is not dom.current and v.state is not VcpuState.down:
+        return -Errno.EINVAL                 # "on yourself or on other offline VCPUS"
     if not dom.mm.is_owned(mfn):
-        return -Errno.EINVAL               # check_get_page_from_gfn
+        return -Errno.EINVAL                 # get_page_from_gfn
     try:
         dom.mm.get_page_type(mfn, PageType.writable)
     except MMError:
-        return -Errno.EACCES
+        return -Errno.EINVAL
+    gaddr = (mfn << 12) + offset
     old = dom.mem.read(v.vcpu_info_maddr, dom.abi.vcpu_info.size())
     dom.mem.write(gaddr, old)
     v.vcpu_info_maddr = gaddr
