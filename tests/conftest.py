@@ -7,8 +7,8 @@ import shutil
 import pytest
 from support.harness import BuiltGuest, Hv, build_guest
 
-# name -> (source in tests/guests, -D defines)
-GUEST_BUILDS = {
+# name -> (source in tests/guests, -D defines[, bits])
+GUEST_BUILDS: dict[str, tuple] = {
     "cpuid": ("cpuid", ()),
     "wrmsr": ("wrmsr", ("NO_HYPERCALL_NOTE=1",)),
     "hlt": ("hlt", ()),
@@ -17,6 +17,8 @@ GUEST_BUILDS = {
     "failsafe": ("failsafe", ()),
     "failsafe-reload": ("failsafe", ("RELOAD=1",)),
     "user82": ("user82", ()),
+    "privileged": ("privileged", ()),
+    "privileged64": ("privileged", (), 64),
 }
 
 
@@ -29,8 +31,8 @@ class _Guests:
 
     def __getitem__(self, name: str) -> BuiltGuest:
         if name not in self.built:
-            src, defines = GUEST_BUILDS[name]
-            self.built[name] = build_guest(src, self.outdir / name, defines=defines)
+            src, defines, *bits = GUEST_BUILDS[name]
+            self.built[name] = build_guest(src, self.outdir / name, defines=defines, bits=bits[0] if bits else 32)
         return self.built[name]
 
 

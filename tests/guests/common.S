@@ -39,6 +39,19 @@
 4:      .balign 4;                                              \
         .popsection
 
+#ifdef GUEST64
+#undef VIRT_BASE
+#define VIRT_BASE 0xFFFFFFFF80000000
+        ELFNOTE(6,  .asciz "xenwb-test")        /* GUEST_OS */
+        ELFNOTE(5,  .asciz "xen-3.0")           /* XEN_VERSION */
+        ELFNOTE(8,  .asciz "generic")           /* LOADER */
+        ELFNOTE(3,  .quad VIRT_BASE)            /* VIRT_BASE */
+        ELFNOTE(4,  .quad VIRT_BASE)            /* PADDR_OFFSET: p_paddr == p_vaddr */
+        ELFNOTE(1,  .quad _start)               /* ENTRY */
+#ifndef NO_HYPERCALL_NOTE
+        ELFNOTE(2,  .quad hypercall_page)       /* HYPERCALL_PAGE */
+#endif
+#else
         ELFNOTE(6,  .asciz "xenwb-test")        /* GUEST_OS */
         ELFNOTE(5,  .asciz "xen-3.0")           /* XEN_VERSION */
         ELFNOTE(8,  .asciz "generic")           /* LOADER */
@@ -48,6 +61,41 @@
         ELFNOTE(9,  .asciz "yes")               /* PAE_MODE */
 #ifndef NO_HYPERCALL_NOTE
         ELFNOTE(2,  .long hypercall_page)       /* HYPERCALL_PAGE */
+#endif
+
+#endif
+
+/*
+ * HYPERCALL nr, a1, a2, a3, a4: one hypercall on either width (32-bit: int $0x82 with EBX ECX EDX
+ * ESI; 64-bit: syscall with RDI RSI RDX R10), the result in EAX/RAX. RESULT slot stores it,
+ * sign-extended to 64 bits, in results[slot] (each guest defines `results`).
+ */
+#ifdef GUEST64
+.macro HYPERCALL nr, a1=$0, a2=$0, a3=$0, a4=$0
+        movq    \a1, %rdi
+        movq    \a2, %rsi
+        movq    \a3, %rdx
+        movq    \a4, %r10
+        movl    $\nr, %eax
+        syscall
+.endm
+.macro RESULT slot
+        movq    %rax, results + 8 * \slot
+.endm
+#else
+.macro HYPERCALL nr, a1=$0, a2=$0, a3=$0, a4=$0
+        movl    \a1, %ebx
+        movl    \a2, %ecx
+        movl    \a3, %edx
+        movl    \a4, %esi
+        movl    $\nr, %eax
+        int     $0x82
+.endm
+.macro RESULT slot
+        cltd
+        movl    %eax, results + 8 * \slot
+        movl    %edx, results + 8 * \slot + 4
+.endm
 #endif
 
 /* hypercall nr with int $0x82; arguments already in EBX.. */

@@ -1,0 +1,46 @@
+"""Guest-level checks of Xen 4.17 behaviours (issue 15): tiny guests of tests/guests run to their
+poweroff and leave what Xen answered in a `results` array of 8-byte slots. Each guest's comment
+names the Xen source that defines the expected answer."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from xenwb.abi.constants import Errno
+from xenwb.machine import Machine, StopReason
+
+EPERM, EFAULT, EACCES, ESRCH, ENOSYS, ENODATA = (-Errno.EPERM, -Errno.EFAULT, -Errno.EACCES, -Errno.ESRCH,
+                                                  -Errno.ENOSYS, -Errno.ENODATA)
+
+
+def run_guest(path, **kw) -> tuple[Machine, str]:
+    """Boot a tiny guest to its poweroff; the machine and what it wrote on the console."""
+    m = Machine(path, **kw)
+    out: list[bytes] = []
+    m.domain.console_sink = out.append
+    m.set_limits(max_instructions=500_000)
+    r = m.run()
+    text = b"".join(out).decode("latin-1")
+    assert r.reason is StopReason.shutdown and m.domain.shutdown_reason == 0, f"{r}: console {text!r}"
+    return m, text
+
+
+def results(m: Machine, va: int, n: int) -> list[int]:
+    """n signed 64-bit slots of the guest's results array."""
+    return list(struct.unpack(f"<{n}q", m.vcpus[0].read_virt(va, 8 * n)))
+
+
+# ---------------------------------------------------------------- item 10: XSM's dummy policy
+@pytest.mark.parametrize("name", ["privileged", "privileged64"])
+def test_control_domain_interfaces_answer_as_the_dummy_xsm_policy(guests, name: str) -> None:
+    g = guests[name]
+    m, _ = run_guest(g.path)
+    r = results(m, g.symbols["results"], 14)
+    assert r[0:3] == [EPERM, EACCES, EFAULT]          # sysctl: XSM_PRIV; interface version; unreadable
+    assert r[3:6] == [EPERM, ESRCH, EPERM]            # domctl on itself; on no domain; getdomaininfo of dom0
+    assert r[6] == EPERM                              # platform_op
+    assert r[7:10] == [EPERM, EPERM, EPERM]           # kexec_op, hypfs_op, mca: XSM before anything
+    assert r[10:12] == [EPERM, ENODATA]               # dm_op on itself; without buffers
+    assert r[12:14] == [ENOSYS, ENOSYS]               # xsm_op (dummy module), tmem_op (gone)
