@@ -19,6 +19,8 @@ GUEST_BUILDS: dict[str, tuple] = {
     "user82": ("user82", ()),
     "privileged": ("privileged", ()),
     "privileged64": ("privileged", (), 64),
+    "mc_iret": ("mc_iret", ()),
+    "mc_iret64": ("mc_iret", (), 64),
 }
 
 

@@ -44,3 +44,19 @@ def test_control_domain_interfaces_answer_as_the_dummy_xsm_policy(guests, name: 
     assert r[7:10] == [EPERM, EPERM, EPERM]           # kexec_op, hypfs_op, mca: XSM before anything
     assert r[10:12] == [EPERM, ENODATA]               # dm_op on itself; without buffers
     assert r[12:14] == [ENOSYS, ENOSYS]               # xsm_op (dummy module), tmem_op (gone)
+
+
+# ---------------------------------------------------------------- item 5: iret inside a multicall
+@pytest.mark.parametrize("name,word", [("mc_iret", 4), ("mc_iret64", 8)])
+def test_iret_entry_ends_the_multicall(guests, name: str, word: int) -> None:
+    g = guests[name]
+    m, text = run_guest(g.path)
+    assert text == ""                                  # neither console entry ran, nor the fall-through
+    restored, sp = results(m, g.symbols["results"], 2)
+    assert restored & ((1 << 8 * word) - 1) == 0x1234ABCD          # the multicall returned the iret's EAX/RAX
+    assert sp & ((1 << 8 * word) - 1) == g.symbols["stack_top"]      # the whole frame was consumed
+    entry = 8 * word
+    v = m.vcpus[0]
+    calls = g.symbols["calls"]
+    res = [int.from_bytes(v.read_virt(calls + i * entry + word, word), "little") for i in range(3)]
+    assert res == [0x1234ABCD, 0x5555, 0x5555]          # the iret entry's result; the others untouched
