@@ -21,6 +21,8 @@ GUEST_BUILDS: dict[str, tuple] = {
     "privileged64": ("privileged", (), 64),
     "mc_iret": ("mc_iret", ()),
     "mc_iret64": ("mc_iret", (), 64),
+    "smc": ("smc", ()),
+    "smc64": ("smc", (), 64),
 }
 
 

@@ -60,3 +60,14 @@ def test_iret_entry_ends_the_multicall(guests, name: str, word: int) -> None:
     calls = g.symbols["calls"]
     res = [int.from_bytes(v.read_virt(calls + i * entry + word, word), "little") for i in range(3)]
     assert res == [0x1234ABCD, 0x5555, 0x5555]          # the iret entry's result; the others untouched
+
+
+# ---------------------------------------------------------------- item 11: Xen writing over guest code
+@pytest.mark.parametrize("name", ["smc", "smc64"])
+def test_hypervisor_write_over_code_is_executed(guests, name: str) -> None:
+    g = guests[name]
+    m = Machine(g.path)
+    m.domain.console_io_input[:] = (b"\x31\xc0\xb0\x03\xc3\x00\x00\x00")
+    m.set_limits(max_instructions=500_000)
+    assert m.run().reason is StopReason.shutdown and m.domain.shutdown_reason == 0
+    assert results(m, g.symbols["results"], 5) == [1, 0, 2, 8, 3]

@@ -24,8 +24,9 @@
 #define FLAT_USER_CS   0xE02B
 #define FLAT_USER_DS   0xE033
 
-/* start_info (PV32 offsets, ABI sheet section 1.2) */
+/* start_info (PV32 offsets, ABI sheet section 1.2; PV64 from public/xen.h) */
 #define SI_MFN_LIST 68
+#define SI_MFN_LIST64 104
 
 #define ELFNOTE(type, desc)                                     \
         .pushsection .note.Xen, "a", @note;                     \
@@ -82,6 +83,19 @@
 .macro RESULT slot
         movq    %rax, results + 8 * \slot
 .endm
+/* MADDR va: RAX = the machine address of va, from the start_info mfn_list (RBP = start_info) */
+.macro MADDR va
+        movq    \va, %rax
+        movq    $VIRT_BASE, %rcx
+        subq    %rcx, %rax
+        movq    %rax, %rdx
+        shrq    $12, %rax
+        movq    SI_MFN_LIST64(%rbp), %rcx
+        movq    (%rcx,%rax,8), %rax
+        shlq    $12, %rax
+        andq    $0xfff, %rdx
+        orq     %rdx, %rax
+.endm
 #else
 .macro HYPERCALL nr, a1=$0, a2=$0, a3=$0, a4=$0
         movl    \a1, %ebx
@@ -95,6 +109,20 @@
         cltd
         movl    %eax, results + 8 * \slot
         movl    %edx, results + 8 * \slot + 4
+.endm
+/* MADDR va: EDX:EAX = the machine address of va, from the start_info mfn_list (EBP = start_info) */
+.macro MADDR va
+        movl    \va, %eax
+        subl    $VIRT_BASE, %eax
+        movl    %eax, %ecx
+        shrl    $12, %eax
+        movl    SI_MFN_LIST(%ebp), %edx
+        movl    (%edx,%eax,4), %eax
+        movl    %eax, %edx
+        shrl    $20, %edx
+        shll    $12, %eax
+        andl    $0xfff, %ecx
+        orl     %ecx, %eax
 .endm
 #endif
 

@@ -158,7 +158,8 @@ def update_descriptor(vcpu: Vcpu, ma: int, d: int) -> int:
         dom.mm.get_page_type(mfn, PageType.writable)
     except MMError:
         return EINVAL
-    dom.mem.write_u64(ma, (nd & ~DESC_A) | (d & DESC_A))   # an ordinary page keeps the A bit as given
+    dom.mem.write_u64(ma, nd)
+    dom.code_stored_by_machine_address()                  # an ordinary page: it may hold code
     dom.mm.put_page_type(mfn)
     return 0
 

@@ -336,6 +336,9 @@ class Vcpu:
                 out += mem.read(maddr, chunk)
             else:
                 mem.write(maddr, data[pos: pos + chunk])
+                # copy_to_guest may store over code the guest runs: drop its translations
+                for v in self.domain.vcpus:
+                    v.cpu.drop_code(cur, cur + chunk)
             pos += chunk
         return bytes(out)
 
