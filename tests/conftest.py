@@ -23,6 +23,8 @@ GUEST_BUILDS: dict[str, tuple] = {
     "mc_iret64": ("mc_iret", (), 64),
     "smc": ("smc", ()),
     "smc64": ("smc", (), 64),
+    "gdt_access": ("gdt_access", ()),
+    "gdt_access64": ("gdt_access", (), 64),
 }
 
 

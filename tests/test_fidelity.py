@@ -71,3 +71,25 @@ def test_hypervisor_write_over_code_is_executed(guests, name: str) -> None:
     m.set_limits(max_instructions=500_000)
     assert m.run().reason is StopReason.shutdown and m.domain.shutdown_reason == 0
     assert results(m, g.symbols["results"], 5) == [1, 0, 2, 8, 3]
+
+
+# ---------------------------------------------------------------- item 11: GDT accessed bit and limits
+def desc(base: int, limit: int, dpl: int, accessed: bool = False) -> int:
+    """A present, granular, 32-bit read/write data descriptor."""
+    a = ((base & 0xFFFF) << 16) | (limit & 0xFFFF)
+    b = (base & 0xFF000000) | ((base >> 16) & 0xFF) | (limit & 0xF0000) | 0x00C09200 | (dpl << 13)
+    return (a | (b << 32)) | ((1 << 40) if accessed else 0)
+
+
+@pytest.mark.parametrize("name,dpl", [("gdt_access", 1), ("gdt_access64", 3)])
+def test_gdt_accessed_bit_and_limits(guests, name: str, dpl: int) -> None:
+    g = guests[name]
+    m, _ = run_guest(g.path)
+    set_gdt, e1, e2, e3, e4, e1_loaded, uvm = (x & (1 << 64) - 1 for x in results(m, g.symbols["results"], 7))
+    assert (uvm, set_gdt) == (0, 0)
+    assert e1 == desc(0, 0xFFFFF, dpl)                            # validation leaves A clear
+    # compat guests: base 0 past HYPERVISOR_COMPAT_VIRT_START is extended, nothing trimmed
+    assert e2 == desc(0, 0xFFFFF if dpl == 1 else 0xF67FF, dpl)
+    assert e3 == desc(0, 0xF57FF, dpl)
+    assert e4 == desc(0x1000, 0xFFFFF, dpl)
+    assert e1_loaded == desc(0, 0xFFFFF, dpl, accessed=True)      # the CPU set it on the load

@@ -17,6 +17,7 @@ import ctypes
 import struct
 from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING
 
 from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
 from unicorn import x86_const as X
@@ -33,6 +34,9 @@ from xenwb.hypervisor.xenarea import (
     XenArea,
 )
 from xenwb.vclock import PC_SYNC_HOOK, VClock
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.xenarea64 import XenArea64
 
 _REG = {
     "eax": X.UC_X86_REG_EAX, "ebx": X.UC_X86_REG_EBX, "ecx": X.UC_X86_REG_ECX, "edx": X.UC_X86_REG_EDX,
@@ -109,6 +113,7 @@ class RegBatch:
             raise UcError(err)
 
 
+SEGMENT_REGS = frozenset({"cs", "ss", "ds", "es", "fs", "gs"})
 _REMOVE_CACHE = (UC_CTL_IO_WRITE << 30) | (2 << 26) | UC_CTL_TB_REMOVE_CACHE   # uc_ctl's encoding, two args
 
 
@@ -158,6 +163,15 @@ class CpuBase:
 
     def set_reg(self, name: str, value: int) -> None:
         raise NotImplementedError
+
+    xen: XenArea | XenArea64
+
+    def mark_loaded(self, sel: int) -> None:
+        """Before the engine loads a GDT selector for the hypervisor (a register write, an
+        iret): the accessed bit the CPU sets (Xen's load_segments and exits run on the real
+        CPU; unicorn's own store would fault on the read-only mapping, inside reg_write)."""
+        if sel & 0xFFFC and not sel & 4:
+            self.xen.mark_accessed(self.id, sel & 0xFFF8)
 
     def flush_tlb(self) -> None:
         """Drop unicorn's cached translations (UC_CTL_TLB_FLUSH)."""
@@ -329,6 +343,8 @@ class Cpu32(CpuBase):
         return self.uc.reg_read(_REG[name])
 
     def set_reg(self, name: str, value: int) -> None:
+        if name in SEGMENT_REGS:
+            self.mark_loaded(value)
         self.uc.reg_write(_REG[name], value & 0xFFFFFFFF)
 
     @property
@@ -375,6 +391,8 @@ class Cpu32(CpuBase):
             self._eip_esp_eflags.write(eip & 0xFFFFFFFF, esp & 0xFFFFFFFF, eflags & 0xFFFFFFFF)
             return
         self.xen.write_iret_frame(self.id, eip, cs, eflags, esp, ss)
+        self.mark_loaded(cs)          # the iret loads both (QEMU's iret does not set the bit)
+        self.mark_loaded(ss)
         self.ring_switches += 1
         if cur_cs & 3 == 0:
             uc.reg_write(X.UC_X86_REG_EIP, self.xen.stub_va(self.id))   # already in ring 0

@@ -22,7 +22,7 @@ from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
 from xenwb.hypervisor.state import DomainCrash, TrapInfo, VcpuState
-from xenwb.hypervisor.xenarea import PERDOMAIN_VA
+from xenwb.hypervisor.xenarea import GDT_WINDOW, PERDOMAIN_VA
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
@@ -178,6 +178,13 @@ class Vcpu:
         traps.deliver_event_upcall(self)
         if self.state is not VcpuState.running:
             self.cpu.uc.emu_stop()
+
+    def accessed_bit_fault(self, cr2: int) -> bool:
+        """A #PF on the CPU's store of a GDT descriptor's accessed bit as it loads a selector
+        (the workbench maps the GDT read-only in Xen's area, Xen maps it writable): make the
+        store, and the instruction runs again, as on Xen where the store just happens."""
+        offset = cr2 - self.domain.xen.gdt_va(self.id)
+        return 0 <= offset < GDT_WINDOW and self.domain.xen.mark_accessed(self.id, offset & ~7)
 
     # -- what each width defines ----------------------------------------------------------
     def code_bits(self) -> int:
@@ -438,9 +445,12 @@ class Vcpu32(Vcpu):
         if soft is not None:
             self._soft_int(intno, soft, r)
         elif intno == C.TRAP_page_fault:
-            ec = emulate.page_fault_error_code(self, r, cr2)
-            if not emulate.ptwr(self, r, cr2, ec):
-                traps.bounce_exception(self, 14, ec, cr2, regs=r)
+            if self.accessed_bit_fault(cr2):
+                self.cpu.set_reg("cr2", self.cr2)    # the guest never saw this fault
+            else:
+                ec = emulate.page_fault_error_code(self, r, cr2)
+                if not emulate.ptwr(self, r, cr2, ec):
+                    traps.bounce_exception(self, 14, ec, cr2, regs=r)
         elif intno == C.TRAP_gp_fault:
             if not emulate.privileged_op(self, r):
                 traps.bounce_exception(self, 13, emulate.gp_error_code(self, r), regs=r)

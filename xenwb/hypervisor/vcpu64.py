@@ -201,9 +201,12 @@ class Vcpu64(Vcpu):
             self._soft_int(intno, soft, r)
         elif intno == C.TRAP_page_fault:
             cr2 = r["cr2"]
-            ec = emulate.page_fault_error_code(self, r, cr2)
-            if not emulate.ptwr(self, r, cr2, ec):
-                traps.bounce_exception(self, 14, ec, cr2, regs=r)
+            if self.accessed_bit_fault(cr2):
+                cpu.set_reg("cr2", self.cr2)         # the guest never saw this fault
+            else:
+                ec = emulate.page_fault_error_code(self, r, cr2)
+                if not emulate.ptwr(self, r, cr2, ec):
+                    traps.bounce_exception(self, 14, ec, cr2, regs=r)
         elif intno == C.TRAP_gp_fault:
             if not emulate.privileged_op(self, r):
                 traps.bounce_exception(self, 13, emulate.gp_error_code(self, r), regs=r)
