@@ -25,6 +25,7 @@ GUEST_BUILDS: dict[str, tuple] = {
     "smc64": ("smc", (), 64),
     "gdt_access": ("gdt_access", ()),
     "gdt_access64": ("gdt_access", (), 64),
+    "sysenter": ("sysenter", ()),
 }
 
 

@@ -93,3 +93,33 @@ def test_gdt_accessed_bit_and_limits(guests, name: str, dpl: int) -> None:
     assert e3 == desc(0, 0xF57FF, dpl)
     assert e4 == desc(0x1000, 0xFFFFF, dpl)
     assert e1_loaded == desc(0, 0xFFFFF, dpl, accessed=True)      # the CPU set it on the load
+
+
+# ---------------------------------------------------------------- item 6: SYSENTER/SYSCALL from 32-bit user mode
+def test_sysenter_and_syscall_from_compat_user_mode(guests) -> None:
+    g = guests["sysenter"]
+    m, _ = run_guest(g.path)
+    v = m.vcpus[0]
+    words = list(struct.unpack("<32I", v.read_virt(g.symbols["frames"], 128)))
+    frames = [words[i * 8: i * 8 + 8] for i in range(4)]
+    assert struct.unpack("<i", v.read_virt(g.symbols["uvm_rc"], 4))[0] == 0
+    assert struct.unpack("<2i", v.read_virt(g.symbols["cb_rc"], 8)) == (0, 0)
+    ucs, uds, user_esp = 0xE02B, 0xE033, g.symbols["user_stack_top"]
+    gp, se, sc = 1, 2, 3
+    # 0: no sysenter callback: one #GP(0), from the null frame
+    kind, _, ec, eip, cs, eflags, esp, ss = frames[0]
+    assert (kind, ec, eip, cs & 0xFFFF, esp, ss) == (gp, 0, 0, 3, 0, uds)
+    assert eflags & 0x200                                      # IF = events were unmasked
+    # 1: NT set: the sysenter callback, NT kept in the saved EFLAGS
+    kind, _, eip, cs, eflags, esp, ss, _ = frames[1]
+    assert (kind, eip, cs & 0xFFFF, esp, ss) == (se, 0, 3, 0, uds)
+    assert eflags & 0x4000
+    # 2: no syscall32 callback: #GP(0) on the syscall itself, ECX = the next EIP
+    kind, ecx, ec, eip, cs, eflags, esp, ss = frames[2]
+    syscall_at = g.symbols["user_syscall"] + 5
+    assert (kind, ec, eip, cs & 0xFFFF, esp, ss) == (gp, 0, syscall_at, ucs, user_esp, uds)
+    assert ecx == syscall_at + 2
+    # 3: the syscall32 callback with events masked: the frame's CS word has the old mask 0
+    kind, ecx, eip, cs, eflags, esp, ss, _ = frames[3]
+    assert (kind, eip, cs, esp, ss, ecx) == (sc, syscall_at + 2, ucs, user_esp, uds, syscall_at + 2)
+    assert m.domain.stats["faults"] == 2                        # exactly the two #GPs

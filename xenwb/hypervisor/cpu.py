@@ -113,6 +113,7 @@ class RegBatch:
             raise UcError(err)
 
 
+EFLAGS_NT = 1 << 14
 SEGMENT_REGS = frozenset({"cs", "ss", "ds", "es", "fs", "gs"})
 _REMOVE_CACHE = (UC_CTL_IO_WRITE << 30) | (2 << 26) | UC_CTL_TB_REMOVE_CACHE   # uc_ctl's encoding, two args
 
@@ -252,7 +253,9 @@ class CpuBase:
         """Drop the translated code of guest-virtual [lo, hi) (as mapped now), after the
         hypervisor stored there: one raw uc_ctl(UC_CTL_TB_REMOVE_CACHE), about 0.4 us, nothing
         to do when the range holds no translated code. Safe from the hypercall hooks (the
-        block in flight ends at the int/syscall; QEMU invalidates blocks while others run)."""
+        block in flight ends at the int/syscall; QEMU invalidates blocks while others run).
+        Only for a range this engine could fetch from now: unicorn translates lo for an
+        instruction fetch, and a fetch that faults leaves the #PF pending."""
         uclib.uc_ctl(self.uc._uch, _REMOVE_CACHE, ctypes.c_uint64(lo), ctypes.c_uint64(hi))
 
     def add_breakpoint_hook(self, callback, user_data: object, addr: int, *, everywhere: bool) -> int:
@@ -394,6 +397,11 @@ class Cpu32(CpuBase):
         self.mark_loaded(cs)          # the iret loads both (QEMU's iret does not set the bit)
         self.mark_loaded(ss)
         self.ring_switches += 1
+        live = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        if live & EFLAGS_NT:
+            # Xen runs with NT clear (exception gates and its SYSCALL mask clear it, sysenter_entry
+            # clears it by hand): the stub's iret must not be a task return
+            uc.reg_write(X.UC_X86_REG_EFLAGS, live & ~EFLAGS_NT)
         if cur_cs & 3 == 0:
             uc.reg_write(X.UC_X86_REG_EIP, self.xen.stub_va(self.id))   # already in ring 0
         else:

@@ -20,7 +20,7 @@ from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
 from xenwb.hypervisor.memory import GuestFault
-from xenwb.hypervisor.paging import translate
+from xenwb.hypervisor.paging import translate, walk
 from xenwb.hypervisor.state import DomainCrash, TrapInfo, VcpuState
 from xenwb.hypervisor.xenarea import GDT_WINDOW, PERDOMAIN_VA
 
@@ -63,6 +63,7 @@ class Vcpu:
         self.ldt_base = self.ldt_ents = 0
         self.cr3_mfn = 0
         self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
+        self._fetch_cache: dict[tuple[int, int, int], bool] = {}  # (va page, machine page, cpl) -> runs code
         self._tgen = self._ttop = -1
         self._vcpu_info_maddr = 0
         vi = domain.abi.vcpu_info
@@ -309,6 +310,7 @@ class Vcpu:
         mm = self.domain.mm
         if self._tgen != mm.generation or self._ttop != self.cr3_mfn:
             self._tcache.clear()
+            self._fetch_cache.clear()
             self._tgen, self._ttop = mm.generation, self.cr3_mfn
         key = (va >> 12, write)
         page = self._tcache.get(key, -1)
@@ -318,6 +320,21 @@ class Vcpu:
             if len(self._tcache) < 4096:
                 self._tcache[key] = page
         return None if page is None else (page << 12) | (va & 0xFFF)
+
+    def _fetchable(self, va: int, maddr: int) -> bool:
+        """Could this engine run code at va, as mapped now, from the page at maddr? (Dropping
+        translations makes unicorn translate va for an instruction fetch: where the fetch
+        would fault, the fault is left pending, so only fetchable pages are dropped. Other
+        vcpus' engines keep what they translated: a known gap for SMP.)"""
+        cpl = self.cpu.cpl
+        key = (va >> 12, maddr >> 12, cpl)
+        ok = self._fetch_cache.get(key)
+        if ok is None:
+            w = walk(self.domain.mem, self.domain.mode, self.active_top_mfn, va & ~0xFFF)
+            ok = (w.mapped and w.maddr >> 12 == maddr >> 12 and not w.nx and (w.user or cpl < 3))
+            if len(self._fetch_cache) < 4096:
+                self._fetch_cache[key] = ok
+        return ok
 
     def read_virt(self, va: int, n: int) -> bytes:
         """copy_from_guest: guest-kernel view, the hypervisor range refused."""
@@ -343,9 +360,8 @@ class Vcpu:
                 out += mem.read(maddr, chunk)
             else:
                 mem.write(maddr, data[pos: pos + chunk])
-                # copy_to_guest may store over code the guest runs: drop its translations
-                for v in self.domain.vcpus:
-                    v.cpu.drop_code(cur, cur + chunk)
+                if self._fetchable(cur, maddr):
+                    self.cpu.drop_code(cur, cur + chunk)      # it may be code the guest runs
             pos += chunk
         return bytes(out)
 
@@ -401,12 +417,43 @@ class Vcpu32(Vcpu):
         self._install_common_hooks()
         uc = self.cpu.uc
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         stub = self.domain.xen.stub_va(self.id)
         uc.hook_add(UC_HOOK_CODE, self._on_stub, None, stub, stub)
 
     def _on_stub(self, uc, address, size, _ud) -> None:
         """The ring-0 transition stub runs: close the call gate again."""
         self.cpu.disarm()
+
+    # SYSCALL and SYSENTER: unicorn calls the hook in place of the instruction (EIP on it) and
+    # then adds the instruction's length to EIP, whatever the hook set; so the hook leaves
+    # EIP two bytes short of where the guest goes on.
+    def _on_syscall(self, uc, _ud) -> None:
+        self._fast_system_call("SYSCALL", True)
+
+    def _on_sysenter(self, uc, _ud) -> None:
+        self._fast_system_call("SYSENTER", False)
+
+    def _fast_system_call(self, what: str, syscall: bool) -> None:
+        cpu = self.cpu
+        eip = cpu.eip
+        self.clock.settle(eip + 2)                 # the instruction completed
+        try:
+            self._guarded(what, self._enter_fast_system_call, eip, syscall)
+        finally:
+            cpu.eip = (cpu.eip - 2) & 0xFFFFFFFF
+
+    def _enter_fast_system_call(self, eip: int, syscall: bool) -> None:
+        r = self.cpu.regs()
+        r["eip"] = r["pc"] = (eip + 2) & 0xFFFFFFFF
+        if syscall:
+            self.cpu.set_reg("ecx", r["eip"])        # what the instruction itself does (RCX = next RIP)
+            r["ecx"] = r["eip"]
+            traps.syscall_entry(self, r)
+        else:
+            traps.sysenter_entry(self, r)
+        self._after_guest_exit()
 
     def _on_interrupt(self, uc, intno: int, _ud) -> None:
         # a fault leaves EIP on the faulting instruction, `int n` after it: either way the
