@@ -26,6 +26,8 @@ GUEST_BUILDS: dict[str, tuple] = {
     "gdt_access": ("gdt_access", ()),
     "gdt_access64": ("gdt_access", (), 64),
     "sysenter": ("sysenter", ()),
+    "dbreg": ("dbreg", ()),
+    "dbreg64": ("dbreg", (), 64),
 }
 
 

@@ -123,3 +123,23 @@ def test_sysenter_and_syscall_from_compat_user_mode(guests) -> None:
     kind, ecx, eip, cs, eflags, esp, ss, _ = frames[3]
     assert (kind, eip, cs, esp, ss, ecx) == (sc, syscall_at + 2, ucs, user_esp, uds, syscall_at + 2)
     assert m.domain.stats["faults"] == 2                        # exactly the two #GPs
+
+
+# ---------------------------------------------------------------- item 1: debug registers and #DB
+@pytest.mark.parametrize("name,word", [("dbreg", 4), ("dbreg64", 8)])
+def test_debug_registers_and_debug_exceptions(guests, name: str, word: int) -> None:
+    g = guests[name]
+    m, _ = run_guest(g.path)
+    mask = (1 << 8 * word) - 1
+    r = [x & mask for x in results(m, g.symbols["results"], 19)]
+    s = g.symbols
+    neg = [x - (1 << 8 * word) if x >> (8 * word - 1) else x for x in r]
+    assert r[0:4] == [0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]          # start values, hypercall and mov
+    assert neg[4:6] == [EPERM, EPERM]                                  # GD; an I/O breakpoint without DE
+    assert neg[6] == (0 if word == 4 else EPERM)                       # Xen's range: compat has none below 4G
+    assert (neg[7], r[8]) == (0, 0x400)                                # reserved DR7 bits read as 0
+    assert (r[9], r[10] & 0xF, r[11]) == (s["bp_target"], 0x1, 1)      # fault before it, B0; then it ran once
+    assert (r[12], r[13] & 0xF) == (s["watch_next"], 0x2)              # trap after the store, B1
+    assert (r[14], r[15] & 0x4000) == (s["step_next"], 0x4000)         # single step: BS
+    assert r[16] == s["int3_next"]
+    assert (r[17], r[18]) == (s["icebp_next"], 0xFFFF0FF0)             # icebp: #DB with no status

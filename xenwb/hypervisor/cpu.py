@@ -224,6 +224,10 @@ class CpuBase:
         self._after_run.append(fn)
         self.uc.emu_stop()
 
+    def after_this_run(self, fn: Callable[[], None]) -> None:
+        """Run fn once the engine stops (something else stops it: a deadline)."""
+        self._after_run.append(fn)
+
     def sync_pc_in(self, lo: int, hi: int) -> None:
         """Make the guest pc exact inside memory hooks for code in [lo, hi): unicorn updates it
         before each instruction a code hook covers, and otherwise only at block starts and

@@ -19,6 +19,7 @@ from unicorn import x86_const as X
 from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
+from xenwb.hypervisor.debugreg import DR6_DEFAULT, DR7_DEFAULT, DebugRegisters, debug_exception
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate, walk
 from xenwb.hypervisor.state import DomainCrash, TrapInfo, VcpuState
@@ -57,7 +58,9 @@ class Vcpu:
         self.virtual_ts = False
         self.cr2 = 0
         self.cr4 = 0
-        self.debugreg = [0] * 8
+        self.debugreg = [0, 0, 0, 0, 0, 0, DR6_DEFAULT, DR7_DEFAULT]   # DR0-3, -, -, DR6, DR7
+        self.dr7_emul = 0                    # DR7's I/O breakpoint enables (pv.dr7_emul)
+        self.debug = DebugRegisters(self)
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.ldt_base = self.ldt_ents = 0
@@ -152,9 +155,26 @@ class Vcpu:
             self.domain.trace.emit_io(self, "out", port, size, value, self.cpu.pc, not self._io_allowed())
 
     def _invalid(self) -> None:
-        if not emulate.invalid_opcode(self):
+        if self._icebp():
+            pass
+        elif not emulate.invalid_opcode(self):
             traps.bounce_exception(self, C.TRAP_invalid_op)
         self._after_guest_exit()
+
+    def _icebp(self) -> bool:
+        """icebp (0xF1): a #DB trap with no DR6 status, as on hardware (unicorn's translator
+        takes it for its own debugger exit and reports an invalid opcode)."""
+        pc = self.cpu.pc
+        try:
+            if self.read_virt(pc, 1) != b"\xf1":
+                return False
+        except GuestFault:
+            return False
+        r, _ = self.guest_regs()
+        nxt = (pc + 1) & self.domain.geo.va_mask
+        r.update(pc=nxt, **{"rip" if self.word == 8 else "eip": nxt})
+        debug_exception(self, r, icebp=True)
+        return True
 
     def _on_invalid(self, uc, _ud) -> bool:
         self.clock.settle(self.cpu.pc)         # the invalid instruction did not complete
@@ -504,6 +524,8 @@ class Vcpu32(Vcpu):
         elif intno == C.TRAP_no_device:
             self.cpu.set_ts(False)
             traps.bounce_exception(self, 7, regs=r)
+        elif intno == C.TRAP_debug:
+            debug_exception(self, r, icebp=self._after_byte(r["eip"], 0xF1))
         else:
             ec = 0 if intno in C.VECTORS_WITH_ERROR_CODE else None
             traps.bounce_exception(self, intno, ec, regs=r)
@@ -525,6 +547,13 @@ class Vcpu32(Vcpu):
         if intno == 4 and before[1] == 0xCE:
             return 1
         return None
+
+    def _after_byte(self, eip: int, byte: int) -> bool:
+        """Is the byte before eip `byte` (icebp, 0xF1, leaves EIP after itself)?"""
+        try:
+            return self.read_virt((eip - 1) & 0xFFFFFFFF, 1) == bytes([byte])
+        except GuestFault:
+            return False
 
     def _soft_int(self, n: int, length: int, r: dict[str, int]) -> None:
         """`int n` from the guest: Xen's IDT gates and do_general_protection rules."""

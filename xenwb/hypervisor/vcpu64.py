@@ -19,6 +19,7 @@ from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps, traps64
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF
 from xenwb.hypervisor.cpu64 import MSR_FS_BASE, MSR_GS_BASE, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM, Cpu64
+from xenwb.hypervisor.debugreg import debug_exception
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.state import DomainCrash, VcpuState
 from xenwb.hypervisor.vcpu import Vcpu
@@ -213,6 +214,8 @@ class Vcpu64(Vcpu):
         elif intno == C.TRAP_no_device:
             cpu.set_ts(False)
             traps.bounce_exception(self, 7, regs=r)
+        elif intno == C.TRAP_debug:
+            debug_exception(self, r, icebp=False)
         else:
             traps.bounce_exception(self, intno, 0 if intno in traps64.HAVE_EC else None, regs=r)
         self._after_guest_exit()
@@ -238,8 +241,11 @@ class Vcpu64(Vcpu):
         any other vector when its trap_info DPL permits it (>= 1 from kernel mode, 3 from user
         mode, permit_softint); otherwise #GP with the IDT error code, RIP on the int."""
         ti = self.trap_ctxt[n]
-        if n == INT3 or (n == 1 and length == 1):
+        if n == INT3:
             traps.bounce_exception(self, n, regs=r)
+            return
+        if n == 1 and length == 1:
+            debug_exception(self, r, icebp=True)
             return
         if n == INT80 and ti is not None and ti.address:
             traps.bounce_exception(self, n, regs=r)

@@ -260,6 +260,7 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     v.failsafe_mask = bool(ctx.flags & C.VGCF_failsafe_disables_events)
     v.kernel_ss, v.kernel_sp = fix(ctx.kernel_ss), ctx.kernel_sp
     v.debugreg = list(ctx.debugreg)
+    v.debug.rearm()
     v.iopl = (r.eflags >> 12) & 3                        # IOPL privileges are virtualised
     v.set_virtual_ts(bool(ctx.ctrlreg[0] & 8))           # only CR0.TS is the guest's
     cpu = v.cpu
@@ -348,6 +349,7 @@ def vcpu_initialise64(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     v.syscall_mask = bool(ctx.flags & C.VGCF_syscall_disables_events)
     v.kernel_ss, v.kernel_sp = fix3(ctx.kernel_ss), ctx.kernel_sp
     v.debugreg = list(ctx.debugreg)
+    v.debug.rearm()
     v.iopl = (r.rflags >> 12) & 3
     v.set_virtual_ts(bool(ctx.ctrlreg[0] & 8))
     v.cr4 = pv_fixup_guest_cr4(ctx.ctrlreg[4])
