@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from xenwb.abi.constants import Errno
+from xenwb.control import Controller, StopKind
 from xenwb.machine import Machine, StopReason
 
 EPERM, EFAULT, EACCES, ESRCH, ENOSYS, ENODATA = (-Errno.EPERM, -Errno.EFAULT, -Errno.EACCES, -Errno.ESRCH,
@@ -143,3 +144,25 @@ def test_debug_registers_and_debug_exceptions(guests, name: str, word: int) -> N
     assert (r[14], r[15] & 0x4000) == (s["step_next"], 0x4000)         # single step: BS
     assert r[16] == s["int3_next"]
     assert (r[17], r[18]) == (s["icebp_next"], 0xFFFF0FF0)             # icebp: #DB with no status
+
+
+@pytest.mark.parametrize("name,word", [("dbreg", 4), ("dbreg64", 8)])
+def test_guest_debug_registers_and_gdb_hardware_breakpoints_coexist(guests, name: str, word: int) -> None:
+    """gdb's Z1/Z2 (the controller's hardware breakpoints and watchpoints) and the guest's own
+    DR0-3 are separate: gdb stops only where it asked, the guest gets the same #DBs as alone."""
+    g = guests[name]
+    alone, _ = run_guest(g.path)
+    m = Machine(g.path)
+    m.domain.console_sink = lambda b: None
+    ctl = Controller(m)
+    ctl.insert_breakpoint(g.symbols["int3_next"], hardware=True)
+    ctl.insert_watchpoint(g.symbols["phase"], 4, "write")
+    stops = []
+    for _ in range(20):
+        ev = ctl.run("continue")
+        if ev.kind is StopKind.exited:
+            break
+        stops.append((ev.kind, m.vcpus[0].cpu.pc))
+    assert [k for k, _ in stops] == [StopKind.watch] * 4 + [StopKind.hwbreak, StopKind.watch]
+    assert stops[4][1] == g.symbols["int3_next"]
+    assert results(m, g.symbols["results"], 19) == results(alone, g.symbols["results"], 19)
