@@ -84,6 +84,16 @@ def set_debugreg(vcpu: Vcpu, reg: int, value: int) -> int:
     return 0
 
 
+def load_debugregs(vcpu: Vcpu, values: list[int]) -> None:
+    """arch_set_info_guest (domain.c): back to the start values, then set_debugreg of DR0-3,
+    DR6 and DR7 from the context, each refused value silently left out."""
+    vcpu.debugreg = [0, 0, 0, 0, 0, 0, DR6_DEFAULT, DR7_DEFAULT]
+    vcpu.dr7_emul = 0
+    for reg in (0, 1, 2, 3, 6, 7):
+        set_debugreg(vcpu, reg, values[reg])
+    vcpu.debug.rearm()
+
+
 def get_debugreg(vcpu: Vcpu, reg: int) -> int | None:
     """x86emul_read_dr: DR7 reads back with the emulated I/O enables; DR4/DR5 alias DR6/DR7
     unless CR4.DE; None for a register there is not (-ENODEV, or #UD for `mov`)."""
