@@ -163,8 +163,10 @@ class DebugRegisters:
             for lo, hi in self._machine_ranges(addr & ~(length - 1), length):
                 self._hooks.append(cpu.uc.hook_add(kind, self._on_access, (i, rw, lo, hi), max(0, lo - 15), hi - 1))
         if watching != self._watching:
+            # counting instructions (a trap after the access) flushes translations: not from
+            # inside the block a hypercall hook runs in, but as the engine stops (at once)
             self._watching = watching
-            cpu.need_exact(EXACT, watching)
+            cpu.when_stopped(lambda: cpu.need_exact(EXACT, watching))
         if code:
             # code hooks are compiled into translations: drop those already made
             cpu.when_stopped(cpu.flush_translations)
