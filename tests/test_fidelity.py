@@ -7,9 +7,15 @@ from __future__ import annotations
 import struct
 
 import pytest
+from support.harness import run_to_guest
+from support.harness64 import KERNEL_SS, Hv64
 
 from xenwb.abi.constants import Errno
+from xenwb.abi.constants import Hypercall as H
+from xenwb.abi.constants import MmuextCmd as X
+from xenwb.abi.structs import PV64
 from xenwb.control import Controller, StopKind
+from xenwb.hypervisor import traps64
 from xenwb.machine import Machine, StopReason
 
 EPERM, EFAULT, EACCES, ESRCH, ENOSYS, ENODATA = (-Errno.EPERM, -Errno.EFAULT, -Errno.EACCES, -Errno.ESRCH,
@@ -166,3 +172,29 @@ def test_guest_debug_registers_and_gdb_hardware_breakpoints_coexist(guests, name
     assert [k for k, _ in stops] == [StopKind.watch] * 4 + [StopKind.hwbreak, StopKind.watch]
     assert stops[4][1] == g.symbols["int3_next"]
     assert results(m, g.symbols["results"], 19) == results(alone, g.symbols["results"], 19)
+
+
+def test_sysenter_from_64bit_user_mode() -> None:
+    """x86_64/entry.S sysenter_entry for a 64-bit guest in user mode: to the sysenter callback
+    on the kernel stack, frame RCX, R11, RIP 0, CS 3, RFLAGS (NT kept since 61d4a04349), RSP 0,
+    SS FLAT_USER_SS; the handler starts at its first instruction."""
+    hv = Hv64.example("pvdemo64")
+    run_to_guest(hv.m)
+    v = hv.v
+    code, handler = hv.scratch_page(), hv.scratch_page()
+    v.write_virt(code, b"\x0f\x34\x90\x90")                       # sysenter
+    v.write_virt(handler, b"\x90" * 16)
+    kstack = hv.scratch_page() + 0xFF0
+    assert hv.call(H.stack_switch, KERNEL_SS, kstack) == 0
+    user_l4 = hv.kernel_l4_copy()
+    assert hv.mmuext((X.PIN_L4_TABLE, user_l4), (X.NEW_USER_BASEPTR, user_l4)) == (0, 2)
+    assert hv.call(H.callback_op, 0, hv.put(bytes(PV64.callback_register(type=5, flags=0, address=handler)))) == 0
+    traps64.toggle_guest_mode(v)
+    cpu = v.cpu
+    cpu.set_reg("rflags", 0x4202)                                  # NT, IF
+    cpu.pc = code
+    cpu.uc.emu_start(code, handler + 8, count=2)                    # sysenter, the handler's first nop
+    assert cpu.pc == handler + 1 and v.kernel_mode and v.bounces == 1
+    rcx, r11, rip, cs, rflags, rsp, ss = hv.u64s(kstack - 56, 7)
+    assert (rip, cs & 0xFFFF, rsp, ss) == (0, 3, 0, 0xE02B)
+    assert rflags & 0x4000

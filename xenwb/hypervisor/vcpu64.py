@@ -172,12 +172,16 @@ class Vcpu64(Vcpu):
     def _on_sysenter(self, uc, _ud) -> None:
         """SYSENTER (unicorn: otherwise a silent no-op): sysenter_entry. Xen's SYSENTER MSRs send
         it to Xen from any mode; the guest sees its sysenter callback or #GP(0)."""
-        self.clock.settle(self.cpu.pc + 2)
-        self._guarded("SYSENTER", self._sysenter)
+        cpu = self.cpu
+        self.clock.settle(cpu.pc + 2)
+        cpu.pc_bias = 2                          # unicorn adds 2 to RIP after this hook
+        try:
+            self._guarded("SYSENTER", self._sysenter)
+        finally:
+            cpu.pc_bias = 0
 
     def _sysenter(self) -> None:
-        r = self.cpu.regs()
-        r["rip"] = r["pc"] = r["pc"] + 2
+        r = self.cpu.regs()                      # RIP already past the instruction (pc_bias)
         traps64.sysenter_from_user(self, r)
         self._after_guest_exit()
 
