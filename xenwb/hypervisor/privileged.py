@@ -46,6 +46,14 @@ def _domain_exists(vcpu: Vcpu, domid: int) -> bool:
     return domid in (DOM0, vcpu.domain.domid)
 
 
+def _domctl_head(op: bytes) -> tuple[int, int, int]:
+    """cmd, interface_version, domain: the fixed head of struct xen_domctl (public/domctl.h:
+    two uint32_t, then domid_t), ahead of its union (not declared in abi/: tools-only header)."""
+    cmd, version = struct.unpack_from("<II", op)
+    (domid,) = struct.unpack_from("<H", op, 8)
+    return cmd, version, domid
+
+
 def _copy_header(vcpu: Vcpu, arg: int, size: int) -> bytes | None:
     """copy_from_guest of the whole structure: None where it faults."""
     try:
@@ -81,7 +89,7 @@ def do_domctl(vcpu: Vcpu, arg: int, *_: int) -> int:
     op = _copy_header(vcpu, arg, DOMCTL_SIZE)
     if op is None:
         return EFAULT
-    cmd, version, domid = struct.unpack_from("<IIH", op)
+    cmd, version, domid = _domctl_head(op)
     if version != XEN_DOMCTL_INTERFACE_VERSION:
         return EACCES
     if cmd == XEN_DOMCTL_createdomain:
@@ -104,7 +112,7 @@ def do_paging_domctl_cont(vcpu: Vcpu, arg: int, *_: int) -> int:
     op = _copy_header(vcpu, arg, DOMCTL_SIZE)
     if op is None:
         return EFAULT
-    cmd, version, domid = struct.unpack_from("<IIH", op)
+    cmd, version, domid = _domctl_head(op)
     if version != XEN_DOMCTL_INTERFACE_VERSION or cmd != XEN_DOMCTL_shadow_op:
         return EOPNOTSUPP
     return EPERM if _domain_exists(vcpu, domid) else ESRCH
