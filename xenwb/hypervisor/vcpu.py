@@ -525,7 +525,7 @@ class Vcpu32(Vcpu):
             self.cpu.set_ts(False)
             traps.bounce_exception(self, 7, regs=r)
         elif intno == C.TRAP_debug:
-            debug_exception(self, r, icebp=self._after_byte(r["eip"], 0xF1))
+            debug_exception(self, r, icebp=False)   # icebp reaches _invalid (unicorn's decoder)
         else:
             ec = 0 if intno in C.VECTORS_WITH_ERROR_CODE else None
             traps.bounce_exception(self, intno, ec, regs=r)
@@ -547,13 +547,6 @@ class Vcpu32(Vcpu):
         if intno == 4 and before[1] == 0xCE:
             return 1
         return None
-
-    def _after_byte(self, eip: int, byte: int) -> bool:
-        """Is the byte before eip `byte` (icebp, 0xF1, leaves EIP after itself)?"""
-        try:
-            return self.read_virt((eip - 1) & 0xFFFFFFFF, 1) == bytes([byte])
-        except GuestFault:
-            return False
 
     def _soft_int(self, n: int, length: int, r: dict[str, int]) -> None:
         """`int n` from the guest: Xen's IDT gates and do_general_protection rules."""

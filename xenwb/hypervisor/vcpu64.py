@@ -225,7 +225,7 @@ class Vcpu64(Vcpu):
         self._after_guest_exit()
 
     def _software_int(self, intno: int, r: dict[str, int]) -> int | None:
-        """Length of the `int n`/int3/int1 that raised intno, or None for an exception."""
+        """Length of the `int n`/int3 that raised intno, or None for an exception."""
         pc = r["pc"]
         if intno >= 32:
             return 2
@@ -235,21 +235,18 @@ class Vcpu64(Vcpu):
             before = b""
         if before == bytes([0xCD, intno]):
             return 2
-        if len(before) == 2 and ((intno == 3 and before[1] == 0xCC) or (intno == 1 and before[1] == 0xF1)):
-            return 1
+        if len(before) == 2 and intno == 3 and before[1] == 0xCC:
+            return 1                    # (icebp never comes here: unicorn reports it as invalid)
         return None
 
     def _soft_int(self, n: int, length: int, r: dict[str, int]) -> None:
-        """`int n` (traps.c do_general_protection, entry.S int80_direct_trap): int3 and icebp
-        go straight to their vectors; `int $0x80` to trap_ctxt[0x80] when it has an address;
+        """`int n` (traps.c do_general_protection, entry.S int80_direct_trap): int3 goes
+        straight to its vector (icebp: Vcpu._icebp); `int $0x80` to trap_ctxt[0x80] when it has an address;
         any other vector when its trap_info DPL permits it (>= 1 from kernel mode, 3 from user
         mode, permit_softint); otherwise #GP with the IDT error code, RIP on the int."""
         ti = self.trap_ctxt[n]
         if n == INT3:
             traps.bounce_exception(self, n, regs=r)
-            return
-        if n == 1 and length == 1:
-            debug_exception(self, r, icebp=True)
             return
         if n == INT80 and ti is not None and ti.address:
             traps.bounce_exception(self, n, regs=r)
