@@ -182,7 +182,7 @@ def _is_signed(t: type) -> bool:
 # Constants: (label, our value, header macro name)
 # ---------------------------------------------------------------------------------------------
 ENUM_PREFIXES: list[tuple[type[enum.IntEnum], str, dict[str, str]]] = [
-    (C.Hypercall, "__HYPERVISOR_", {}),
+    (C.Hypercall, "__HYPERVISOR_", {"mca": "arch_0", "paging_domctl_cont": "arch_1"}),
     (C.MmuextCmd, "MMUEXT_", {}),
     (C.Vmasst, "VMASST_TYPE_", {"four_gb_segments": "4gb_segments",
                                 "four_gb_segments_notify": "4gb_segments_notify"}),

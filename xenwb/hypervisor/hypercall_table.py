@@ -3,9 +3,12 @@ xen/include/hypercall-defs.c lists them: number, name, the handler for a 32-bit 
 the handler for a 64-bit one, and the decoder that turns the arguments (and the guest
 structures they point to) into plain data for the trace.
 
-A number that is absent, or whose handler for the guest's width is None, is -ENOSYS, as
-for a hypercall Xen does not have (do_ni_hypercall). iret is listed for its number: Xen
-handles it on its own path (it does not return to the caller), and so does the domain.
+A number whose handler for the guest's width is None is -ENOSYS, as for a hypercall Xen does
+not have (do_ni_hypercall: tmem_op, argo_op without CONFIG_ARGO); a number that is absent is
+one Xen has and the workbench does not model (-ENOSYS too, said on stderr). The control-domain
+interfaces are there and answer as XSM's dummy policy does for a domU (privileged.py). iret
+is listed for its number: Xen handles it on its own path (it does not return to the caller),
+and so does the domain. hvm_op (34) is absent: for a PV guest it is a subsystem of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from xenwb.hypervisor import (
     mm,
     multicall,
     physdev,
+    privileged,
     sched,
     vcpu_op,
     version,
@@ -120,6 +124,8 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
        misc.decode_fpu_taskswitch),
     _e(H.sched_op_compat,                 sched.do_sched_op_compat,         sched.do_sched_op_compat,
        sched.decode_sched_op_compat),
+    _e(H.platform_op,                     privileged.do_platform_op,        privileged.do_platform_op,
+       privileged.decode_header),
     _e(H.set_debugreg,                    misc.do_set_debugreg,             misc.do_set_debugreg,
        misc.decode_set_debugreg),
     _e(H.get_debugreg,                    misc.do_get_debugreg,             misc.do_get_debugreg,
@@ -158,11 +164,23 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
     _e(H.sched_op,                        sched.do_sched_op,                sched.do_sched_op, sched.decode_sched_op),
     _e(H.callback_op,                     callback.do_callback_op,          callback.do_callback_op64,
        callback.decode_callback_op, callback.decode_callback_op64),
+    _e(H.xenoprof_op,                     privileged.do_xenoprof_op,        privileged.do_xenoprof_op),
     _e(H.event_channel_op,                event_channel.do_event_channel_op, event_channel.do_event_channel_op,
        event_channel.decode_event_channel_op),
     _e(H.physdev_op,                      physdev.do_physdev_op,            physdev.do_physdev_op,
        physdev.decode_physdev_op),
+    _e(H.sysctl,                          privileged.do_sysctl,             privileged.do_sysctl,
+       privileged.decode_header),
+    _e(H.domctl,                          privileged.do_domctl,             privileged.do_domctl,
+       privileged.decode_header),
+    _e(H.kexec_op,                        privileged.do_kexec_op,           privileged.do_kexec_op),
+    _e(H.tmem_op,                         None,                             None),
+    _e(H.argo_op,                         None,                             None),
     _e(H.xenpmu_op,                       misc.do_xenpmu_op,                misc.do_xenpmu_op),
+    _e(H.dm_op,                           privileged.do_dm_op,              privileged.do_dm_op),
+    _e(H.hypfs_op,                        privileged.do_hypfs_op,           privileged.do_hypfs_op),
+    _e(H.mca,                             privileged.do_mca,                privileged.do_mca),
+    _e(H.paging_domctl_cont,              privileged.do_paging_domctl_cont, privileged.do_paging_domctl_cont),
 )}
 
 

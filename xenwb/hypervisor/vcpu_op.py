@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, ShutdownReason, VcpuOp
 from xenwb.hypervisor import sched
+from xenwb.hypervisor.debugreg import load_debugregs
 from xenwb.hypervisor.descriptors import set_gdt
 from xenwb.hypervisor.emulate import pv_fixup_guest_cr4
 from xenwb.hypervisor.memory import GuestFault
@@ -227,8 +228,6 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     if v.initialised:
         return -Errno.EEXIST
     r = ctx.user_regs
-    if any(ctx.debugreg[i] >= dom.geo.hv_start for i in range(4)):   # breakpoint_addr_ok
-        return -Errno.EINVAL
     if r.eflags & EFLAGS_VM:
         return -Errno.EINVAL
     if ctx.ldt_base & 0xFFF or ctx.ldt_ents > 8192:
@@ -261,7 +260,7 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     v.failsafe_cs, v.failsafe_eip = fix_code(ctx.failsafe_callback_cs), ctx.failsafe_callback_eip
     v.failsafe_mask = bool(ctx.flags & C.VGCF_failsafe_disables_events)
     v.kernel_ss, v.kernel_sp = fix(ctx.kernel_ss), ctx.kernel_sp
-    v.debugreg = list(ctx.debugreg)
+    load_debugregs(v, list(ctx.debugreg))
     v.iopl = (r.eflags >> 12) & 3                        # IOPL privileges are virtualised
     v.set_virtual_ts(bool(ctx.ctrlreg[0] & 8))           # only CR0.TS is the guest's
     cpu = v.cpu
@@ -349,10 +348,10 @@ def vcpu_initialise64(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     v.failsafe_mask = bool(ctx.flags & C.VGCF_failsafe_disables_events)
     v.syscall_mask = bool(ctx.flags & C.VGCF_syscall_disables_events)
     v.kernel_ss, v.kernel_sp = fix3(ctx.kernel_ss), ctx.kernel_sp
-    v.debugreg = list(ctx.debugreg)
     v.iopl = (r.rflags >> 12) & 3
     v.set_virtual_ts(bool(ctx.ctrlreg[0] & 8))
     v.cr4 = pv_fixup_guest_cr4(ctx.ctrlreg[4])
+    load_debugregs(v, list(ctx.debugreg))           # after CR4: DE decides DR4/5 and I/O breakpoints
     cpu = v.cpu
     for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
                  "r15"):
