@@ -358,8 +358,9 @@ def test_reset_closes_every_port(hv: Hv) -> None:
 
 def test_fifo_ops_pirq_and_unknown(hv: Hv) -> None:
     """Still on the 2-level ABI (event_channel.c, event_fifo.c): set_priority has no 2-level op
-    (-ENOSYS, after -EINVAL for a port that is not valid), expand_array needs the FIFO ABI first (-EOPNOTSUPP), init_control with gfn 0 (a
-    frame the domU does not own) fails to map it (-EINVAL) and leaves the domain on 2-level;
+    (-ENOSYS, after -EINVAL for a port that is not valid), expand_array needs the FIFO ABI first
+    (-EOPNOTSUPP), init_control with gfn 0 (a frame the domU does not own) fails to map it
+    (-EINVAL) and leaves the domain on 2-level;
     a domU has no PIRQ access (-EPERM, -EINVAL past nr_pirqs); unknown commands -ENOSYS."""
     assert hv.call(H.event_channel_op, E.set_priority, hv.alloc(16)) == ENOSYS
     assert op(hv, E.set_priority, "<II", 1 << 20, 3)[0] == EINVAL    # no such port: checked first

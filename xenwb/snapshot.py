@@ -461,7 +461,7 @@ class Rule:
 RULES: dict[type, Rule | None] = {
     Machine: Rule(only=frozenset({"_next", "_last_run", "turn", "_futile", "turns", "pumps", "domain",
                                   "console", "store", "xenstore"})),
-    Domain: Rule(skip=frozenset({"image", "abi", "hypercalls", "observer", "console_sink", "trace",
+    Domain: Rule(skip=frozenset({"image", "abi", "hypercalls", "observer", "console_sink", "hv_console_sink", "trace",
                                  "mask_observer", "geo", "mode", "_warned", "stub_cache"})),
     CpuBase: Rule(skip=frozenset({"uc", "clock", "_exact_reasons", "_breakpoint_hooks", "_pc_synced",
                                   "_pending_invalidations"})),

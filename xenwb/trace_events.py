@@ -161,8 +161,10 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
     _ev("emulate", "mnemonic(insn)", "emit_emulated", "eip insn", [
         _f("eip", "int"),
         _f("insn", "str", "the instruction, disassembled")], "a privileged instruction emulated"),
-    _ev("console", "console", "emit_console", "data", [
-        _f("text", "str", "the bytes written, as latin-1", "latin1(data)")], "console output"),
+    _ev("console", "console", "emit_console", "data console", [
+        _f("text", "str", "the bytes written, as latin-1", "latin1(data)"),
+        _f("console", "str", "`pv`: the guest's PV console ring (`xl console`); `xen`: a console_io line on "
+           "the hypervisor console (`xl dmesg`), with its `(d1) ` prefix")], "console output"),
     _ev("shutdown", "=reason", "emit_shutdown", "reason", [], "the domain shut down"),
     _ev("crash", "domain_crash", "emit_crash", "reason eip", [
         _f("reason", "str"),
