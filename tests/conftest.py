@@ -17,6 +17,7 @@ GUEST_BUILDS = {
     "failsafe": ("failsafe", ()),
     "failsafe-reload": ("failsafe", ("RELOAD=1",)),
     "user82": ("user82", ()),
+    "bsdsym": ("bsdsym", ()),
 }
 
 
