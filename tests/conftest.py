@@ -18,6 +18,7 @@ GUEST_BUILDS = {
     "failsafe-reload": ("failsafe", ("RELOAD=1",)),
     "user82": ("user82", ()),
     "bsdsym": ("bsdsym", ()),
+    "iopl": ("iopl", ()),
 }
 
 

@@ -354,6 +354,16 @@ def test_physdev_set_iopl(hv: Hv) -> None:
     assert hv.v.iopl == 3
 
 
+def test_physdev_set_iobitmap(hv: Hv) -> None:
+    """PHYSDEVOP_set_iobitmap {bitmap, nr_ports}: the 8 KiB bitmap must lie in guest space
+    (guest_handle_okay) and nr_ports be at most 65536, else -EINVAL (physdev.c)."""
+    top = hv.dom.geo.hv_start
+    assert hv.call(H.physdev_op, 7, hv.put_u32(top - 4096, 16)) == EINVAL
+    assert hv.call(H.physdev_op, 7, hv.put_u32(0x1000, 65537)) == EINVAL
+    assert hv.call(H.physdev_op, 7, hv.put_u32(0x1000, 65536)) == 0
+    assert hv.v.iobitmap == (0x1000, 65536)
+
+
 # ================================================================ vcpu_op
 def test_vcpu_op_is_up(hv: Hv) -> None:
     assert hv.call(H.vcpu_op, 3, 0, 0) == 1

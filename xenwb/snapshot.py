@@ -56,6 +56,7 @@ from xenwb.hypervisor.mm import MM
 from xenwb.hypervisor.upcall_mask import MaskObserver
 from xenwb.hypervisor.xenarea import HvGeometry
 from xenwb.inputlog import InputLog
+from xenwb.iogate import IoGate
 from xenwb.layout import BootLayout
 from xenwb.loader import GuestImage
 from xenwb.machine import Machine
@@ -466,7 +467,7 @@ RULES: dict[type, Rule | None] = {
     CpuBase: Rule(skip=frozenset({"uc", "clock", "_exact_reasons", "_breakpoint_hooks", "_pc_synced",
                                   "_pending_invalidations"})),
     MM: Rule(skip=frozenset({"pages"})),
-    RegBatch: OPAQUE, VClock: OPAQUE, TraceBus: OPAQUE, MaskObserver: OPAQUE, RamRegion: OPAQUE,
+    RegBatch: OPAQUE, VClock: OPAQUE, IoGate: OPAQUE, TraceBus: OPAQUE, MaskObserver: OPAQUE, RamRegion: OPAQUE,
     GuestImage: OPAQUE, BootLayout: OPAQUE, CommandRegistry: OPAQUE, HvGeometry: OPAQUE, InputLog: OPAQUE,
     LogEntry: OPAQUE, Uc: OPAQUE,
 }

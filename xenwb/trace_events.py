@@ -197,7 +197,7 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
     _ev("io", "=op", "emit_io", "op port size value eip gp", [
         _f("port", "int"), _f("size", "int", "bytes"), _f("value", "int", "read (all ones for a domU) or written"),
         _f("eip", "int", "the instruction"), _f("symbol", "str|null", SYMBOL, "symbol(eip)"),
-        _f("gp", "bool", "Xen would have raised #GP(0): the virtual IOPL does not allow the access")],
+        _f("gp", "bool", "refused with #GP(0): neither the virtual IOPL nor the I/O bitmap allows the access")],
         "port I/O by the guest (`in` or `out`)"),
     _ev("xenstore", "=type", "emit_xenstore", "type domid tx_id args reply", [
         _f("domid", "int"), _f("tx_id", "int"), _f("args", "json", "the request's strings"),

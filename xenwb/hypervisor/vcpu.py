@@ -23,6 +23,7 @@ from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
 from xenwb.hypervisor.state import DomainCrash, TrapInfo, VcpuState
 from xenwb.hypervisor.xenarea import PERDOMAIN_VA
+from xenwb.iogate import IoGate
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
@@ -108,8 +109,7 @@ class Vcpu:
         else:
             self.clock.install_tsc_hooks(X.UC_X86_REG_EAX, X.UC_X86_REG_EDX, X.UC_X86_REG_ECX)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self.io_gate = IoGate(uc, self._port_io)
 
     def _guarded(self, what: str, fn, *args):
         """Run hypervisor work for a hook: a DomainCrash crashes the domain; any other
@@ -130,25 +130,19 @@ class Vcpu:
         return 1
 
     # Port I/O. Unicorn executes IN/OUT at any privilege level without consulting IOPL or
-    # an I/O bitmap (its gen_check_io returns at once), so Xen's rule is applied here
-    # (pv/emul-priv-op.c): with the virtual IOPL allowing it (>= 1 in kernel mode, 3 in user
-    # mode) a domU, which has no I/O ports, reads all ones and its writes are dropped
-    # (guest_io_read/guest_io_write). Where Xen would raise #GP(0) instead, the instruction
-    # cannot be stopped from this hook (unicorn goes on with the translation block): the
-    # access is answered the same way and recorded in the trace as an I/O fault Xen would
-    # have raised.
-    def _io_allowed(self) -> bool:
-        return self.iopl >= (1 if self.in_kernel_mode() else 3)
-
-    def _on_in(self, uc, port: int, size: int, _ud) -> int:
-        value = (1 << (8 * size)) - 1
+    # an I/O bitmap, so the native hook of iogate.py asks here, before the access, and raises
+    # #GP(0) where Xen would (pv/emul-priv-op.c guest_io_okay: the virtual IOPL, else the
+    # guest's I/O bitmap). An allowed access reads all ones and its writes are dropped: a domU
+    # has no I/O ports (guest_io_read/guest_io_write).
+    def _port_io(self, op: str, port: int, size: int, value: int) -> bool:
+        allowed = self._guarded("port I/O", emulate.guest_io_okay, self, port, size)
+        if allowed is None:
+            return True                        # the domain crashed: let the instruction end
         if self.domain.trace.want_io:
-            self.domain.trace.emit_io(self, "in", port, size, value, self.cpu.pc, not self._io_allowed())
-        return value
-
-    def _on_out(self, uc, port: int, size: int, value: int, _ud) -> None:
-        if self.domain.trace.want_io:
-            self.domain.trace.emit_io(self, "out", port, size, value, self.cpu.pc, not self._io_allowed())
+            if op == "in":
+                value = (1 << (8 * size)) - 1
+            self.domain.trace.emit_io(self, op, port, size, value, self.cpu.pc, not allowed)
+        return allowed
 
     def _invalid(self) -> None:
         if not emulate.invalid_opcode(self):
