@@ -19,6 +19,7 @@ GUEST_BUILDS = {
     "user82": ("user82", ()),
     "bsdsym": ("bsdsym", ()),
     "iopl": ("iopl", ()),
+    "ldt": ("ldt", ()),
 }
 
 

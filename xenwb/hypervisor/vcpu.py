@@ -17,7 +17,7 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_IN
 from unicorn import x86_const as X
 
 from xenwb.abi import constants as C
-from xenwb.hypervisor import emulate, traps
+from xenwb.hypervisor import emulate, ldt, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
@@ -62,6 +62,7 @@ class Vcpu:
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.ldt_base = self.ldt_ents = 0
+        self.ldt_mapped: list[int | None] = [None] * 16   # frames mapped in the LDT shadow (32-bit)
         self.cr3_mfn = 0
         self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
         self._tgen = self._ttop = -1
@@ -418,6 +419,11 @@ class Vcpu32(Vcpu):
         cr2 = r["cr2"] if intno == 14 else None
         if intno in CONTRIBUTORY_OR_PF:
             self.cpu.clear_pending_exception()
+        if intno == C.TRAP_page_fault:
+            offset = ldt.ldt_offset(self, cr2)
+            if offset is not None and ldt.handle_ldt_mapping_fault(self, offset, r):
+                self._after_guest_exit()
+                return
         if r["cs"] & 3 == 0 and r["eip"] >= PERDOMAIN_VA:
             # the trampoline's iret faulted: Xen failed to load the guest's selectors
             target = self.pending_iret_target or {}
