@@ -20,6 +20,7 @@ GUEST_BUILDS = {
     "bsdsym": ("bsdsym", ()),
     "iopl": ("iopl", ()),
     "ldt": ("ldt", ()),
+    "gate": ("gate", ()),
 }
 
 

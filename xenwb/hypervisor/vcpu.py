@@ -17,7 +17,7 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_IN
 from unicorn import x86_const as X
 
 from xenwb.abi import constants as C
-from xenwb.hypervisor import emulate, ldt, traps
+from xenwb.hypervisor import emulate, gate_op, ldt, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
@@ -439,7 +439,11 @@ class Vcpu32(Vcpu):
             if not emulate.ptwr(self, r, cr2, ec):
                 traps.bounce_exception(self, 14, ec, cr2, regs=r)
         elif intno == C.TRAP_gp_fault:
-            if not emulate.privileged_op(self, r):
+            far = gate_op.far_transfer_selector(self, r)
+            if far:
+                # traps.c do_general_protection: a 32-bit vcpu's #GP with an error code
+                gate_op.emulate_gate_op(self, r, far)
+            elif not emulate.privileged_op(self, r):
                 traps.bounce_exception(self, 13, emulate.gp_error_code(self, r), regs=r)
         elif intno == C.TRAP_no_device:
             self.cpu.set_ts(False)
