@@ -21,6 +21,7 @@ GUEST_BUILDS = {
     "iopl": ("iopl", ()),
     "ldt": ("ldt", ()),
     "gate": ("gate", ()),
+    "seg": ("seg", ()),
 }
 
 

@@ -17,7 +17,7 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_IN
 from unicorn import x86_const as X
 
 from xenwb.abi import constants as C
-from xenwb.hypervisor import emulate, gate_op, ldt, traps
+from xenwb.hypervisor import emulate, gate_op, ldt, segments, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
@@ -435,9 +435,14 @@ class Vcpu32(Vcpu):
         if soft is not None:
             self._soft_int(intno, soft, r)
         elif intno == C.TRAP_page_fault:
-            ec = emulate.page_fault_error_code(self, r, cr2)
-            if not emulate.ptwr(self, r, cr2, ec):
-                traps.bounce_exception(self, 14, ec, cr2, regs=r)
+            seg_vector = segments.segment_fault(self, r, cr2)
+            if seg_vector is not None:
+                # the segment check the CPU makes before paging (unicorn makes none)
+                traps.bounce_exception(self, seg_vector, 0, regs=r)
+            else:
+                ec = emulate.page_fault_error_code(self, r, cr2)
+                if not emulate.ptwr(self, r, cr2, ec):
+                    traps.bounce_exception(self, 14, ec, cr2, regs=r)
         elif intno == C.TRAP_gp_fault:
             far = gate_op.far_transfer_selector(self, r)
             if far:
