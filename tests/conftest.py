@@ -22,6 +22,7 @@ GUEST_BUILDS = {
     "ldt": ("ldt", ()),
     "gate": ("gate", ()),
     "seg": ("seg", ()),
+    "fifo_init": ("fifo_init", ()),
 }
 
 
