@@ -29,8 +29,8 @@ from xenwb import _iogate
 
 _IN_HOOK = _iogate.in_hook_address()
 _OUT_HOOK = _iogate.out_hook_address()
-UC_STRUCT_SCAN = 1 << 16          # bytes of the uc_struct searched for the CPU pointer
-CPU_SCAN = 1 << 17                # bytes of the CPU searched for env
+UC_STRUCT_SCAN = 1 << 12          # bytes of the uc_struct searched for the CPU pointer (it is at 440 on 2.1.4)
+CPU_SCAN = 1 << 16                # bytes of the CPU searched for env (35408 in on 2.1.4)
 
 
 class _IoGateStruct(ctypes.Structure):
@@ -45,15 +45,32 @@ def _read(fd: int, addr: int, n: int) -> bytes:
         return b""
 
 
+KNOWN_OFFSETS = (440, 35408)       # what the calibration finds on unicorn 2.1.4 (x86_64 Linux)
+MARKER = (0x58454E57_42494F47, 0x41544521_1F0E0D0C)   # unlikely values for RAX, RCX
+
+
+def _scratch_engine() -> tuple[Uc, int]:
+    """An engine with the marker values in RAX and RCX, and its uc_struct's address."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.reg_write(X.UC_X86_REG_RAX, MARKER[0])
+    uc.reg_write(X.UC_X86_REG_RCX, MARKER[1])
+    return uc, uc._uch.value if isinstance(uc._uch, ctypes.c_void_p) else int(uc._uch)
+
+
+def _holds(fd: int, uch: int, off: int, at: int) -> bool:
+    """Does the uc_struct field at `off` point to memory holding env at `at`?"""
+    raw = _read(fd, uch + off, 8)
+    if len(raw) != 8:
+        return False
+    ptr, = struct.unpack("<Q", raw)
+    return 0x10000 <= ptr < 1 << 47 and _read(fd, ptr + at, 16) == struct.pack("<QQ", *MARKER)
+
+
 def _candidates(fd: int) -> set[tuple[int, int]]:
     """(field offset, env offset) pairs for which a scratch engine's uc_struct field points to
     memory holding env (the marker values in RAX, RCX) at that env offset."""
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    rax, rcx = 0x58454E57_42494F47, 0x41544521_1F0E0D0C      # unlikely values
-    uc.reg_write(X.UC_X86_REG_RAX, rax)
-    uc.reg_write(X.UC_X86_REG_RCX, rcx)
-    uch = uc._uch.value if isinstance(uc._uch, ctypes.c_void_p) else int(uc._uch)
-    marker = struct.pack("<QQ", rax, rcx)
+    _uc, uch = _scratch_engine()
+    marker = struct.pack("<QQ", *MARKER)
     fields = _read(fd, uch, UC_STRUCT_SCAN)
     hits = set()
     for off in range(0, len(fields) - 7, 8):
@@ -68,11 +85,15 @@ def _candidates(fd: int) -> set[tuple[int, int]]:
 
 @cache
 def qemu_env_offsets() -> tuple[int, int]:
-    """(offset of the CPU pointer in the uc_struct, offset of env in the CPU), by calibration
-    on two scratch engines: of the relations both show, the nearest (env lies inside the CPU
-    object, 35 KiB in on unicorn 2.1.4; another field may point to an allocation before it)."""
+    """(offset of the CPU pointer in the uc_struct, offset of env in the CPU), by calibration:
+    the known offsets when a scratch engine confirms them, else a search on two scratch engines
+    keeping, of the relations both show, the nearest (env lies inside the CPU object, 35 KiB in
+    on unicorn 2.1.4; another field may point to an allocation before it)."""
     fd = os.open("/proc/self/mem", os.O_RDONLY)
     try:
+        _uc, uch = _scratch_engine()
+        if _holds(fd, uch, *KNOWN_OFFSETS):
+            return KNOWN_OFFSETS
         hits = _candidates(fd) & _candidates(fd)
     finally:
         os.close(fd)
