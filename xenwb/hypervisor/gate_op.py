@@ -134,7 +134,7 @@ def far_transfer_selector(vcpu: Vcpu, regs: dict[str, int]) -> int | None:
         return None
     try:
         far = _far_operand(vcpu, insn, regs)
-    except Refused:
+    except (Refused, KeyError):
         return None
     return None if far is None else far[1] & 0xFFFC
 

@@ -80,7 +80,11 @@ def segment_fault(vcpu: Vcpu, regs: dict[str, int], cr2: int) -> int | None:
     insn = decode(vcpu, regs["eip"])
     if insn is None:
         return None
-    for seg, off, size in _accesses(vcpu, insn, regs):
+    try:
+        accesses = _accesses(vcpu, insn, regs)
+    except KeyError:
+        return None                               # an addressing form not modelled here
+    for seg, off, size in accesses:
         sel = regs[seg]
         d = None if not sel & ~3 else descriptor_of(vcpu, sel)
         if d is None:
