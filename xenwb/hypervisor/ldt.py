@@ -1,4 +1,4 @@
-"""A 32-bit PV vcpu's LDT, mapped a page at a time on first use.
+"""A PV vcpu's LDT, mapped a page at a time on first use.
 
 MMUEXT_SET_LDT (mm.py set_ldt) points the LDTR at the vcpu's LDT shadow in Xen's area with
 the limit of the guest's entry count; the shadow's pages start unmapped. The CPU's first
@@ -37,7 +37,7 @@ def map_ldt_shadow_page(vcpu: Vcpu, offset: int) -> bool:
     page = offset >> 12
     if offset >> 3 >= vcpu.ldt_ents or vcpu.ldt_mapped[page] is not None:
         return False
-    w = walk(dom.mem, dom.mode, vcpu.cr3_mfn, (vcpu.ldt_base + offset) & 0xFFFFFFFF)
+    w = walk(dom.mem, dom.mode, vcpu.cr3_mfn, (vcpu.ldt_base + offset) & dom.geo.va_mask)
     if not w.mapped or w.mfn is None or not dom.mm.is_owned(w.mfn):
         return False
     mfn, mm = w.mfn, dom.mm
@@ -69,5 +69,5 @@ def handle_ldt_mapping_fault(vcpu: Vcpu, offset: int, regs: dict[str, int]) -> b
         return True
     if not regs["cs"] & 3:
         return False
-    bounce_exception(vcpu, C.TRAP_page_fault, 0, (vcpu.ldt_base + offset) & 0xFFFFFFFF, regs=regs)
+    bounce_exception(vcpu, C.TRAP_page_fault, 0, (vcpu.ldt_base + offset) & vcpu.domain.geo.va_mask, regs=regs)
     return True

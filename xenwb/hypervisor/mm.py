@@ -923,9 +923,9 @@ def set_ldt(vcpu: Vcpu, base: int, ents: int) -> int:
     """MMUEXT_SET_LDT (mm.c): the base counts only with entries; it must be page aligned and
     __addr_ok (for a 64-bit guest: outside the hypervisor hole; any 32-bit address is), at most
     8192 entries, else -EINVAL. A new LDT drops the old one's shadow mappings (pv_destroy_ldt)
-    and loads the LDTR (load_LDT): a 32-bit vcpu's points at its LDT shadow in Xen's area, whose
-    pages are mapped on first use (ldt.py), with the limit of `ents` descriptors; no LDT, no
-    LDT selector resolves."""
+    and loads the LDTR (load_LDT) with the vcpu's LDT shadow in Xen's area, whose pages are
+    mapped on first use (ldt.py), and the limit of `ents` descriptors; no LDT, no LDT selector
+    resolves."""
     dom = vcpu.domain
     ptr = base if ents else 0
     if ptr & 0xFFF or ents > 8192 or (vcpu.word == 8 and not dom.geo.guest_range_ok(ptr, 1)):
@@ -936,8 +936,6 @@ def set_ldt(vcpu: Vcpu, base: int, ents: int) -> int:
     vcpu.ldt_base, vcpu.ldt_ents = ptr, ents
     if not ents:
         vcpu.cpu.uc.reg_write(X.UC_X86_REG_LDTR, (0, 0, 0, 0))
-    elif vcpu.word == 8:
-        vcpu.cpu.uc.reg_write(X.UC_X86_REG_LDTR, (0, ptr, ents * 8 - 1, 0x8200))
     else:
         vcpu.cpu.uc.reg_write(X.UC_X86_REG_LDTR, (0, dom.xen.ldt_va(vcpu.id), ents * 8 - 1, 0x8200))
     vcpu.cpu.flush_tlb()

@@ -62,7 +62,7 @@ class Vcpu:
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.ldt_base = self.ldt_ents = 0
-        self.ldt_mapped: list[int | None] = [None] * 16   # frames mapped in the LDT shadow (32-bit)
+        self.ldt_mapped: list[int | None] = [None] * 16   # frames mapped in the LDT shadow (ldt.py)
         self.cr3_mfn = 0
         self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
         self._tgen = self._ttop = -1
