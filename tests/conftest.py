@@ -28,6 +28,12 @@ GUEST_BUILDS: dict[str, tuple] = {
     "sysenter": ("sysenter", ()),
     "dbreg": ("dbreg", ()),
     "dbreg64": ("dbreg", (), 64),
+    "bsdsym": ("bsdsym", ()),
+    "iopl": ("iopl", ()),
+    "ldt": ("ldt", ()),
+    "gate": ("gate", ()),
+    "seg": ("seg", ()),
+    "fifo_init": ("fifo_init", ()),
 }
 
 

@@ -120,19 +120,36 @@ SUMMARY = re.compile(r"^xenwb: (\S+)(?: \((.*)\))?; (\d+) hypercalls \(\+(\d+) m
 
 
 def test_run_example() -> None:
+    """pvdemo logs with console_io only: its lines are on the hypervisor console (stderr), each
+    with the "(d1) " prefix of xen/drivers/char/console.c guest_printk, before the summary
+    line; its PV console (stdout) stays empty."""
     p = xenwb("run", "pvdemo-pae")
     assert p.returncode == 0, p.stderr
-    assert re.search(r"all \d+ checks passed", p.stdout)
+    assert p.stdout == ""
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, p.stderr
-    m = SUMMARY.match(lines[0])
-    assert m, lines[0]
+    assert re.search(r"^\(d1\) .*all \d+ checks passed$", p.stderr, re.M), p.stderr[-500:]
+    assert all(ln.startswith("(d1) ") for ln in lines[:-1]), lines[:3]
+    m = SUMMARY.match(lines[-1])
+    assert m, lines[-1]
     assert m.group(1) == "shutdown" and m.group(2) == "poweroff" and int(m.group(3)) > 0
+
+
+def test_run_consoles_merged_or_to_a_file(tmp_path: Path) -> None:
+    """--merge-consoles puts the hypervisor console's lines on stdout; --hv-console FILE writes
+    them to FILE; either way stderr keeps only the summary."""
+    p = xenwb("run", "pvdemo-pae", "--merge-consoles")
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"^\(d1\) .*all \d+ checks passed$", p.stdout, re.M)
+    assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) == 1, p.stderr
+    log = tmp_path / "dmesg.txt"
+    p = xenwb("run", "pvdemo-pae", "--hv-console", str(log), "--quiet")
+    assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p.stderr
+    assert re.search(r"^\(d1\) .*all \d+ checks passed$", log.read_text(), re.M)
 
 
 def test_run_trace_jsonl(tmp_path: Path) -> None:
     trace = tmp_path / "boot.jsonl"
-    p = xenwb("run", "pvdemo-nonpae", "--trace", str(trace), "--quiet")
+    p = xenwb("run", "pvdemo-nonpae", "--trace", str(trace), "--quiet", "--merge-consoles")
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip() == ""
     events = [json.loads(line) for line in trace.read_text().splitlines()]
@@ -147,6 +164,8 @@ def test_run_trace_jsonl(tmp_path: Path) -> None:
     for e in hcalls:
         assert {"nr", "eip", "args", "raw_args", "ret", "errno", "multicall"} <= e.keys()
     assert any(e["name"] == "console_io" for e in hcalls)
+    console = [e for e in events if e["kind"] == "console"]
+    assert console and all(e["console"] == "xen" and e["text"].startswith("(d1) ") for e in console)
     assert any(e["kind"] == "shutdown" and e["name"] == "poweroff" for e in events)
     assert all(e["time_ns"] >= 0 for e in events)
 
@@ -176,7 +195,7 @@ def test_run_cmdline_and_memory_reach_the_guest(tmp_path: Path) -> None:
 def refused_before_boot(p: subprocess.CompletedProcess) -> str:
     """A one-line error, exit 2, and the guest never ran (no console output)."""
     line = one_error_line(p)
-    assert "pvdemo:" not in p.stdout, p.stdout[-300:]
+    assert "pvdemo:" not in p.stdout + p.stderr, (p.stdout + p.stderr)[-300:]
     return line
 
 
@@ -269,7 +288,7 @@ def test_exec_failing_when_it_runs_is_an_error_on_stderr() -> None:
     p = xenwb("run", "pvdemo-pae", "--exec", "hypercalls show 99999999", "--exec", "hypercalls summary")
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
-    assert re.search(r"all \d+ checks passed", p.stdout) and "total" in p.stdout    # the other command still ran
+    assert re.search(r"all \d+ checks passed", p.stderr) and "total" in p.stdout    # the other command still ran
     assert "99999999" not in p.stdout
     errs = [ln for ln in p.stderr.splitlines() if ln.startswith("xenwb: --exec 'hypercalls show 99999999':")]
     assert len(errs) == 1, p.stderr
@@ -298,7 +317,7 @@ def test_module_files_are_checked_before_they_are_read(tmp_path: Path) -> None:
     ok.write_bytes(b"\x5a" * 12345)
     p = xenwb("run", "pvdemo-pae", "--module", str(ok))
     assert p.returncode == 0, p.stderr
-    assert "mod_len 12345" in p.stdout
+    assert "mod_len 12345" in p.stderr                      # pvdemo's console_io line
     p = xenwb("info", "pvdemo-pae", "--module", str(ok))
     assert p.returncode == 0 and re.search(r"^\s+module\s", p.stdout, re.M), p.stdout
 
@@ -365,7 +384,7 @@ def test_trace_filter_help_says_what_is_filtered() -> None:
 
 # ---------------------------------------------------------------- the summary line and the table agree
 def test_summary_line_and_table_count_alike() -> None:
-    p = xenwb("run", "pvdemo-pae", "--vcpus", "2", "--exec", "hypercalls summary", "--json")
+    p = xenwb("run", "pvdemo-pae", "--vcpus", "2", "--exec", "hypercalls summary", "--json", "--merge-consoles")
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout[p.stdout.rindex("\n[") + 1:])
     m = SUMMARY.match(p.stderr.strip().splitlines()[-1])
@@ -440,7 +459,7 @@ def test_readme_attach_instructions_work(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert re.search(r"all \d+ checks passed", out)
+    assert re.search(r"all \d+ checks passed", err)        # the hypervisor console
 
 
 def test_readme_outputs_are_git_ignored() -> None:

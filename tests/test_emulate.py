@@ -103,17 +103,18 @@ def test_fault_without_handler_crashes(guests) -> None:
 
 
 def test_cli_run_crash_one_line(guests) -> None:
-    """`xenwb run` on a crashing guest: exit 1, one line on stderr naming vcpu, EIP and #GP."""
+    """`xenwb run` on a crashing guest: exit 1, one line on stderr naming vcpu, EIP and #GP
+    (after the guest's console_io line, on the hypervisor console)."""
     g = guests["crash"]
     p = subprocess.run([sys.executable, "-m", "xenwb", "run", str(g.path)], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 1
     assert "Traceback" not in p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, p.stderr
+    assert len(lines) == 2 and lines[0] == "(d1) about to hlt", p.stderr     # its console_io line first
     eip = g.symbols["hlt_insn"]
-    assert re.search(rf"domain crashed: vcpu0 at eip 0x0*{eip:x}\b.*: #GP", lines[0]), lines[0]
-    assert p.stdout == "about to hlt\n"
+    assert re.search(rf"domain crashed: vcpu0 at eip 0x0*{eip:x}\b.*: #GP", lines[1]), lines[1]
+    assert p.stdout == ""
 
 
 # ---------------------------------------------------------------- writable pagetables
@@ -145,7 +146,7 @@ def test_ptwr_emulated_with_assist(guests) -> None:
     events = []
     hv.dom.trace.subscribe(events.append)
     text = finish(hv, out)
-    assert text == "store done\n"
+    assert text == "(d1) store done\n"
     assert hv.u32(p["g"].symbols["assist_rc"]) == 0
     assert hv.read_entry(p["maddr"]) == p["new"]          # high half (PAE) untouched: 0
     assert hv.dom.stats["faults"] == 0
@@ -154,7 +155,7 @@ def test_ptwr_emulated_with_assist(guests) -> None:
 
 
 def expect_pf(hv: Hv, out, p, text: str) -> None:
-    assert text == "#PF handler\n"
+    assert text == "(d1) #PF handler\n"
     ec, eip, csw = words(hv, p["g"].symbols["frame"], 3)
     assert ec == 0x3                               # present | write, supervisor
     assert eip == p["g"].symbols["ptwr_insn"]
@@ -186,7 +187,7 @@ def test_failsafe_callback_on_bad_iret_selector(guests) -> None:
     g = guests["failsafe"]
     hv, out = boot(g.path)
     text = finish(hv, out)
-    assert text == "failsafe callback\n"
+    assert text == "(d1) failsafe callback\n"
     assert words(hv, g.symbols["rcs"], 2) == [0, 0]       # update_va_mapping, set_gdt
     ds, es, fs, gs, eip, csw, eflags = words(hv, g.symbols["frame"], 7)
     assert (ds, es, fs, gs) == (KDS, KDS, UDS, 0)
@@ -203,7 +204,7 @@ def test_failsafe_callback_when_segments_cannot_be_reloaded(guests) -> None:
     g = guests["failsafe-reload"]
     hv, out = boot(g.path)
     text = finish(hv, out)
-    assert text == "failsafe callback\n"
+    assert text == "(d1) failsafe callback\n"
     assert words(hv, g.symbols["rcs"], 2) == [0, 0]       # update_va_mapping, update_descriptor
     ds, es, fs, gs, eip, csw, eflags = words(hv, g.symbols["frame"], 7)
     assert (ds, es, fs, gs) == (KDS, KDS, 0x11, 0)
@@ -214,7 +215,7 @@ def test_int82_from_user_mode_is_gp(guests) -> None:
     g = guests["user82"]
     hv, out = boot(g.path)
     text = finish(hv, out)
-    assert text == "#GP from user mode\n"
+    assert text == "(d1) #GP from user mode\n"
     assert hv.u32(g.symbols["uvm_rc"]) == 0
     ec, eip, csw, eflags, esp, ss = words(hv, g.symbols["frame"], 6)
     assert ec == 0x82 << 3 | 2

@@ -19,6 +19,7 @@ from xenwb.abi import constants as C
 from xenwb.abi.constants import EvtchnOp as E
 from xenwb.hypervisor import traps
 from xenwb.hypervisor.event_channel import EVTCHNS_PER_BUCKET
+from xenwb.machine import Machine, StopReason
 
 H = C.Hypercall
 EPERM, ENOENT, ESRCH, EFAULT, EBUSY, EEXIST, EINVAL, ENOSPC, ENOSYS = (
@@ -358,10 +359,12 @@ def test_reset_closes_every_port(hv: Hv) -> None:
 
 def test_fifo_ops_pirq_and_unknown(hv: Hv) -> None:
     """Still on the 2-level ABI (event_channel.c, event_fifo.c): set_priority has no 2-level op
-    (-ENOSYS), expand_array needs the FIFO ABI first (-EOPNOTSUPP), init_control with gfn 0 (a
-    frame the domU does not own) fails to map it (-EINVAL) and leaves the domain on 2-level;
+    (-ENOSYS, after -EINVAL for a port that is not valid), expand_array needs the FIFO ABI first
+    (-EOPNOTSUPP), init_control with gfn 0 (a frame the domU does not own) fails to map it
+    (-EINVAL) and leaves the domain on 2-level;
     a domU has no PIRQ access (-EPERM, -EINVAL past nr_pirqs); unknown commands -ENOSYS."""
     assert hv.call(H.event_channel_op, E.set_priority, hv.alloc(16)) == ENOSYS
+    assert op(hv, E.set_priority, "<II", 1 << 20, 3)[0] == EINVAL    # no such port: checked first
     assert hv.call(H.event_channel_op, E.expand_array, hv.alloc(16)) == -95          # -EOPNOTSUPP
     assert hv.call(H.event_channel_op, E.init_control, hv.alloc(16)) == EINVAL
     assert hv.dom.evtchn.ops.name == "2-level"
@@ -551,3 +554,21 @@ def test_fifo_abi_links_raised_ports_into_their_queue(hv: Hv) -> None:
     assert word(c) == MASKED | PENDING                                                # not linked
     assert op(hv, E.unmask, "<I", c)[0] == 0
     assert word(c) & (PENDING | LINKED | MASKED) == PENDING | LINKED and word(b) & 0x1FFFF == c
+
+
+def test_init_control_from_a_guest(guests) -> None:
+    """tests/guests/fifo_init.S issues EVTCHNOP_init_control itself: -ENOENT for vcpu 5 (before
+    the bad offset), -EINVAL for an offset crossing the page, misaligned, or a frame not its
+    own (still 2-level after that), 0 with link_bits 17 written back, -EINVAL for a second
+    block; expand_array 0 (xen/common/event_fifo.c evtchn_fifo_init_control, map_control_block,
+    add_page_to_event_array)."""
+    g = guests["fifo_init"]
+    hv = Hv(Machine(g.path))
+    out: list[bytes] = []
+    hv.dom.console_sink = out.append
+    hv.m.set_limits(max_instructions=100_000)
+    r = hv.m.run()
+    assert r.reason is StopReason.shutdown and b"".join(out) == b"(d1) fifo: done\n", (r, b"".join(out))
+    rcs = list(struct.unpack("<7i", hv.get(g.symbols["rcs"], 28)))
+    assert rcs == [ENOENT, EINVAL, EINVAL, EINVAL, 0, EINVAL, 0]
+    assert hv.u32(g.symbols["link_bits"]) == 17 and hv.dom.evtchn.ops.name == "FIFO"

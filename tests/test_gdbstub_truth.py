@@ -249,8 +249,8 @@ def test_a_crash_stays_inspectable_until_detach(cleanup, spin_crash):
 
 # ------------------------------------------------------------------------------------------------ invisible stops
 def test_attach_step_detach_at_random_points_changes_nothing(cleanup, script):
-    ref = subprocess.run([sys.executable, "-m", "xenwb", "run", "pvdemo-pae", "--vcpus", "2"], cwd=REPO,
-                         capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    ref = subprocess.run([sys.executable, "-m", "xenwb", "run", "pvdemo-pae", "--vcpus", "2", "--merge-consoles"],
+                         cwd=REPO, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     assert ref.returncode == 0
     g = _gdb(cleanup)
     g.run("set confirm off")

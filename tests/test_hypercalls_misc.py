@@ -71,13 +71,27 @@ def test_xen_version_unknown_cmd(hv: Hv) -> None:
 
 # ================================================================ console_io
 def test_console_io_write(hv: Hv) -> None:
-    got = []
-    hv.dom.console_sink = got.append
-    msg = b"hello from the guest\n" + bytes(range(32, 127)) * 3
+    """guest_console_write (xen/drivers/char/console.c) for a domU: each line goes to the
+    hypervisor console as "(d1) " + the line; characters that are not printable (but a tab)
+    are dropped; a partial line waits in the domain's 200-byte buffer for its newline, and is
+    printed without it when the buffer would overflow. Apart from the PV console's sink when
+    hv_console_sink is set; the trace's console event says which console."""
+    got, ring = [], []
+    hv.dom.console_sink = ring.append
+    hv.dom.hv_console_sink = got.append
+    msg = b"hello\x07 from\tthe guest\r\n" + bytes(range(32, 127)) * 3
     assert hv.call(H.console_io, 0, len(msg), hv.put(msg)) == 0
-    assert b"".join(got) == msg
+    printable = bytes(range(32, 127)) * 3
+    # the first 127-byte piece after the newline fits the buffer, the second would overflow it
+    first = printable[:127] + printable[127:254]
+    assert got == [b"(d1) hello from\tthe guest\n", b"(d1) " + first + b"\n"]
     assert hv.call(H.console_io, 0, 0, hv.put(b"x")) == 0
-    assert b"".join(got) == msg
+    assert hv.call(H.console_io, 0, 4, hv.put(b"ab\ncd")) == 0
+    assert got[2:] == [b"(d1) " + printable[254:] + b"ab\n"] and bytes(hv.dom.console_pbuf) == b"c"
+    assert ring == []
+    hv.dom.hv_console_sink = None                        # merged: the same lines on the one sink
+    assert hv.call(H.console_io, 0, 2, hv.put(b"d\n")) == 0
+    assert ring == [b"(d1) cd\n"]
 
 
 def test_console_io_bad_cmd_and_pointer(hv: Hv) -> None:
@@ -338,6 +352,16 @@ def test_physdev_set_iopl(hv: Hv) -> None:
     assert hv.v.iopl == 1
     assert hv.call(H.physdev_op_compat, hv.put_u32(6, 3)) == 0
     assert hv.v.iopl == 3
+
+
+def test_physdev_set_iobitmap(hv: Hv) -> None:
+    """PHYSDEVOP_set_iobitmap {bitmap, nr_ports}: the 8 KiB bitmap must lie in guest space
+    (guest_handle_okay) and nr_ports be at most 65536, else -EINVAL (physdev.c)."""
+    top = hv.dom.geo.hv_start
+    assert hv.call(H.physdev_op, 7, hv.put_u32(top - 4096, 16)) == EINVAL
+    assert hv.call(H.physdev_op, 7, hv.put_u32(0x1000, 65537)) == EINVAL
+    assert hv.call(H.physdev_op, 7, hv.put_u32(0x1000, 65536)) == 0
+    assert hv.v.iobitmap == (0x1000, 65536)
 
 
 # ================================================================ vcpu_op

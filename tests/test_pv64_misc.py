@@ -67,7 +67,7 @@ def test_console_io_64(hv: Hv64) -> None:
     out: list[bytes] = []
     hv.dom.console_sink = out.append
     assert hv.call(H.console_io, 0, 6, hv.put(b"hello\n")) == 0
-    assert b"".join(out) == b"hello\n"
+    assert b"".join(out) == b"(d1) hello\n"                   # console.c guest_printk's prefix
     assert hv.call(H.console_io, 0, 4, 0xFFFF_8000_0000_0000) == EFAULT
     assert hv.call(H.console_io, 9, 0, 0) == ENOSYS
 

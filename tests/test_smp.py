@@ -304,6 +304,6 @@ def test_cli_two_runs_byte_identical(tmp_path) -> None:
         p = subprocess.run([sys.executable, "-m", "xenwb", "run", "pvdemo-pae", "--vcpus", "2",
                             "--trace", str(trace)], capture_output=True, timeout=120)
         assert p.returncode == 0, p.stderr.decode()
-        outs.append((p.stdout, trace.read_bytes()))
+        outs.append((p.stdout + p.stderr, trace.read_bytes()))
     assert outs[0] == outs[1]
     assert b"vcpu1: " in outs[0][0] and b'"name":"vcpu_op"' in outs[0][1].replace(b" ", b"")

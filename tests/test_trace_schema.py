@@ -91,7 +91,7 @@ SAMPLE_ARGS: dict[str, tuple[Any, ...]] = {
     "emit_mask": (0, 1),
     "emit_ptwr": (0xC0200000, 0x1234000, 0x63, 0x67),
     "emit_emulated": (0xC0001000, "mov eax, cr0"),
-    "emit_console": (b"hi \xe9\n",),
+    "emit_console": (b"hi \xe9\n", "xen"),
     "emit_shutdown": ("poweroff",),
     "emit_crash": ("no handler", 0xC0001000),
     "emit_vcpu_initialise": (1, 0xC0001000, 0xC0400000, 0x4321),

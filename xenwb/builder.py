@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,7 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     # kernel image, placed by p_paddr (libelf elf_load_binary); BSS is already zero
     for seg in image.segments:
         write_va(seg.paddr + image.virt_offset, seg.data)
+    _load_bsd_symtab(image, write_va)
     if cfg.module:
         write_va(layout.module.va, cfg.module)
     # p2m list
@@ -135,6 +137,13 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     for v in dom.vcpus:
         update_vcpu_time(dom, v)
     return BuiltDomain(dom, layout, console, store)
+
+
+def _load_bsd_symtab(image: GuestImage, write_va: Callable[[int, bytes], None]) -> None:
+    """elf_load_binary's last step, elf_load_bsdsyms: the symbol table after the image."""
+    if image.bsd_symtab_load is not None:
+        for paddr, data in image.bsd_symtab_load.pieces:
+            write_va(paddr + image.virt_offset, data)
 
 
 def _connect_backends(dom: Domain, si) -> tuple[ConsoleBackend, StoreBackend]:
@@ -273,6 +282,7 @@ def _build_domain64(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
 
     for seg in image.segments:                     # placed by p_paddr (libelf elf_load_binary)
         write_va(seg.paddr + image.virt_offset, seg.data)
+    _load_bsd_symtab(image, write_va)
     flags = C.SIF_VIRT_P2M_4TOOLS
     if module:
         if layout.module_pfn is not None:

@@ -13,7 +13,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from gdbstub.server import GdbRun, parse_address
 from plugins.filters import build_filter
@@ -158,6 +158,14 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
                                                 "the oldest automatic ones are dropped first)")
 
 
+def _add_console_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hv-console", metavar="FILE",
+                   help="write the hypervisor console (console_io lines, as `xl dmesg` shows them with their "
+                        "`(d1) ` prefix) to FILE instead of stderr")
+    p.add_argument("--merge-consoles", action="store_true",
+                   help="put the hypervisor console's lines on stdout with the PV console's, in the order written")
+
+
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-instructions", type=_option(parse_count), metavar="N",
                    help="stop after N guest instructions (exact; counting halves emulation speed)")
@@ -177,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--module", metavar="FILE", help="module whose size enters the layout")
     p.add_argument("--symbols", metavar="FILE", help="a System.map for the guest's symbols")
 
-    p = sub.add_parser("run", help="boot a guest; its console goes to stdout, stdin to its console")
+    p = sub.add_parser("run", help="boot a guest; its PV console goes to stdout (stdin to it), the hypervisor "
+                                   "console (console_io) to stderr")
     _add_boot_options(p)
+    _add_console_options(p)
     _add_limit_options(p)
     p.add_argument("--trace", metavar="FILE", help="write every event to FILE (JSON lines; .json: Perfetto)")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
@@ -192,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="capture a trace of a guest run (JSONL or Perfetto); stdin goes to its console")
     _add_boot_options(p)
+    _add_console_options(p)
     _add_limit_options(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="trace file to write")
     p.add_argument("--format", choices=["jsonl", "perfetto"], help="default: from the file name (.json = perfetto)")
@@ -290,21 +301,35 @@ def cmd_examples(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=None, time_travel: bool = False):
-    """The Session for run/trace: the module checked and read, the plugins enabled, the
-    --exec commands checked; nothing has run yet."""
-    out = sys.stdout.buffer
-
+def _writer(out: BinaryIO) -> Callable[[bytes], None]:
+    """A console sink writing to out, flushed at every write."""
     def sink(data: bytes) -> None:
         out.write(data)
         out.flush()
+    return sink
 
+
+def _hv_console_file(path: str | None) -> BinaryIO:
+    """Where the hypervisor console goes: stderr, or the --hv-console file (created anew)."""
+    if path is None:
+        return sys.stderr.buffer
+    try:
+        return open(path, "wb")   # noqa: SIM115 - open for the whole run, closed at exit
+    except OSError as e:
+        raise XenwbError(f"--hv-console {path}: {e.strerror}") from None
+
+
+def _session(args: argparse.Namespace, plugins: tuple[str, ...], event_filter=None, time_travel: bool = False):
+    """The Session for run/trace: the module checked and read, the plugins enabled, the
+    --exec commands checked; nothing has run yet."""
     if args.vcpus < 1:
         raise XenwbError("--vcpus must be at least 1")
     module = load_module(args.module, args.memory)
+    hv_sink = None if args.merge_consoles else _writer(_hv_console_file(args.hv_console))
     try:
         session = Session(args.guest, memory_mib=args.memory, cmdline=args.cmdline, module=module,
-                          vcpus=args.vcpus, plugins=plugins, console=sink, event_filter=event_filter,
+                          vcpus=args.vcpus, plugins=plugins, console=_writer(sys.stdout.buffer),
+                          hv_console=hv_sink, event_filter=event_filter,
                           symbols=args.symbols, history=args.history, time_travel=time_travel,
                           checkpoint_every_ns=args.checkpoint_every, checkpoint_memory=args.checkpoint_memory)
     except CommandError as e:          # a --plugin name that does not exist

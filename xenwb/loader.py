@@ -23,6 +23,7 @@ from elftools.elf.elffile import ELFFile
 from xenwb.abi import constants as C
 from xenwb.abi.constants import XenFeat
 from xenwb.abi.elfnotes import FEATURE_NAMES, NUMERIC_NOTES, STRING_NOTES, ElfNote
+from xenwb.bsdsyms import BsdSymtab, bsd_symtab
 from xenwb.bzimage import Packing, unpack_kernel
 from xenwb.errors import GuestImageError
 
@@ -95,6 +96,7 @@ class GuestImage:
     features_supported: int = 0          # XENFEAT bitmap the kernel can use
     features_required: int = 0           # bitmap of features marked with '!'
     bsd_symtab: bool = False
+    bsd_symtab_load: BsdSymtab | None = None   # the symbol table loaded after the image (bsdsyms.py)
     hv_start_low: int | None = None
     suspend_cancel: bool = False
     init_p2m: int | None = None
@@ -120,6 +122,10 @@ class GuestImage:
 
     @property
     def kernel_end(self) -> int:
+        """virt_kend: the end of the loadable segments, or of the BSD symbol table loaded after
+        them (libelf-dominfo.c elf_xen_addr_calc_check)."""
+        if self.bsd_symtab_load is not None:
+            return self.bsd_symtab_load.pend + self.virt_offset
         return max(s.paddr + s.memsz for s in self.segments) + self.virt_offset
 
     @property
@@ -401,6 +407,9 @@ def _load(path: Path, blob: bytes) -> GuestImage:
     img = GuestImage(path=path, elfclass=elf.elfclass, machine=machine, elf_entry=elf["e_entry"],
                      segments=segments, notes=notes, notes_source=source)
     _apply_notes(img)
+    if img.bsd_symtab:
+        img.bsd_symtab_load = bsd_symtab(elf.elfclass, blob, min(s.paddr for s in segments),
+                                         max(s.paddr + s.memsz for s in segments))
     _check(img, path)
     img.symbols = _elf_symbols(elf.elfclass, sections, blob)
     if img.symbols:

@@ -64,7 +64,8 @@ Until = str | int | Events | Time | Symbol | None
 class Session:
     def __init__(self, guest: str | Path | None = None, *, memory_mib: int = 64, vcpus: int = 1,
                  cmdline: str = "", module: bytes | None = None, plugins: tuple[str, ...] = ALL_PLUGINS,
-                 console: Any = None, event_filter: Any = None, symbols: str | Path | None = None,
+                 console: Any = None, hv_console: Any = None, event_filter: Any = None,
+                 symbols: str | Path | None = None,
                  history: int = DEFAULT_HISTORY, time_travel: bool = True,
                  checkpoint_every_ns: int | None = None, checkpoint_memory: int = DEFAULT_MEMORY) -> None:
         self.machine = Machine(resolve_guest(str(guest) if guest is not None else None), memory_mib=memory_mib,
@@ -73,10 +74,17 @@ class Session:
         self.options: dict[str, Any] = {"memory_mib": memory_mib, "vcpus": vcpus, "cmdline": cmdline,
                                         "module": hashlib.sha256(module).hexdigest() if module else None,
                                         "symbols": str(symbols) if symbols is not None else None}
+        # the guest's console output (its PV console ring; console_io lines too unless hv_console
+        # keeps the hypervisor console apart) and the hypervisor console's, each with its callback
         self.console = bytearray()
+        self.hv_console = bytearray()
         self._console_cb = console
+        self._hv_console_cb = hv_console
         self._console_shown = 0         # console bytes given to the callback (re-executed ones are not again)
+        self._hv_console_shown = 0
         self.machine.domain.console_sink = self._on_console
+        if hv_console is not None:
+            self.machine.domain.hv_console_sink = self._on_hv_console
         self.plugins = PluginManager(self.machine, history=history)
         for p in plugins:
             if p == "all":
@@ -119,22 +127,32 @@ class Session:
         self._rewire()
 
     # plumbing ----------------------------------------------------------------------------
+    @staticmethod
+    def _show(buf: bytearray, data: bytes, shown: int, cb: Any) -> int:
+        """Append data to buf and give the callback what it was not given before (bytes shown
+        before going back in time are not shown again); returns the new count shown."""
+        start = len(buf)
+        buf += data
+        if cb is not None and len(buf) > shown:
+            cb(data[max(0, shown - start):])
+            return len(buf)
+        return shown
+
     def _on_console(self, data: bytes) -> None:
-        start = len(self.console)
-        self.console += data
-        if self._console_cb is not None and len(self.console) > self._console_shown:
-            # bytes shown before going back in time are not shown again
-            new = data[max(0, self._console_shown - start):]
-            self._console_shown = len(self.console)
-            self._console_cb(new)
+        self._console_shown = self._show(self.console, data, self._console_shown, self._console_cb)
+
+    def _on_hv_console(self, data: bytes) -> None:
+        self._hv_console_shown = self._show(self.hv_console, data, self._hv_console_shown, self._hv_console_cb)
 
     # time travel: what the session keeps follows the machine back (participant protocol)
     def save_state(self) -> Any:
-        return (len(self.console), {id(w): w.save_state() for w in self.writers}, list(self._held))
+        return (len(self.console), {id(w): w.save_state() for w in self.writers}, list(self._held),
+                len(self.hv_console))
 
     def load_state(self, state: Any) -> None:
-        n, writers, held = state if state is not None else (0, {}, [])
+        n, writers, held, n_hv = state if state is not None else (0, {}, [], 0)
         del self.console[n:]
+        del self.hv_console[n_hv:]
         for w in self.writers:
             w.load_state(writers.get(id(w)))
         self._held = list(held)

@@ -57,6 +57,7 @@ from xenwb.hypervisor.mm import MM
 from xenwb.hypervisor.upcall_mask import MaskObserver
 from xenwb.hypervisor.xenarea import HvGeometry
 from xenwb.inputlog import InputLog
+from xenwb.iogate import IoGate
 from xenwb.layout import BootLayout
 from xenwb.loader import GuestImage
 from xenwb.machine import Machine
@@ -462,12 +463,12 @@ class Rule:
 RULES: dict[type, Rule | None] = {
     Machine: Rule(only=frozenset({"_next", "_last_run", "turn", "_futile", "turns", "pumps", "domain",
                                   "console", "store", "xenstore"})),
-    Domain: Rule(skip=frozenset({"image", "abi", "hypercalls", "observer", "console_sink", "trace",
+    Domain: Rule(skip=frozenset({"image", "abi", "hypercalls", "observer", "console_sink", "hv_console_sink", "trace",
                                  "mask_observer", "geo", "mode", "_warned", "stub_cache"})),
     CpuBase: Rule(skip=frozenset({"uc", "clock", "_exact_reasons", "_breakpoint_hooks", "_pc_synced",
                                   "_pending_invalidations"})),
     MM: Rule(skip=frozenset({"pages"})),
-    RegBatch: OPAQUE, VClock: OPAQUE, TraceBus: OPAQUE, MaskObserver: OPAQUE, RamRegion: OPAQUE,
+    RegBatch: OPAQUE, VClock: OPAQUE, IoGate: OPAQUE, TraceBus: OPAQUE, MaskObserver: OPAQUE, RamRegion: OPAQUE,
     GuestImage: OPAQUE, BootLayout: OPAQUE, CommandRegistry: OPAQUE, HvGeometry: OPAQUE, InputLog: OPAQUE,
     LogEntry: OPAQUE, Uc: OPAQUE, DebugRegisters: OPAQUE,      # engine hooks, rebuilt from debugreg
 }

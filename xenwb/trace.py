@@ -218,9 +218,9 @@ class TraceBus:
         if self.want_emulate:
             self._put("emulate", self._rec(_EMULATE, vcpu, eip, insn))
 
-    def emit_console(self, vcpu: Vcpu | None, data: bytes) -> None:
+    def emit_console(self, vcpu: Vcpu | None, data: bytes, console: str) -> None:
         if self.want_console:
-            self._put("console", self._rec(_CONSOLE, vcpu, bytes(data)))
+            self._put("console", self._rec(_CONSOLE, vcpu, bytes(data), console))
 
     def emit_shutdown(self, vcpu: Vcpu | None, reason: str) -> None:
         if self.want_shutdown:

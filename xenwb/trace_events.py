@@ -161,8 +161,10 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
     _ev("emulate", "mnemonic(insn)", "emit_emulated", "eip insn", [
         _f("eip", "int"),
         _f("insn", "str", "the instruction, disassembled")], "a privileged instruction emulated"),
-    _ev("console", "console", "emit_console", "data", [
-        _f("text", "str", "the bytes written, as latin-1", "latin1(data)")], "console output"),
+    _ev("console", "console", "emit_console", "data console", [
+        _f("text", "str", "the bytes written, as latin-1", "latin1(data)"),
+        _f("console", "str", "`pv`: the guest's PV console ring (`xl console`); `xen`: a console_io line on "
+           "the hypervisor console (`xl dmesg`), with its `(d1) ` prefix")], "console output"),
     _ev("shutdown", "=reason", "emit_shutdown", "reason", [], "the domain shut down"),
     _ev("crash", "domain_crash", "emit_crash", "reason eip", [
         _f("reason", "str"),
@@ -195,7 +197,7 @@ EVENTS: tuple[Event, ...] = tuple(Event(**{**e.__dict__, "eid": i}) for i, e in 
     _ev("io", "=op", "emit_io", "op port size value eip gp", [
         _f("port", "int"), _f("size", "int", "bytes"), _f("value", "int", "read (all ones for a domU) or written"),
         _f("eip", "int", "the instruction"), _f("symbol", "str|null", SYMBOL, "symbol(eip)"),
-        _f("gp", "bool", "Xen would have raised #GP(0): the virtual IOPL does not allow the access")],
+        _f("gp", "bool", "refused with #GP(0): neither the virtual IOPL nor the I/O bitmap allows the access")],
         "port I/O by the guest (`in` or `out`)"),
     _ev("xenstore", "=type", "emit_xenstore", "type domid tx_id args reply", [
         _f("domid", "int"), _f("tx_id", "int"), _f("args", "json", "the request's strings"),

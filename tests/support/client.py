@@ -127,12 +127,13 @@ def _is_hex(b: bytes) -> bool:
 
 
 class XenwbProcess:
-    """``xenwb run GUEST --gdb HOST:0`` in a subprocess; .port is where it listens."""
+    """``xenwb run GUEST --gdb HOST:0 --merge-consoles`` in a subprocess (both consoles on
+    stdout); .port is where it listens."""
 
     def __init__(self, guest: str = "pvdemo-pae", *, wait: bool = True, vcpus: int = 1,
                  extra: list[str] | None = None, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
         cmd = [sys.executable, "-m", "xenwb", "run", guest, f"--gdb={host}:0", "--vcpus", str(vcpus),
-               *(["--wait"] if wait else []), *(extra or [])]
+               "--merge-consoles", *(["--wait"] if wait else []), *(extra or [])]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

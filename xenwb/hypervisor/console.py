@@ -1,7 +1,10 @@
-"""console_io: xen/drivers/char/console.c (do_console_io).
+"""console_io: xen/drivers/char/console.c (do_console_io, guest_console_write).
 
 The workbench allows writes from the domU (as a debug Xen does) and serves
-reads from its console input queue.
+reads from its console input queue. A domU's writes go to the hypervisor console
+(`xl dmesg`), not to its PV console ring (`xl console`): Xen strips what is not
+printable, keeps a partial line in the domain's 200-byte buffer until its newline,
+and prints each line with the domain's prefix, "(d1) ".
 """
 
 from __future__ import annotations
@@ -29,21 +32,55 @@ def decode_console_io(vcpu: Vcpu, cmd: int, count: int, buf: int) -> dict:
     return out
 
 
+KBUF_SIZE = 128                 # console.c guest_console_write: char kbuf[128], one byte for the NUL
+DOMAIN_PBUF_SIZE = 200          # xen/sched.h: a domain's partial-line buffer
+
+
+def _printable(c: int) -> bool:
+    """isprint() of Xen's ctype (ASCII 0x20-0x7e) or a tab: what guest_console_write keeps."""
+    return 0x20 <= c <= 0x7E or c == 0x09
+
+
+def console_lines(dom_pbuf: bytearray, domid: int, kbuf: bytes) -> tuple[int, bytes | None]:
+    """One pass of guest_console_write's loop over a domU's kbuf: (bytes consumed, the line
+    printed or None). It consumes up to and including the first newline, keeps printable
+    characters, and prints "(dN) " + the buffered part + this part when it saw the newline or
+    the buffer would overflow (guest_printk), else buffers."""
+    out = bytearray()
+    consumed = 0
+    newline = False
+    for c in kbuf:
+        consumed += 1
+        if c == 0x0A:
+            newline = True
+            break
+        if _printable(c):
+            out.append(c)
+    if not newline and len(dom_pbuf) + len(out) < DOMAIN_PBUF_SIZE - 1:
+        dom_pbuf += out
+        return consumed, None
+    line = b"(d%d) " % domid + bytes(dom_pbuf) + bytes(out) + b"\n"
+    dom_pbuf.clear()
+    return consumed, line
+
+
 def do_console_io(vcpu: Vcpu, cmd: int, count: int, buf: int, *_: int) -> int:
     dom = vcpu.domain
     if cmd == C.CONSOLEIO_write:
         pos = 0
         while pos < count:
-            if pos >= PREEMPT_BATCH * 128 and not vcpu.in_multicall:
+            if pos >= PREEMPT_BATCH * KBUF_SIZE and not vcpu.in_multicall:
                 # console.c: hypercall_create_continuation(__HYPERVISOR_console_io, "iih", ...)
                 return create_continuation(vcpu, cmd, count - pos, buf + pos)
-            chunk = min(count - pos, 128)   # console.c copies in 128-byte pieces
+            chunk = min(count - pos, KBUF_SIZE - 1)
             try:
                 data = vcpu.read_virt(buf + pos, chunk)
             except GuestFault:
                 return EFAULT
-            dom.console_write(vcpu, data)
-            pos += chunk
+            consumed, line = console_lines(dom.console_pbuf, dom.domid, data)
+            if line is not None:
+                dom.console_write(vcpu, line, hypervisor=True)
+            pos += consumed
         return 0
     if cmd == C.CONSOLEIO_read:
         if count > 0x7FFFFFFF:

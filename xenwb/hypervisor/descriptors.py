@@ -78,6 +78,11 @@ def _validate_frame(vcpu: Vcpu, mfn: int, entries: int) -> bool:
     return True
 
 
+def validate_descriptor_frame(vcpu: Vcpu, mfn: int) -> bool:
+    """alloc_segdesc_page for a frame becoming a seg_desc page outside set_gdt (an LDT page)."""
+    return _validate_frame(vcpu, mfn, 512)
+
+
 def set_gdt(vcpu: Vcpu, frames: list[int], entries: int) -> int:
     dom = vcpu.domain
     if entries > C.FIRST_RESERVED_GDT_ENTRY:

@@ -96,8 +96,11 @@ class Domain:
         self.stats = {"hypercalls": 0, "multicall_entries": 0, "faults": 0}
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
-        self.console_sink: Callable[[bytes], None] = lambda b: None
         self.console_io_input = bytearray()        # what CONSOLEIO_read hands out (Xen's serial input)
+        self.console_sink: Callable[[bytes], None] = lambda b: None    # the PV console ring (xl console)
+        # the hypervisor console (xl dmesg): console_io lines; None sends them to console_sink
+        self.hv_console_sink: Callable[[bytes], None] | None = None
+        self.console_pbuf = bytearray()            # d->pbuf: console_io's partial line (console.c)
         self._warned: set[str] = set()
         self.hypercall_page_mfn: int | None = None
         self.cmdline = ""
@@ -150,9 +153,15 @@ class Domain:
     def decode_args(self, vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
         return decode_args(vcpu, nr, args)
 
-    def console_write(self, vcpu: Vcpu | None, data: bytes) -> None:
-        self.trace.emit_console(vcpu, data)
-        self.console_sink(data)
+    def console_write(self, vcpu: Vcpu | None, data: bytes, *, hypervisor: bool = False) -> None:
+        """Output of the guest: on its PV console ring, or (hypervisor) a console_io line
+        on the hypervisor console, which goes to console_sink too unless hv_console_sink
+        keeps it apart."""
+        self.trace.emit_console(vcpu, data, "xen" if hypervisor else "pv")
+        if hypervisor and self.hv_console_sink is not None:
+            self.hv_console_sink(data)
+        else:
+            self.console_sink(data)
 
     # -- hypercalls ---------------------------------------------------------------------
     def hypercall(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], pc: int) -> None:

@@ -430,11 +430,12 @@ class EventChannels:
         return 0
 
     def set_priority(self, port: int, priority: int) -> int:
-        """evtchn_set_priority: -ENOSYS without the FIFO ABI (no set_priority op)."""
-        if not isinstance(self.ops, Fifo):
-            return ENOSYS
+        """evtchn_set_priority (event_channel.c): a port that is not valid is -EINVAL before
+        the ABI is asked; -ENOSYS without the FIFO ABI (no set_priority op)."""
         if not self.table.valid(port):
             return EINVAL
+        if not isinstance(self.ops, Fifo):
+            return ENOSYS
         return self.ops.set_priority(port, priority)
 
     def describe(self) -> list[dict[str, Any]]:

@@ -920,17 +920,39 @@ def _with_writable(vcpu: Vcpu, mfn: int, fn) -> int:
 
 
 def set_ldt(vcpu: Vcpu, base: int, ents: int) -> int:
-    """MMUEXT_SET_LDT: page-aligned base, at most 8192 entries, inside guest space."""
+    """MMUEXT_SET_LDT (mm.c): the base counts only with entries; it must be page aligned and
+    __addr_ok (for a 64-bit guest: outside the hypervisor hole; any 32-bit address is), at most
+    8192 entries, else -EINVAL. A new LDT drops the old one's shadow mappings (pv_destroy_ldt)
+    and loads the LDTR (load_LDT) with the vcpu's LDT shadow in Xen's area, whose pages are
+    mapped on first use (ldt.py), and the limit of `ents` descriptors; no LDT, no LDT selector
+    resolves."""
     dom = vcpu.domain
-    if base & 0xFFF or ents > 8192 or (ents and not dom.geo.guest_range_ok(base, ents * 8)):
+    ptr = base if ents else 0
+    if ptr & 0xFFF or ents > 8192 or (vcpu.word == 8 and not dom.geo.guest_range_ok(ptr, 1)):
         return EINVAL
-    vcpu.ldt_base, vcpu.ldt_ents = base, ents
-    if ents:
-        vcpu.cpu.uc.reg_write(X.UC_X86_REG_LDTR, (0, base, ents * 8 - 1, 0x8200))
-    else:
+    if (vcpu.ldt_base, vcpu.ldt_ents) == (ptr, ents):
+        return 0
+    destroy_ldt(vcpu)
+    vcpu.ldt_base, vcpu.ldt_ents = ptr, ents
+    if not ents:
         vcpu.cpu.uc.reg_write(X.UC_X86_REG_LDTR, (0, 0, 0, 0))
+    else:
+        vcpu.cpu.uc.reg_write(X.UC_X86_REG_LDTR, (0, dom.xen.ldt_va(vcpu.id), ents * 8 - 1, 0x8200))
     vcpu.cpu.flush_tlb()
     return 0
+
+
+def destroy_ldt(vcpu: Vcpu) -> None:
+    """pv_destroy_ldt: unmap the LDT shadow's pages, dropping their page and type references."""
+    mm = vcpu.domain.mm
+    for page, mfn in enumerate(vcpu.ldt_mapped):
+        if mfn is None:
+            continue
+        vcpu.domain.xen.map_ldt_page(vcpu.id, page, None)
+        vcpu.ldt_mapped[page] = None
+        mm.put_page_type(mfn)
+        mm.put_page(mfn)
+    vcpu.cpu.flush_tlb()
 
 
 def do_mmuext_op(vcpu: Vcpu, ops: int, count: int, done_ptr: int, foreigndom: int, *_: int) -> int:

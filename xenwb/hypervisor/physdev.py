@@ -35,6 +35,9 @@ def pirq_eoi_gmfn(vcpu: Vcpu, arg: int) -> int:
     return 0
 
 
+IOBMP_BYTES = 8192                      # the I/O bitmap of 65536 ports (physdev.c, IOBMP_BYTES)
+
+
 def physdev(vcpu: Vcpu, cmd: int, arg: int) -> int:
     try:
         if cmd == PhysdevOp.set_iopl:
@@ -46,7 +49,8 @@ def physdev(vcpu: Vcpu, cmd: int, arg: int) -> int:
         if cmd == PhysdevOp.set_iobitmap:
             L = vcpu.domain.abi.physdev_set_iobitmap
             b = L.parse(vcpu.read_virt(arg, L.size()))
-            if b.nr_ports > 65536:
+            # physdev.c: the whole bitmap must be guest-accessible (guest_handle_okay)
+            if not vcpu.domain.geo.guest_range_ok(b.bitmap, IOBMP_BYTES) or b.nr_ports > 65536:
                 return EINVAL
             vcpu.iobitmap = (b.bitmap, b.nr_ports)
             return 0

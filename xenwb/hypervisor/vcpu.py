@@ -17,13 +17,14 @@ from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_IN
 from unicorn import x86_const as X
 
 from xenwb.abi import constants as C
-from xenwb.hypervisor import emulate, traps
+from xenwb.hypervisor import emulate, gate_op, ldt, segments, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
 from xenwb.hypervisor.debugreg import DR6_DEFAULT, DR7_DEFAULT, DebugRegisters, debug_exception
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate, walk
 from xenwb.hypervisor.state import DomainCrash, TrapInfo, VcpuState
 from xenwb.hypervisor.xenarea import GDT_WINDOW, PERDOMAIN_VA
+from xenwb.iogate import IoGate
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
@@ -64,6 +65,7 @@ class Vcpu:
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.ldt_base = self.ldt_ents = 0
+        self.ldt_mapped: list[int | None] = [None] * 16   # frames mapped in the LDT shadow (ldt.py)
         self.cr3_mfn = 0
         self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
         self._fetch_cache: dict[tuple[int, int, int], bool] = {}  # (va page, machine page, cpl) -> runs code
@@ -112,8 +114,7 @@ class Vcpu:
         else:
             self.clock.install_tsc_hooks(X.UC_X86_REG_EAX, X.UC_X86_REG_EDX, X.UC_X86_REG_ECX)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
-        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        self.io_gate = IoGate(uc, self._port_io)
 
     def _guarded(self, what: str, fn, *args):
         """Run hypervisor work for a hook: a DomainCrash crashes the domain; any other
@@ -134,25 +135,19 @@ class Vcpu:
         return 1
 
     # Port I/O. Unicorn executes IN/OUT at any privilege level without consulting IOPL or
-    # an I/O bitmap (its gen_check_io returns at once), so Xen's rule is applied here
-    # (pv/emul-priv-op.c): with the virtual IOPL allowing it (>= 1 in kernel mode, 3 in user
-    # mode) a domU, which has no I/O ports, reads all ones and its writes are dropped
-    # (guest_io_read/guest_io_write). Where Xen would raise #GP(0) instead, the instruction
-    # cannot be stopped from this hook (unicorn goes on with the translation block): the
-    # access is answered the same way and recorded in the trace as an I/O fault Xen would
-    # have raised.
-    def _io_allowed(self) -> bool:
-        return self.iopl >= (1 if self.in_kernel_mode() else 3)
-
-    def _on_in(self, uc, port: int, size: int, _ud) -> int:
-        value = (1 << (8 * size)) - 1
+    # an I/O bitmap, so the native hook of iogate.py asks here, before the access, and raises
+    # #GP(0) where Xen would (pv/emul-priv-op.c guest_io_okay: the virtual IOPL, else the
+    # guest's I/O bitmap). An allowed access reads all ones and its writes are dropped: a domU
+    # has no I/O ports (guest_io_read/guest_io_write).
+    def _port_io(self, op: str, port: int, size: int, value: int) -> bool:
+        allowed = self._guarded("port I/O", emulate.guest_io_okay, self, port, size)
+        if allowed is None:
+            return True                        # the domain crashed: let the instruction end
         if self.domain.trace.want_io:
-            self.domain.trace.emit_io(self, "in", port, size, value, self.cpu.pc, not self._io_allowed())
-        return value
-
-    def _on_out(self, uc, port: int, size: int, value: int, _ud) -> None:
-        if self.domain.trace.want_io:
-            self.domain.trace.emit_io(self, "out", port, size, value, self.cpu.pc, not self._io_allowed())
+            if op == "in":
+                value = (1 << (8 * size)) - 1
+            self.domain.trace.emit_io(self, op, port, size, value, self.cpu.pc, not allowed)
+        return allowed
 
     def _invalid(self) -> None:
         if self._icebp():
@@ -501,6 +496,11 @@ class Vcpu32(Vcpu):
         cr2 = r["cr2"] if intno == 14 else None
         if intno in CONTRIBUTORY_OR_PF:
             self.cpu.clear_pending_exception()
+        if intno == C.TRAP_page_fault:
+            offset = ldt.ldt_offset(self, cr2)
+            if offset is not None and ldt.handle_ldt_mapping_fault(self, offset, r):
+                self._after_guest_exit()
+                return
         if r["cs"] & 3 == 0 and r["eip"] >= PERDOMAIN_VA:
             # the trampoline's iret faulted: Xen failed to load the guest's selectors
             target = self.pending_iret_target or {}
@@ -514,12 +514,19 @@ class Vcpu32(Vcpu):
         elif intno == C.TRAP_page_fault:
             if self.accessed_bit_fault(cr2):
                 self.cpu.set_reg("cr2", self.cr2)    # the guest never saw this fault
+            elif (seg_vector := segments.segment_fault(self, r, cr2)) is not None:
+                # the segment check the CPU makes before paging (unicorn makes none)
+                traps.bounce_exception(self, seg_vector, 0, regs=r)
             else:
                 ec = emulate.page_fault_error_code(self, r, cr2)
                 if not emulate.ptwr(self, r, cr2, ec):
                     traps.bounce_exception(self, 14, ec, cr2, regs=r)
         elif intno == C.TRAP_gp_fault:
-            if not emulate.privileged_op(self, r):
+            far = gate_op.far_transfer_selector(self, r)
+            if far:
+                # traps.c do_general_protection: a 32-bit vcpu's #GP with an error code
+                gate_op.emulate_gate_op(self, r, far)
+            elif not emulate.privileged_op(self, r):
                 traps.bounce_exception(self, 13, emulate.gp_error_code(self, r), regs=r)
         elif intno == C.TRAP_no_device:
             self.cpu.set_ts(False)

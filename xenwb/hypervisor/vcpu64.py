@@ -16,7 +16,7 @@ from unicorn import UC_HOOK_INSN, UC_HOOK_INTR
 from unicorn import x86_const as X
 
 from xenwb.abi import constants as C
-from xenwb.hypervisor import emulate, traps, traps64
+from xenwb.hypervisor import emulate, ldt, traps, traps64
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF
 from xenwb.hypervisor.cpu64 import MSR_FS_BASE, MSR_GS_BASE, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM, Cpu64
 from xenwb.hypervisor.debugreg import debug_exception
@@ -194,6 +194,11 @@ class Vcpu64(Vcpu):
         r = cpu.regs()
         if intno in CONTRIBUTORY_OR_PF or intno == 8:
             cpu.clear_pending_exception()
+        if intno == C.TRAP_page_fault:
+            offset = ldt.ldt_offset(self, r["cr2"])
+            if offset is not None and ldt.handle_ldt_mapping_fault(self, offset, r):
+                self._after_guest_exit()
+                return
         if cpu.in_stub:
             # the stub's iretq faulted: the target selectors do not load. Xen reflects the
             # fault to the guest with the state it was returning to.

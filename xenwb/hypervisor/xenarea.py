@@ -26,6 +26,10 @@ from xenwb.hypervisor.memory import SHARED_M2P_ENTRY, MachineMemory
 from xenwb.hypervisor.paging import NONPAE, PAE, PagingMode, canonical
 
 PERDOMAIN_VA = 0xFFE00000
+# Each vcpu's LDT shadow (Xen's LDT_VIRT_START, pv_ldt_ptes): 16 pages, mapped a page at a time
+# on the first access (pv/mm.c pv_map_ldt_shadow_page), in the 2 MiB below the per-domain area.
+LDT_SHADOW_VA = 0xFFC00000
+LDT_SHADOW_PAGES = 16
 PERDOMAIN_PAGES = 512                  # 0xFFE00000 .. 0xFFFFFFFF
 TRAMPOLINE_VA = PERDOMAIN_VA           # page 0: shared transition code
 VCPU_AREA_FIRST_PAGE = 32
@@ -167,10 +171,12 @@ class XenArea:
             for i, f in enumerate(self.m2p_frames[first: first + per_l1]):
                 self._write_pte(l1, i, (f << 12) | L1_M2P_FLAGS)
             self.m2p_l1s.append(l1)
-        if geometry.m2p_start + len(self.m2p_l1s) * mode.level_span(2) > PERDOMAIN_VA:
+        if geometry.m2p_start + len(self.m2p_l1s) * mode.level_span(2) > LDT_SHADOW_VA:
             raise MemoryError("guest memory too large for the M2P window")
-        # the per-domain area: one L1 covering 0xFFE00000.. (non-PAE: the L1 of slot 1023)
+        # the per-domain area: one L1 covering 0xFFE00000.. (non-PAE: the L1 of slot 1023,
+        # which also covers the LDT shadows at 0xFFC00000; PAE: an L1 of their own)
         self.perdomain_l1 = mem.alloc_xen_frame()
+        self.ldt_l1 = self.perdomain_l1 if mode is NONPAE else mem.alloc_xen_frame()
         self.zero_page = mem.alloc_xen_frame()
         self.trampoline = mem.alloc_xen_frame()
         self._map_perdomain(0, self.trampoline, HV_RO | C._PAGE_USER)
@@ -202,6 +208,8 @@ class XenArea:
         for i, l1 in enumerate(self.m2p_l1s):
             out[first_m2p + i] = (l1 << 12) | XEN_L2_FLAGS
         out[self.mode.entries - 1] = (self.perdomain_l1 << 12) | XEN_L2_FLAGS
+        if self.ldt_l1 != self.perdomain_l1:
+            out[self.mode.entries - 2] = (self.ldt_l1 << 12) | XEN_L2_FLAGS
         assert span
         return out
 
@@ -259,6 +267,17 @@ class XenArea:
         """Set the accessed bit of the descriptor at `offset` in the vcpu's GDT (set_accessed)."""
         maddr = gdt_entry_maddr(self.guest_gdt.get(vcpu, []), self.vcpu_xen_gdt[vcpu], offset)
         return maddr is not None and set_accessed(self.mem, maddr)
+
+    def ldt_va(self, vcpu: int) -> int:
+        """Where the vcpu's LDT shadow starts (the LDTR base while an LDT is set)."""
+        return LDT_SHADOW_VA + vcpu * LDT_SHADOW_PAGES * 4096
+
+    def map_ldt_page(self, vcpu: int, page: int, mfn: int | None) -> None:
+        """Map a guest frame read-only at one page of the vcpu's LDT shadow, or unmap it. (Xen
+        maps it writable for the accessed bits; its descriptors got them at validation, and
+        a ring-1 guest reaches supervisor pages here.)"""
+        index = (self.ldt_va(vcpu) - LDT_SHADOW_VA) // 4096 + page
+        self._write_pte(self.ldt_l1, index, 0 if mfn is None else (mfn << 12) | HV_RO)
 
     def map_guest_gdt(self, vcpu: int, frames: list[int]) -> None:
         """Map set_gdt's frames at the start of the vcpu's GDT (the rest: a zero page)."""

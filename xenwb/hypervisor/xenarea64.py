@@ -41,6 +41,7 @@ STUB_VA = PERDOMAIN64_VA                 # page 0 of slot 260's first L1: the ir
 GDT_PAGES = 16                           # 14 guest frames, Xen's page, a spare
 FRAME_PAGE = GDT_PAGES                   # in a vcpu's area, after its GDT
 GDT_LIMIT64 = (C.FIRST_RESERVED_GDT_ENTRY + 512) * 8 - 1
+LDT_PAGE0 = 32                           # in a vcpu's area: its LDT shadow, 16 pages (ldt.py)
 MAX_VCPUS64 = C.XEN_LEGACY_MAX_VCPUS
 
 PV64_GEOMETRY = HvGeometry(LONG, HV64_START, M2P64_START, M2P64_END, 0, va_mask=(1 << 64) - 1,
@@ -171,6 +172,14 @@ class XenArea64:
         for page in range(14):
             mfn = frames[page] if page < len(frames) else self.zero_page
             self._pte(l1, page, (mfn << 12) | P | A)
+
+    def ldt_va(self, vcpu: int) -> int:
+        """Where the vcpu's LDT shadow starts (the LDTR base while an LDT is set)."""
+        return self.area_va(vcpu) + LDT_PAGE0 * 4096
+
+    def map_ldt_page(self, vcpu: int, page: int, mfn: int | None) -> None:
+        """Map a guest frame at one page of the vcpu's LDT shadow (supervisor, read-only), or unmap it."""
+        self._pte(self.vcpu_l1[vcpu], LDT_PAGE0 + page, 0 if mfn is None else (mfn << 12) | P | A)
 
     def write_iret_frame(self, vcpu: int, rip: int, cs: int, rflags: int, rsp: int, ss: int) -> None:
         self.mem.write(self.frame_maddr(vcpu), struct.pack("<5Q", rip, cs, rflags, rsp, ss))
