@@ -1,0 +1,180 @@
+"""Issue 12, hardening, through the real things: a raw TCP socket to `xenwb run --gdb`
+(Ctrl-C in the same segment as a resume), `xenwb` subprocesses (ELFs libelf refuses, a
+plugin command with a bug, --exec arguments checked before the guest starts)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import build_kernel, have_tool, num_note
+from support.client import REPO, RspClient, XenwbProcess
+from support.harness import build_guest
+from test_loader import NOTE_ENTRY, notes32, phdrs32
+
+from gdbstub import rsp
+
+GRUB64 = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
+
+
+def xenwb(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xenwb", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+
+def one_line(p: subprocess.CompletedProcess, rc: int = 2) -> str:
+    assert p.returncode == rc, (p.returncode, p.stderr)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in p.stderr and len(lines) == 1, p.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def stub():
+    procs: list[XenwbProcess] = []
+
+    def start(**kw) -> XenwbProcess:
+        p = XenwbProcess(**kw)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+
+
+# ----------------------------------------------------------------------- item 2: no lost interrupt
+def _resume_and_interrupt_in_one_segment(c: RspClient, resume: bytes) -> bytes:
+    """`resume` and a 0x03 in a single send(): the stop reply that must come."""
+    c.sock.sendall(rsp.frame(resume) + b"\x03")
+    return c.read_packet(timeout=10)
+
+
+def _long_running_guests(tmp: Path) -> list[str]:
+    spin = build_guest("spin", tmp)                          # ends in `jmp spin`, forever
+    return [str(spin.path)] + ([str(GRUB64)] if GRUB64.exists() else [])
+
+
+@pytest.mark.parametrize("resume", [b"c", b"vCont;c"])
+def test_ctrl_c_in_the_same_segment_as_continue_stops_pvdemo(stub, resume: bytes) -> None:
+    """pvdemo powers off in well under a second: the 0x03 right behind the `c` must stop it
+    first (a T02 stop reply, not W00), each time."""
+    p = stub()
+    with p.client() as c:
+        c.no_ack()
+        for _ in range(10):
+            stop = _resume_and_interrupt_in_one_segment(c, resume)
+            assert stop.startswith(b"T02thread:"), stop
+        assert c.request(b"vCont;c", timeout=30) == b"W00"
+    rc, out, _ = p.finish()
+    assert rc == 0 and "checks passed" in out
+
+
+def test_ctrl_c_in_the_same_segment_as_continue_stops_a_long_running_guest(stub, tmp_path: Path) -> None:
+    for guest in _long_running_guests(tmp_path):
+        p = stub(guest=guest)
+        with p.client() as c:                                  # ack mode: the '+' comes first
+            for resume in (b"c", b"vCont;c") * 3:
+                c.sock.sendall(rsp.frame(resume) + b"\x03")
+                assert c.read_ack() == b"+"
+                stop = c.read_packet(timeout=10)
+                assert stop.startswith(b"T02thread:"), (guest, stop)
+                c.send_raw(b"+")
+            c.send_raw(rsp.frame(b"c"))                        # and while it runs, later
+            assert c.read_ack() == b"+"
+            time.sleep(0.3)
+            c.send_raw(b"\x03")
+            assert c.read_packet(timeout=10).startswith(b"T02thread:")
+            c.send_raw(b"+")
+            c.send_raw(rsp.frame(b"k"))
+        p.finish()
+
+
+# ----------------------------------------------------------------------- item 5: no traceback
+def _buggy_plugin_site(tmp: Path) -> Path:
+    """A third-party plugin whose command has a bug (ZeroDivisionError), as an entry point."""
+    site = tmp / "site"
+    dist = site / "xenwb_buggy-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: xenwb-buggy\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[xenwb.plugins]\nbuggy = xenwb_buggy_plugin:Buggy\n")
+    (site / "xenwb_buggy_plugin.py").write_text(
+        "from plugins.api import Plugin, command\n\n"
+        "class Buggy(Plugin):\n"
+        "    name = 'buggy'\n\n"
+        "    def commands(self):\n"
+        "        return [command('buggy boom', lambda m, a: 1 // 0, 'divides by zero')]\n")
+    return site
+
+
+def test_a_command_with_a_bug_is_one_line_from_exec_and_monitor(stub, tmp_path: Path, monkeypatch) -> None:
+    site = _buggy_plugin_site(tmp_path)
+    env = dict(os.environ, PYTHONPATH=f"{site}{os.pathsep}{REPO}")
+    env.pop("XENWB_DEBUG", None)
+    p = xenwb("run", "pvdemo-pae", "--plugin", "all", "--quiet", "--exec", "buggy boom", "--exec", "plugins",
+              env=env)
+    line = one_line(p)
+    assert line == ("xenwb: internal error in command 'buggy boom': ZeroDivisionError: integer division or "
+                    "modulo by zero; XENWB_DEBUG=1 shows the traceback"), line
+    assert "buggy" in p.stdout                          # the next --exec still ran
+    p = xenwb("run", "pvdemo-pae", "--plugin", "all", "--quiet", "--exec", "buggy boom",
+              env=dict(env, XENWB_DEBUG="1"))
+    assert p.returncode == 2 and "Traceback" in p.stderr and "ZeroDivisionError" in p.stderr
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    s = stub()
+    with s.client() as c:
+        c.no_ack()
+        out = c.monitor("buggy boom")
+        assert out.strip() == ("error: internal error in command 'buggy boom': ZeroDivisionError: integer "
+                               "division or modulo by zero; XENWB_DEBUG=1 shows the traceback"), out
+        assert c.request(b"?").startswith(b"T05")      # the stub goes on serving
+        c.send_raw(rsp.frame(b"k"))
+    rc, _, err = s.finish()
+    assert "Traceback" not in err, err
+
+
+def test_exec_arguments_are_checked_before_the_guest_starts(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    for line_, says in (("hypercalls sumary", "unexpected argument 'sumary'"),
+                        ("hypercalls --last x", "--last: 'x' is not a number"),
+                        ("multicall show largest extra", "unexpected argument 'extra'"),
+                        ("hypercalls --bogus", "unknown option --bogus")):
+        p = xenwb("run", "pvdemo-pae", "--trace", str(trace), "--exec", line_)
+        line = one_line(p)
+        assert line.startswith(f"xenwb: --exec {line_!r}: ") and says in line, line
+        assert p.stdout == "" and not trace.exists()    # the guest never ran
+
+
+# ----------------------------------------------------------------------- item 6: ELFs Xen refuses
+needs_binutils = pytest.mark.skipif(not all(have_tool(t) for t in ("gcc", "ld", "readelf", "nm")),
+                                    reason="gcc/binutils not available")
+
+
+@needs_binutils
+def test_elfs_libelf_refuses_are_refused_by_the_cli(tmp_path: Path) -> None:
+    k = build_kernel(tmp_path, name="k", phdr_notes=notes32())
+    data = bytearray(k.read_bytes())
+    at, f = next((at, f) for at, f in phdrs32(bytes(data)) if f[0] == 1)
+    struct.pack_into("<I", data, at + 20, f[4] - 1)                 # p_memsz below p_filesz
+    big = tmp_path / "filesz"
+    big.write_bytes(bytes(data))
+    entry0 = build_kernel(tmp_path, name="entry0", phdr_notes=[*notes32(), num_note(NOTE_ENTRY, 0)])
+    for cmd in ("info", "run"):
+        line = one_line(xenwb(cmd, str(big)))
+        assert f"p_filesz {f[4]:#x} is larger than p_memsz {f[4] - 1:#x}" in line, line
+        line = one_line(xenwb(cmd, str(entry0)))
+        assert "entry point 0x0 (ENTRY note) is outside the kernel" in line, line
+
+
+def test_dev_zero_and_fifos_are_refused_unread(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (("run", "/dev/zero"), ("run", str(fifo)), ("run", "pvdemo-pae", "--module", str(fifo)),
+                 ("run", "pvdemo-pae", "--module", "/dev/zero")):
+        assert "not a regular file" in one_line(xenwb(*args, timeout=30))
+
