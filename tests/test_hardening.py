@@ -18,6 +18,8 @@ from support.harness import build_guest
 from test_loader import NOTE_ENTRY, notes32, phdrs32
 
 from gdbstub import rsp
+from xenwb.consoletail import CONSOLE_KEEP
+from xenwb.session import Session
 
 GRUB64 = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
 
@@ -178,3 +180,38 @@ def test_dev_zero_and_fifos_are_refused_unread(tmp_path: Path) -> None:
                  ("run", "pvdemo-pae", "--module", "/dev/zero")):
         assert "not a regular file" in one_line(xenwb(*args, timeout=30))
 
+
+
+# ----------------------------------------------------------------------- item 1: bounded console
+def test_console_output_streams_and_only_its_tail_is_kept(tmp_path: Path) -> None:
+    """4 MiB of guest output: all of it reaches stdout (a real `xenwb run`), the session
+    keeps its count and only the last CONSOLE_KEEP..2*CONSOLE_KEEP bytes."""
+    flood = build_guest("flood", tmp_path)
+    p = subprocess.run([sys.executable, "-m", "xenwb", "run", str(flood.path), "--quiet"], capture_output=True,
+                       cwd=REPO, timeout=120, stdin=subprocess.DEVNULL)
+    block = (b"flood " * 10 + b"flo\n") * 64
+    assert p.returncode == 0 and p.stdout == block * 1024, (p.returncode, len(p.stdout), p.stderr[-300:])
+    with Session(str(flood.path), plugins=()) as s:
+        s.run()
+        kept = bytes(s.console)
+        assert len(s.console) == 4096 * 1024 and CONSOLE_KEEP <= len(kept) <= 2 * CONSOLE_KEEP
+        assert kept == (block * 1024)[-len(kept):] and s.console.start == len(s.console) - len(kept)
+        assert s.console[len(s.console) - 100:] == kept[-100:] and s.console[:10] == b""     # dropped
+        assert s.console[s.console.start: s.console.start + 10] == kept[:10]
+
+
+def test_console_flood_does_not_grow_the_workbench(tmp_path: Path) -> None:
+    """64 MiB of output through the real CLI: peak RSS stays within 40 MB of a run that
+    prints 4 KiB."""
+    def peak_kib(loops: int) -> int:
+        g = build_guest("flood", tmp_path, defines=(f"LOOPS={loops}",))
+        code = ("import sys; from xenwb.cli import main; rc = main(sys.argv[1:]); "
+                "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr); "
+                "sys.exit(rc)")
+        p = subprocess.run([sys.executable, "-c", code, "run", str(g.path), "--quiet"], cwd=REPO, timeout=300,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert p.returncode == 0, p.stderr
+        return int(p.stderr.split()[-1])
+    small, big = peak_kib(1), peak_kib(16384)
+    assert big - small < 40 * 1024, (small, big)
+    print(f"peak RSS: 4 KiB of output {small // 1024} MB, 64 MiB of output {big // 1024} MB")

@@ -23,6 +23,7 @@ from typing import Any
 from plugins.api import PluginManager
 from xenwb import __version__
 from xenwb.commands import register_core_commands
+from xenwb.consoletail import ConsoleTail
 from xenwb.control import Controller, DebugError, StopEvent, StopKind
 from xenwb.debug_commands import register_debugger_commands
 from xenwb.errors import XenwbError
@@ -73,7 +74,7 @@ class Session:
         self.options: dict[str, Any] = {"memory_mib": memory_mib, "vcpus": vcpus, "cmdline": cmdline,
                                         "module": hashlib.sha256(module).hexdigest() if module else None,
                                         "symbols": str(symbols) if symbols is not None else None}
-        self.console = bytearray()
+        self.console = ConsoleTail()    # the last of the output (all of it goes to `console`)
         self._console_cb = console
         self._console_shown = 0         # console bytes given to the callback (re-executed ones are not again)
         self.machine.domain.console_sink = self._on_console
@@ -134,7 +135,7 @@ class Session:
 
     def load_state(self, state: Any) -> None:
         n, writers, held = state if state is not None else (0, {}, [])
-        del self.console[n:]
+        self.console.truncate(n)
         for w in self.writers:
             w.load_state(writers.get(id(w)))
         self._held = list(held)
