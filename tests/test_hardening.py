@@ -5,6 +5,7 @@ plugin command with a bug, --exec arguments checked before the guest starts)."""
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -95,6 +96,33 @@ def test_ctrl_c_in_the_same_segment_as_continue_stops_a_long_running_guest(stub,
             c.send_raw(b"+")
             c.send_raw(rsp.frame(b"k"))
         p.finish()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0])
+
+
+def test_packets_sent_while_the_guest_runs_are_not_queued_without_limit(stub, tmp_path: Path) -> None:
+    """8 MiB of `?` packets while a guest spins: they are dropped, as gdbserver drops all but
+    0x03 then (RSS grows by less than 30 MB), and the 0x03 after them still stops the guest."""
+    p = stub(guest=str(build_guest("spin", tmp_path).path))
+    with p.client() as c:
+        c.no_ack()
+        c.send_raw(rsp.frame(b"vCont;c"))
+        time.sleep(0.2)
+        before = _rss_kib(p.proc.pid)
+        burst = rsp.frame(b"?") * (1 << 16)
+        for _ in range(8 * (1 << 20) // len(burst)):
+            c.sock.sendall(burst)
+        c.send_raw(b"\x03")
+        stop = c.read_packet(timeout=60)
+        assert stop.startswith(b"T02thread:"), stop
+        grown = _rss_kib(p.proc.pid) - before
+        assert grown < 30 * 1024, f"RSS grew by {grown} KiB"
+        assert re.fullmatch(rb"[0-9a-f]{8}", c.request(b"p8"))   # no answer to the burst is left over
+        c.send_raw(rsp.frame(b"k"))
+    p.finish()
 
 
 # ----------------------------------------------------------------------- item 5: no traceback
