@@ -5,6 +5,7 @@ plugin command with a bug, --exec arguments checked before the guest starts)."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import struct
 import subprocess
@@ -121,6 +122,34 @@ def test_packets_sent_while_the_guest_runs_are_not_queued_without_limit(stub, tm
         grown = _rss_kib(p.proc.pid) - before
         assert grown < 30 * 1024, f"RSS grew by {grown} KiB"
         assert re.fullmatch(rb"[0-9a-f]{8}", c.request(b"p8"))   # no answer to the burst is left over
+        c.send_raw(rsp.frame(b"k"))
+    p.finish()
+
+
+def test_fuzz_resume_and_interrupt_in_random_segments(stub, tmp_path: Path) -> None:
+    """Seeded and time-bounded: a resume (c, vCont;c, vCont;c:1, C00) followed by packets gdb
+    should not send while the guest runs and a 0x03, cut into 1-4 sends at random places:
+    every round gets exactly one stop reply, T02, and the stub answers normally afterwards."""
+    rng = random.Random(12)
+    p = stub(guest=str(build_guest("spin", tmp_path).path))
+    rounds = 0
+    with p.client() as c:
+        c.no_ack()
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline or rounds < 20:
+            data = rsp.frame(rng.choice([b"c", b"vCont;c", b"vCont;c:1", b"C00", b"vCont;c:-1"]))
+            data += b"".join(rsp.frame(rng.choice([b"?", b"g", b"m0,4", b"qC", b"p8"]))
+                             for _ in range(rng.randrange(4)))
+            data += b"\x03"
+            cuts = sorted(rng.sample(range(1, len(data)), min(rng.randrange(4), len(data) - 1)))
+            for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
+                c.sock.sendall(data[a:b])
+                if rng.random() < 0.3:
+                    time.sleep(0.01)
+            stop = c.read_packet(timeout=10)
+            assert stop.startswith(b"T02thread:"), (rounds, data, stop)
+            assert re.fullmatch(rb"[0-9a-f]{8}", c.request(b"p8")), rounds       # nothing else was pending
+            rounds += 1
         c.send_raw(rsp.frame(b"k"))
     p.finish()
 
