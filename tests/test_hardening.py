@@ -4,6 +4,7 @@ plugin command with a bug, --exec arguments checked before the guest starts)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -21,6 +22,7 @@ from test_loader import NOTE_ENTRY, notes32, phdrs32
 
 from gdbstub import rsp
 from xenwb.consoletail import CONSOLE_KEEP
+from xenwb.machine import INPUT_ENDED_QUIET_NS
 from xenwb.session import Session
 
 GRUB64 = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
@@ -272,3 +274,37 @@ def test_console_flood_does_not_grow_the_workbench(tmp_path: Path) -> None:
     small, big = peak_kib(1), peak_kib(16384)
     assert big - small < 40 * 1024, (small, big)
     print(f"peak RSS: 4 KiB of output {small // 1024} MB, 64 MiB of output {big // 1024} MB")
+
+
+# ----------------------------------------------------------------------- item 7: defaults
+@pytest.mark.skipif(not GRUB64.exists(), reason="grub-xen-host not installed")
+def test_input_that_runs_out_ends_a_waiting_guest_as_a_hang() -> None:
+    """GRUB reads `echo hello`, answers, then polls its console for ever: once the piped
+    input has ended and the guest has been silent for INPUT_ENDED_QUIET_NS, the run ends as a
+    hang (exit 1) with a message, not never."""
+    p = subprocess.run([sys.executable, "-m", "xenwb", "run", str(GRUB64)], input=b"echo hello\n",
+                       capture_output=True, cwd=REPO, timeout=600)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert b"hello" in p.stdout and "Traceback" not in err
+    assert re.search(r"xenwb: hang \(console input ended and the guest has written nothing for 10 virtual "
+                     r"seconds since: it waits for input that will not come", err), err
+    assert float(re.search(r"([\d.]+) s virtual time", err).group(1)) < INPUT_ENDED_QUIET_NS / 1e9 + 2
+
+
+def test_time_ns_is_in_order_per_vcpu_hypercalls_by_their_return(tmp_path: Path) -> None:
+    """In a trace, per vcpu, time_ns never decreases in file order, except that a hypercall
+    (emitted when it returns) carries its start: time_ns + duration_ns is in order (README)."""
+    out = tmp_path / "t.jsonl"
+    p = xenwb("trace", "pvdemo-pae", "--vcpus", "2", "-o", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    last: dict[int, int] = {}
+    starts_out_of_order = 0
+    for line in out.read_text().splitlines()[1:]:
+        ev = json.loads(line)
+        v, t = ev["vcpu"], ev["time_ns"]
+        at = t + ev["duration_ns"] if ev["kind"] == "hypercall" else t
+        assert at >= last.get(v, 0), ev
+        starts_out_of_order += t < last.get(v, 0)
+        last[v] = at
+    assert starts_out_of_order > 0              # the exception the README documents does occur

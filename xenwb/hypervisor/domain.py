@@ -97,6 +97,7 @@ class Domain:
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
         self.console_sink: Callable[[bytes], None] = lambda b: None
+        self.console_bytes = 0          # what the guest wrote to its console, console_io and ring alike
         self._warned: set[str] = set()
         self.hypercall_page_mfn: int | None = None
         self.cmdline = ""
@@ -143,6 +144,7 @@ class Domain:
         return decode_args(vcpu, nr, args)
 
     def console_write(self, vcpu: Vcpu | None, data: bytes) -> None:
+        self.console_bytes += len(data)
         self.trace.emit_console(vcpu, data)
         self.console_sink(data)
 
