@@ -308,3 +308,16 @@ def test_time_ns_is_in_order_per_vcpu_hypercalls_by_their_return(tmp_path: Path)
         starts_out_of_order += t < last.get(v, 0)
         last[v] = at
     assert starts_out_of_order > 0              # the exception the README documents does occur
+
+
+def test_evmask_windows_start_when_a_vcpu_comes_up(tmp_path: Path) -> None:
+    """vcpu 1 of pvdemo is down until vcpu 0 brings it up (masked, as Xen starts it): its
+    first masked window starts at VCPUOP_up, not at time 0."""
+    trace = tmp_path / "t.jsonl"
+    p = xenwb("run", "pvdemo-pae", "--vcpus", "2", "--quiet", "--json", "--trace", str(trace),
+              "--exec", "evmask windows --top 1000")
+    assert p.returncode == 0, p.stderr
+    up = next(json.loads(ln) for ln in trace.read_text().splitlines()
+              if '"kind":"vcpu"' in ln and json.loads(ln)["name"] == "up" and json.loads(ln)["target"] == 1)
+    wins = [w for w in json.loads(p.stdout[p.stdout.index("\n[\n") + 1:]) if w["vcpu"] == 1]   # after the console
+    assert wins and min(w["start_ns"] for w in wins) == up["time_ns"], (up, wins[:3])
