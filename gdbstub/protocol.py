@@ -26,7 +26,7 @@ from gdbstub.rsp import escape, parse_hex
 from gdbstub.target import RegisterError, RegisterFile, arch_for
 from gdbstub.threads import ThreadList, describe, tid_of, vcpu_of
 from gdbstub.transport import log
-from xenwb.control import POSTMORTEM_KINDS, DebugError, RefusedWrite, StopEvent, StopKind
+from xenwb.control import POSTMORTEM_KINDS, DebugError, LimitReached, RefusedWrite, StopEvent, StopKind
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
 
@@ -77,6 +77,7 @@ class Protocol:
         self.machine = ctl.machine
         self.link = link
         self.runner = runner
+        self._limit_told = False          # a cap refusal was reported on stderr
         self.arch = arch_for(self.machine.domain.abi.abi.word)
         self.regfile = RegisterFile(self.arch)
         self.g_thread = ANY_THREAD       # Hg / Hc selections, as thread ids (ANY, ALL or vcpu + 1)
@@ -134,6 +135,11 @@ class Protocol:
         except RefusedWrite as e:                       # Xen would not let it happen: its errno
             log(f"refused {pkt[:80]!r}: {e}")
             return b"E%02d" % min(e.errno, 99)
+        except LimitReached as e:                       # gdb shows only "Cannot insert": say why, once
+            if not self._limit_told:
+                self._limit_told = True
+                print(f"xenwb: gdb stub: {e}: refused (monitor why)", file=sys.stderr, flush=True)
+            return E_PERM
         except (DebugError, RegisterError) as e:
             log(f"refused {pkt[:80]!r}: {e}")
             return E_PERM

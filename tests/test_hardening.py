@@ -22,6 +22,7 @@ from test_loader import NOTE_ENTRY, notes32, phdrs32
 
 from gdbstub import rsp
 from xenwb.consoletail import CONSOLE_KEEP
+from xenwb.control import MAX_BREAKPOINTS, MAX_WATCHPOINTS
 from xenwb.machine import INPUT_ENDED_QUIET_NS
 from xenwb.session import Session
 
@@ -321,3 +322,31 @@ def test_evmask_windows_start_when_a_vcpu_comes_up(tmp_path: Path) -> None:
               if '"kind":"vcpu"' in ln and json.loads(ln)["name"] == "up" and json.loads(ln)["target"] == 1)
     wins = [w for w in json.loads(p.stdout[p.stdout.index("\n[\n") + 1:]) if w["vcpu"] == 1]   # after the console
     assert wins and min(w["start_ns"] for w in wins) == up["time_ns"], (up, wins[:3])
+
+
+# ----------------------------------------------------------------------- item 1: caps
+def test_breakpoint_and_watchpoint_caps_refuse_with_a_reason(stub) -> None:
+    """Beyond MAX_BREAKPOINTS (MAX_WATCHPOINTS), Z packets are refused: E01 to gdb (which only
+    says "Cannot insert breakpoint"), the reason once on stderr and in `monitor why`; the
+    guest still boots to its end once they are removed."""
+    p = stub()
+    base = 0xC0001000
+    with p.client() as c:
+        c.no_ack()
+        for i in range(MAX_BREAKPOINTS):
+            assert c.request(b"Z0,%x,1" % (base + i)) == b"OK", i
+        assert c.request(b"Z0,%x,1" % (base + MAX_BREAKPOINTS)) == b"E01"
+        assert c.request(b"Z0,%x,1" % base) == b"OK"                 # one already there: fine
+        assert "too many breakpoints (at most 1024)" in c.monitor("why")
+        assert "too many breakpoints" in c.monitor(f"break {base + MAX_BREAKPOINTS:#x}")
+        for i in range(MAX_BREAKPOINTS):
+            assert c.request(b"z0,%x,1" % (base + i)) == b"OK"
+        for i in range(MAX_WATCHPOINTS):
+            assert c.request(b"Z2,%x,4" % (0xC0100000 + 4 * i)) == b"OK", i
+        assert c.request(b"Z2,%x,4" % 0xC0200000) == b"E01"
+        assert "too many watchpoints (at most 256)" in c.monitor("why")
+        for i in range(MAX_WATCHPOINTS):
+            assert c.request(b"z2,%x,4" % (0xC0100000 + 4 * i)) == b"OK"
+        assert c.request(b"vCont;c", timeout=60) == b"W00"
+    rc, _, err = p.finish()
+    assert rc == 0 and err.count("too many breakpoints (at most 1024): refused (monitor why)") == 1, err

@@ -168,7 +168,7 @@ def test_random_debugger_writes_keep_xen_view_sound() -> None:
                 ctl.write_machine(0, [((mfn << 12) + off, data)])
                 accepted += 1
             except RefusedWrite as e:
-                assert e.errno > 0 and ctl.refused_write
+                assert e.errno > 0 and ctl.refusal
                 refused += 1
         assert accepted > 20 and refused > 20, (accepted, refused)
         check = s.command("pt check").data

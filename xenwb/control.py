@@ -78,6 +78,10 @@ class DebugError(Exception):
     """A debugger request that cannot be honoured now (e.g. the machine is running)."""
 
 
+class LimitReached(DebugError):
+    """A cap on what a debugger may set (breakpoints, watchpoints) was reached."""
+
+
 class RefusedWrite(DebugError):
     """A debugger write Xen would not let happen (into Xen's own frames, or a pagetable or
     descriptor entry its validation rejects): the errno Xen gives, the reason as message."""
@@ -238,7 +242,7 @@ class Controller:
         self._running = False
         self._thread: threading.Thread | None = None
         self._last = StopEvent(StopKind.initial, vcpu=0)
-        self.refused_write: str | None = None      # why the last debugger write was refused (`why`)
+        self.refusal: str | None = None      # why the last debugger request was refused (`why`)
         self._unreported: StopEvent | None = None
         self._pending: StopEvent | None = None
         self._interrupt = False
@@ -380,7 +384,8 @@ class Controller:
         self._require_stopped()
         addr &= self.machine.domain.geo.va_mask
         if addr not in self._bp_kinds and len(self._bp_kinds) >= MAX_BREAKPOINTS:
-            raise DebugError(f"too many breakpoints (at most {MAX_BREAKPOINTS})")
+            self.refusal = f"breakpoint at {addr:#x} refused: too many breakpoints (at most {MAX_BREAKPOINTS})"
+            raise LimitReached(f"too many breakpoints (at most {MAX_BREAKPOINTS})")
         self._bp_kinds.setdefault(addr, set()).add("hw" if hardware else "sw")
         if addr not in self._bp_hooks:
             # dropping one address's translations works in the address space the engine is in
@@ -429,7 +434,8 @@ class Controller:
         if key in self._watch:
             return
         if len(self._watch) >= MAX_WATCHPOINTS:
-            raise DebugError(f"too many watchpoints (at most {MAX_WATCHPOINTS})")
+            self.refusal = f"watchpoint at {addr:#x} refused: too many watchpoints (at most {MAX_WATCHPOINTS})"
+            raise LimitReached(f"too many watchpoints (at most {MAX_WATCHPOINTS})")
         if not self._watch:
             for v in self.vcpus:
                 v.cpu.need_exact("watch", True)
@@ -725,7 +731,7 @@ class Controller:
         self._require_stopped()
         dom = self.domain
         mm = dom.mm
-        self.refused_write = None
+        self.refusal = None
         for maddr, _ in chunks:                    # nothing is written if a frame is not the domain's
             mfn = maddr >> 12
             pi = mm.pages.get(mfn)
@@ -771,7 +777,7 @@ class Controller:
                                       f"pagetable frame refused, as mmu_update would refuse it: {e.why}")
 
     def _refuse(self, errno: int, why: str) -> None:
-        self.refused_write = f"debugger write refused: {why}"
+        self.refusal = f"debugger write refused: {why}"
         raise RefusedWrite(errno, why)
 
     # -- running -------------------------------------------------------------------------------------
@@ -824,7 +830,7 @@ class Controller:
 
     def _prepare_resume(self, signal: int | None) -> None:
         self._pending = None
-        self.refused_write = None
+        self.refusal = None
         self._skip.clear()
         self._upcalling = None
         for v in self.vcpus:

@@ -199,9 +199,9 @@ class DebuggerCommands:
         if ev.detail:
             data["detail"] = ev.detail
         text = ev.describe(m)
-        if ctl.refused_write is not None:
-            data["refused_write"] = ctl.refused_write
-            text += f"\n{ctl.refused_write}"
+        if ctl.refusal is not None:
+            data["refusal"] = ctl.refusal
+            text += f"\n{ctl.refusal}"
         if "args" in data:
             text += ": " + json.dumps(data["args"], default=str)
         elif "ret" in data:
