@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from plugins.api import Arg, Opt, Plugin, command
-from xenwb.abi import constants as C
 from xenwb.hypervisor.mm import PageType
 from xenwb.hypervisor.paging import Mapping, mappings, read_pte, walk
 from xenwb.registry import CommandError, Result, parse_int, table
@@ -148,11 +147,13 @@ class PagetablePlugin(Plugin):
         roots |= {mfn for mfn, pi in dom.mm.pages.items() if pi.pinned and pi.type == dom.mm.top_type()}
         xen_slots = dom.xen.xen_l2_entries()
         for root in sorted(roots):
-            for va, maddr, pte, mfn, _rw, _us, _nx in leaf_mappings(m, root):
+            for va, maddr, _pte, mfn, rw, _us, _nx in leaf_mappings(m, root):
                 pi = dom.mm.pages.get(mfn)
                 if va >= dom.geo.hv_start:
                     continue
-                if pte & C._PAGE_RW and pi is not None and pi.type in PT_LIKE and pi.type_count:
+                # writable through every level: a read-only linear slot (an L2 entry naming an
+                # L2, as mm.c get_l2_linear_pagetable allows) maps the tables read-only
+                if rw and pi is not None and pi.type in PT_LIKE and pi.type_count:
                     problems.append({"problem": f"writable mapping of a {pi.type.name} frame", "root": f"{root:#x}",
                                      "va": f"{va:#010x}", "entry_maddr": f"{maddr:#x}", "mfn": f"{mfn:#x}"})
             # the hypervisor range: only Xen's own entries may be there

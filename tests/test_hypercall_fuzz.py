@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 
 import pytest
 
@@ -69,7 +68,7 @@ def test_random_hypercall_arguments(guest: str) -> None:
 # ---------------------------------------------------------------- traps with selectors that do not load
 SELECTORS = [0, 1, 3, 0x08, 0x09, 0x0B, 0x0C, 0x0F, 0x10, 0x11, 0x13, 0xE019, 0xE01B, 0xE021, 0xE023, 0xE02B,
              0xE033, 0xE008, 0xE010, 0xE030, 0xE033, 0xFFFF, 0x1001, 0x1003]
-FUZZ_SECONDS = 3.0
+TRAP_RUNS, DEBUGGER_WRITES = 120, 40000     # a few seconds each; fixed, so a seed's failure reproduces
 
 
 def _selector(rng: random.Random) -> int:
@@ -89,12 +88,11 @@ def _no_internal_error(m: Machine, what: str) -> None:
 def test_random_trap_tables_and_iret_frames(guest: str) -> None:
     """Trap handlers and iret targets with random selectors (unloadable, data, Xen's, LDT):
     the fault of Xen's return is reflected or the domain crashes, never an internal error
-    (issue 12 item 3). Time-bounded."""
+    (issue 12 item 3)."""
     path = resolve_guest(guest)
     rng = random.Random(SEED + 3)
-    deadline = time.monotonic() + FUZZ_SECONDS
     runs = 0
-    while time.monotonic() < deadline or runs < 20:
+    while runs < TRAP_RUNS:
         m = Machine(path)
         m.domain.console_sink = lambda b: None
         m.set_limits(max_instructions=30)
@@ -135,7 +133,6 @@ def test_random_trap_tables_and_iret_frames(guest: str) -> None:
                 continue
         _no_internal_error(m, f"run {runs}")
         runs += 1
-    assert runs >= 20
 
 
 # ---------------------------------------------------------------- debugger writes into pagetables
@@ -143,7 +140,7 @@ def test_random_debugger_writes_keep_xen_view_sound() -> None:
     """Random debugger stores into the domain's pagetable, descriptor and Xen frames: each is
     written through validation or refused; afterwards `pt check` finds no writable mapping of
     a pagetable frame and no guest entry in Xen's range, and the guest runs on without an
-    internal error (issue 12 item 4). Time-bounded."""
+    internal error (issue 12 item 4)."""
     rng = random.Random(SEED + 4)
     with Session("pvdemo-pae", plugins=("pagetable",)) as s:
         s.run(until="step_events")
@@ -154,8 +151,7 @@ def test_random_debugger_writes_keep_xen_view_sound() -> None:
         owned = sorted(dom.mm.owned)
         mfns = [mfn for mfn in typed for _ in range(4)] + xen_frames + rng.sample(owned, 8)
         accepted = refused = 0
-        deadline = time.monotonic() + FUZZ_SECONDS
-        while time.monotonic() < deadline or accepted + refused < 200:
+        for i in range(DEBUGGER_WRITES):
             mfn = rng.choice(mfns)
             off = rng.randrange(0, 4096, rng.choice([1, 4, 8]))
             n = min(rng.choice([1, 4, 8, 16]), 4096 - off)
@@ -170,9 +166,10 @@ def test_random_debugger_writes_keep_xen_view_sound() -> None:
             except RefusedWrite as e:
                 assert e.errno > 0 and ctl.refusal
                 refused += 1
+            if i % 5000 == 4999:
+                check = s.command("pt check").data
+                assert check["ok"], (i, check["problems"][:5])
         assert accepted > 20 and refused > 20, (accepted, refused)
-        check = s.command("pt check").data
-        assert check["ok"], check["problems"][:5]
         m.set_limits(max_instructions=200_000)
         r = s.run()
         detail = r.detail + str(dom.crash_report or "")
