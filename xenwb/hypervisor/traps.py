@@ -284,6 +284,18 @@ def stack_segment_loadable(vcpu: Vcpu, sel: int) -> bool:
     return (d >> 45) & 3 == sel & 3
 
 
+def iret_fault(vcpu: Vcpu, target: dict[str, int]) -> tuple[int, int] | None:
+    """The fault (vector, error code) an iret to target's CS and SS raises, or None when they
+    load (SDM IRET: a not-present CS #NP, SS #SS, anything else #GP; selector, RPL clear)."""
+    for sel, loads, absent in ((target["cs"], code_segment_loadable, C.TRAP_no_segment),
+                               (target["ss"], stack_segment_loadable, C.TRAP_stack_error)):
+        if not loads(vcpu, sel):
+            d = descriptor_of(vcpu, sel) if sel & ~3 else None
+            present = d is None or d >> 47 & 1 or not d >> 44 & 1
+            return (C.TRAP_gp_fault if present else absent), sel & 0xFFFC
+    return None
+
+
 def iret_fault_error_code(vcpu: Vcpu, target: dict[str, int]) -> int:
     """The error code of the fault an iret to target raises (SDM IRET: #GP/#NP/#SS(selector),
     RPL bits clear): the CS selector, else the SS selector, else 0 (e.g. a bad RIP)."""
