@@ -1,9 +1,12 @@
 """Issue 12, hardening, through the real things: a raw TCP socket to `xenwb run --gdb`
-(Ctrl-C in the same segment as a resume), `xenwb` subprocesses (ELFs libelf refuses, a
-plugin command with a bug, --exec arguments checked before the guest starts)."""
+(Ctrl-C in the same segment as a resume, packets while the guest runs, breakpoint caps, a
+plugin command with a bug under `monitor`), `xenwb` subprocesses (bounded console, ELFs
+libelf refuses, --exec checked before the guest starts, input that runs out, trace order,
+evmask windows) and the shell."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -15,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
 from support import build_kernel, have_tool, num_note
 from support.client import REPO, RspClient, XenwbProcess
 from support.harness import build_guest
@@ -24,7 +29,9 @@ from gdbstub import rsp
 from xenwb.consoletail import CONSOLE_KEEP
 from xenwb.control import MAX_BREAKPOINTS, MAX_WATCHPOINTS
 from xenwb.machine import INPUT_ENDED_QUIET_NS
+from xenwb.registry import Result
 from xenwb.session import Session
+from xenwb.tui import Shell
 
 GRUB64 = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
 
@@ -350,3 +357,31 @@ def test_breakpoint_and_watchpoint_caps_refuse_with_a_reason(stub) -> None:
         assert c.request(b"vCont;c", timeout=60) == b"W00"
     rc, _, err = p.finish()
     assert rc == 0 and err.count("too many breakpoints (at most 1024): refused (monitor why)") == 1, err
+
+
+def test_a_command_with_a_bug_is_one_line_in_the_shell() -> None:
+    """The shell's command line: the same one-line report, and the shell goes on."""
+    def boom(m: object, args: list[str]) -> Result:
+        raise KeyError("cs")
+
+    async def main() -> list[str]:
+        with create_pipe_input() as inp:
+            session = Session("pvdemo-pae", plugins=())
+            session.machine.commands.register("boom", boom, "a command with a bug")
+            shell = Shell(session, input=inp, output=DummyOutput())
+            task = asyncio.ensure_future(shell.app.run_async())
+            await asyncio.sleep(0.2)
+            inp.send_text("boom\r")
+            inp.send_text("regs\r")
+            end = time.monotonic() + 30
+            while not any(ln.startswith("xenwb> regs") for ln in shell.output_lines):
+                assert time.monotonic() < end, list(shell.output_lines)
+                await asyncio.sleep(0.05)
+            inp.send_text("quit\r")
+            await asyncio.wait_for(task, 30)
+            shell.shutdown()
+            return list(shell.output_lines)
+    lines = asyncio.run(main())
+    i = lines.index("xenwb> boom")
+    assert lines[i + 1] == ("error: internal error in command 'boom': KeyError: 'cs'; XENWB_DEBUG=1 shows the "
+                            "traceback"), lines[i:i + 3]
