@@ -23,7 +23,7 @@ from prompt_toolkit.output import DummyOutput
 from support import build_kernel, have_tool, num_note
 from support.client import REPO, RspClient, XenwbProcess
 from support.harness import build_guest
-from test_loader import NOTE_ENTRY, notes32, phdrs32
+from test_loader import NOTE_ENTRY, notes32, phdrs32, shdrs32
 
 from gdbstub import rsp
 from xenwb.consoletail import CONSOLE_KEEP
@@ -233,6 +233,12 @@ def test_elfs_libelf_refuses_are_refused_by_the_cli(tmp_path: Path) -> None:
     big = tmp_path / "filesz"
     big.write_bytes(bytes(data))
     entry0 = build_kernel(tmp_path, name="entry0", phdr_notes=[*notes32(), num_note(NOTE_ENTRY, 0)])
+    symtab = tmp_path / "symtab"                                      # a '.symtab' that is PROGBITS
+    data = bytearray(k.read_bytes())
+    struct.pack_into("<I", data, shdrs32(bytes(data))[".symtab"] + 4, 1)
+    symtab.write_bytes(bytes(data))
+    p = xenwb("info", str(symtab))
+    assert p.returncode == 0 and "Traceback" not in p.stderr and "xenwb-test" in p.stdout, p.stderr
     for cmd in ("info", "run"):
         line = one_line(xenwb(cmd, str(big)))
         assert f"p_filesz {f[4]:#x} is larger than p_memsz {f[4] - 1:#x}" in line, line
