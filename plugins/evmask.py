@@ -1,6 +1,13 @@
 """Event masks per vcpu: upcall_mask, upcall_pending, pending_sel, the ports bound to
 each vcpu, the history of mask changes with call sites, and the longest masked windows.
 
+The port state is read the way the domain's event channel ABI keeps it: on the 2-level
+ABI the evtchn_pending/evtchn_mask words of shared_info (unsigned long: 32 bits on a
+32-bit guest, 64 on a 64-bit one) and the vcpu's evtchn_pending_sel; on the FIFO ABI
+(event_fifo.c, which Linux 6.1 uses) each vcpu's control block (READY bits, the heads of
+its 16 queues) and each port's event word (PENDING, MASKED, LINKED, BUSY, LINK), with
+the port's priority.
+
 Guests flip evtchn_upcall_mask with plain stores (Linux's xen_irq_disable), which the
 hypervisor never sees: the core observes them while somebody wants "mask" events
 (hypervisor/upcall_mask.py) and publishes them, like the hypervisor's own changes (upcall
@@ -16,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugins.api import Arg, Opt, Plugin, command
 from xenwb.hypervisor.event_channel import PortState
+from xenwb.hypervisor.event_fifo import BUSY, LINK_MASK, PRIORITY_DEFAULT, Fifo
 from xenwb.hypervisor.state import VcpuState
 from xenwb.registry import CommandError, Result, table
 from xenwb.trace_events import Record, event
@@ -115,23 +123,74 @@ class EventMaskPlugin(Plugin):
                     Opt("--vcpu", "V", "only this vcpu's", int), Opt("--top", "K", "the K longest", int, 10)),
         ]
 
+    def _port_detail(self, p: Any) -> str:
+        if p.state == PortState.virq:
+            return f"virq {p.virq}"
+        if p.state == PortState.interdomain:
+            return f"dom{p.remote_dom}:{p.remote_port}"
+        if p.state == PortState.unbound:
+            return f"dom{p.remote_dom}"
+        return ""
+
     def vcpu_state(self, v: Vcpu) -> dict[str, Any]:
         dom = self.machine.domain
         ev = dom.evtchn  # type: ignore[attr-defined]
+        fifo = ev.ops if isinstance(ev.ops, Fifo) else None
+        word = dom.abi.abi.word
         sel = v.pending_sel
         ports = []
         for port, p in enumerate(ev.ports):
             if port == 0 or p.state == PortState.closed or p.vcpu != v.id:
                 continue
-            ports.append({"port": port, "type": PORT_TYPES.get(int(p.state), str(p.state)),
-                          "detail": (f"virq {p.virq}" if p.state == PortState.virq else
-                                     f"dom{p.remote_dom}:{p.remote_port}" if p.state == PortState.interdomain else
-                                     f"dom{p.remote_dom}" if p.state == PortState.unbound else ""),
-                          "pending": ev.is_pending(port), "masked": ev.is_masked(port)})
+            row: dict[str, Any] = {"port": port, "type": PORT_TYPES.get(int(p.state), str(p.state)),
+                                   "detail": self._port_detail(p), "pending": ev.is_pending(port),
+                                   "masked": ev.is_masked(port)}
+            if fifo is not None:
+                w = fifo.word(port)
+                row.update(linked=fifo.is_linked(port), busy=w is not None and bool(w & BUSY),
+                           priority=fifo.priority.get(port, PRIORITY_DEFAULT),
+                           link=(w & LINK_MASK) if w is not None else None,
+                           word=f"{w:#010x}" if w is not None else None)
+            else:
+                row.update(word=port // (8 * word), bit=port % (8 * word))
+            ports.append(row)
         since = self.masked_since.get(v.id)
-        return {"vcpu": v.id, "upcall_mask": v.upcall_mask, "upcall_pending": v.upcall_pending,
-                "pending_sel": f"{sel:#010x}", "masked_for_ns": dom.time.now(v) - since[0] if since else 0,
-                "ports": ports}
+        out: dict[str, Any] = {
+            "vcpu": v.id, "abi": ev.ops.name, "upcall_mask": v.upcall_mask, "upcall_pending": v.upcall_pending,
+            "pending_sel": f"{sel:#0{2 + 2 * word}x}", "masked_for_ns": dom.time.now(v) - since[0] if since else 0,
+            "ports": ports}
+        if fifo is not None:
+            out["control_block"] = self._control_block(fifo, v.id)
+        else:
+            out["words"] = self._words(v, ports, word)
+        return out
+
+    def _words(self, v: Vcpu, ports: list[dict[str, Any]], word: int) -> list[dict[str, Any]]:
+        """The shared_info evtchn_pending/evtchn_mask words (unsigned long, from the ABI
+        layout) that hold this vcpu's ports or are selected in its pending_sel."""
+        dom = self.machine.domain
+        si = dom.abi.shared_info
+        frame = dom.mem.frame(dom.shared_info_mfn)
+        sel = v.pending_sel
+        wanted = sorted({p["word"] for p in ports} | {i for i in range(8 * word) if sel >> i & 1})
+        out = []
+        for i in wanted:
+            pend = int.from_bytes(frame[si.offset("evtchn_pending") + i * word:][:word], "little")
+            mask = int.from_bytes(frame[si.offset("evtchn_mask") + i * word:][:word], "little")
+            out.append({"word": i, "pending": f"{pend:#0{2 + 2 * word}x}", "mask": f"{mask:#0{2 + 2 * word}x}",
+                        "in_pending_sel": bool(sel >> i & 1)})
+        return out
+
+    def _control_block(self, fifo: Fifo, vid: int) -> dict[str, Any] | None:
+        """The vcpu's evtchn_fifo_control_block: READY bits, queue heads, linked queues."""
+        block = fifo.control_block(vid)
+        if block is None:
+            return None
+        queues = fifo.queues().get(vid, {})
+        return {"maddr": f"{fifo.control[vid]:#x}", "ready": f"{block.ready:#06x}",
+                "ready_queues": [q for q in range(len(block.head)) if block.ready >> q & 1],
+                "heads": {q: h for q, h in enumerate(block.head) if h},
+                "queues": {q: chain for q, chain in queues.items()}}
 
     def cmd_state(self, m: Machine, a: Any) -> Result:
         if a.vcpu is not None and not 0 <= a.vcpu < len(m.vcpus):
@@ -143,7 +202,22 @@ class EventMaskPlugin(Plugin):
             parts.append(f"vcpu{d['vcpu']}: upcall_mask={d['upcall_mask']} upcall_pending={d['upcall_pending']} "
                          f"pending_sel={d['pending_sel']}"
                          + (f" (masked for {d['masked_for_ns']} ns)" if d["upcall_mask"] else ""))
-            parts.append(table(d["ports"]) if d["ports"] else "  no ports bound to this vcpu")
+            cb = d.get("control_block", False)
+            if cb is None:
+                parts.append("  FIFO: no control block (EVTCHNOP_init_control not done on this vcpu)")
+            elif cb:
+                heads = " ".join(f"q{q}={h}" for q, h in cb["heads"].items()) or "none"
+                linked = " ".join(f"q{q}:{','.join(map(str, c)) or '-'}" for q, c in cb["queues"].items()) or "none"
+                parts.append(f"  FIFO control block at {cb['maddr']}: READY {cb['ready']} "
+                             f"(queues {cb['ready_queues'] or 'none'}), heads {heads}, linked {linked}")
+            if d.get("words"):
+                parts.append("  2-level words: " + ", ".join(
+                    f"[{w['word']}] pending {w['pending']} mask {w['mask']}" + (" (selected)" if w["in_pending_sel"]
+                                                                                else "") for w in d["words"]))
+            if d["ports"]:
+                parts.append(table(d["ports"]))
+            else:
+                parts.append("  no ports bound to this vcpu")
         return Result(data, "\n".join(parts))
 
     def cmd_history(self, m: Machine, a: Any) -> Result:
@@ -160,3 +234,4 @@ class EventMaskPlugin(Plugin):
                  "unmasked_at": w["unmasked_at_symbol"] or (f"{w['unmasked_at']:#x}" if w["unmasked_at"] else None)}
                 for w in wins]
         return Result(wins, table(rows))
+

@@ -7,8 +7,8 @@ import shutil
 import pytest
 from support.harness import BuiltGuest, Hv, build_guest
 
-# name -> (source in tests/guests, -D defines)
-GUEST_BUILDS = {
+# name -> (source in tests/guests, -D defines[, bits])
+GUEST_BUILDS: dict[str, tuple] = {
     "cpuid": ("cpuid", ()),
     "wrmsr": ("wrmsr", ("NO_HYPERCALL_NOTE=1",)),
     "hlt": ("hlt", ()),
@@ -19,6 +19,17 @@ GUEST_BUILDS = {
     "failsafe-bad-handler": ("failsafe", ("BAD_HANDLER=1",)),
     "failsafe-no-np-handler": ("failsafe", ("NO_NP_HANDLER=1",)),
     "user82": ("user82", ()),
+    "privileged": ("privileged", ()),
+    "privileged64": ("privileged", (), 64),
+    "mc_iret": ("mc_iret", ()),
+    "mc_iret64": ("mc_iret", (), 64),
+    "smc": ("smc", ()),
+    "smc64": ("smc", (), 64),
+    "gdt_access": ("gdt_access", ()),
+    "gdt_access64": ("gdt_access", (), 64),
+    "sysenter": ("sysenter", ()),
+    "dbreg": ("dbreg", ()),
+    "dbreg64": ("dbreg", (), 64),
 }
 
 
@@ -31,8 +42,8 @@ class _Guests:
 
     def __getitem__(self, name: str) -> BuiltGuest:
         if name not in self.built:
-            src, defines = GUEST_BUILDS[name]
-            self.built[name] = build_guest(src, self.outdir / name, defines=defines)
+            src, defines, *bits = GUEST_BUILDS[name]
+            self.built[name] = build_guest(src, self.outdir / name, defines=defines, bits=bits[0] if bits else 32)
         return self.built[name]
 
 

@@ -111,6 +111,7 @@ LAYOUTS: dict[str, list[tuple[str, dict[str, str | None]]]] = {
     "evtchn_init_control": [("struct evtchn_init_control", {"_pad": None})],
     "evtchn_expand_array": [("struct evtchn_expand_array", {})],
     "evtchn_set_priority": [("struct evtchn_set_priority", {})],
+    "evtchn_fifo_control_block": [("struct evtchn_fifo_control_block", {})],
     "vcpu_register_time_memory_area": [("struct vcpu_register_time_memory_area", {"addr": "addr.p"})],
     "iret_context": [("struct iret_context", {})],
     "grant_entry_v1": [("struct grant_entry_v1", {})],
@@ -181,7 +182,7 @@ def _is_signed(t: type) -> bool:
 # Constants: (label, our value, header macro name)
 # ---------------------------------------------------------------------------------------------
 ENUM_PREFIXES: list[tuple[type[enum.IntEnum], str, dict[str, str]]] = [
-    (C.Hypercall, "__HYPERVISOR_", {}),
+    (C.Hypercall, "__HYPERVISOR_", {"mca": "arch_0", "paging_domctl_cont": "arch_1"}),
     (C.MmuextCmd, "MMUEXT_", {}),
     (C.Vmasst, "VMASST_TYPE_", {"four_gb_segments": "4gb_segments",
                                 "four_gb_segments_notify": "4gb_segments_notify"}),

@@ -354,10 +354,15 @@ def test_vcpu_op_is_up_secondary_vcpu() -> None:
 
 def test_vcpu_op_register_vcpu_info(hv: Hv) -> None:
     """VCPUOP_register_vcpu_info {u64 mfn; u32 offset; u32 rsvd}: the old contents are copied,
-    pending_sel becomes all-ones and upcall_pending 1; a second call -> -EBUSY."""
+    pending_sel becomes all-ones and upcall_pending 1; a second call -> -EINVAL, as a frame that
+    cannot be writable (a pagetable) is (Xen 4.17 common/domain.c map_vcpu_info)."""
     dom = hv.dom
     old = hv.v.vcpu_info_maddr
     dom.mem.write_u32(old + 8, 0xCAFEB000)          # arch.cr2
+    table = hv.v.cr3_mfn                           # the pinned top-level table: no writable type
+    assert hv.call(H.vcpu_op, 10, 0, hv.put(struct.pack("<QII", table, 0, 0))) == EINVAL
+    assert hv.call(H.vcpu_op, 10, 0, hv.put(struct.pack("<QII", hv.free_frame(), 4096, 0))) == -6  # -ENXIO
+    assert not hv.v.vcpu_info_registered
     mfn = hv.free_frame()
     arg = hv.put(struct.pack("<QII", mfn, 128, 0))
     assert hv.call(H.vcpu_op, 10, 0, arg) == 0
@@ -370,7 +375,7 @@ def test_vcpu_op_register_vcpu_info(hv: Hv) -> None:
     assert data[8:12] == struct.pack("<I", 0xCAFEB000)
     assert hv.v.upcall_mask == 1
     arg2 = hv.put(struct.pack("<QII", hv.free_frame(), 0, 0))
-    assert hv.call(H.vcpu_op, 10, 0, arg2) == EBUSY
+    assert hv.call(H.vcpu_op, 10, 0, arg2) == EINVAL
     assert hv.v.vcpu_info_maddr == new
 
 

@@ -49,7 +49,8 @@ def test_plugin_commands_keep_their_usage(booted: Session) -> None:
     assert reg["hypercalls show"].usage == "SEQ"
     assert reg["multicall show"].usage == "[BATCH|largest|last]"
     assert reg["evmask"].usage == "[VCPU]" and reg["evmask windows"].usage == "[--vcpu V] [--top K]"
-    assert reg["pt walk"].usage == "VA [--vcpu N]" and reg["pt dump"].usage == "[--vcpu N] [--all]"
+    assert reg["pt walk"].usage == "VA [--vcpu N] [--user] [--cr3 MFN]"
+    assert reg["pt dump"].usage == "[--vcpu N] [--user] [--cr3 MFN] [--all]"
     assert reg["plugin enable"].usage == "NAME"
     text = booted.command("help hypercalls").text
     assert "--failed" in text and "only failed calls" in text

@@ -105,21 +105,32 @@ def test_initialise_loads_the_guest_context() -> None:
     ("ldt_base", 0xC0000010),                # not page aligned
     ("ldt_ents", 8193),
     ("gdt_ents", 16 * 512 + 1),
-    ("debugreg", None),                      # DR0 in the hypervisor range
     ("ctrlreg", None),                       # CR3 not a validated top-level table
 ])
 def test_initialise_errors(field: str, value) -> None:
     hv = Hv.example("pvdemo-pae", vcpus=2)
     c = guest_context(cr3_of(hv.top_mfn()), 0xC0000100, hv.layout.stack.end + 0x8000)
-    if field == "debugreg":
-        c.debugreg[0] = 0xF5800000
-    elif field == "ctrlreg":
+    if field == "ctrlreg":
         c.ctrlreg[3] = cr3_of(hv.mfn_of(hv.scratch_page()))
     else:
         obj, _, f = field.rpartition("__")
         setattr(getattr(c, obj) if obj else c, f, value)
     assert hv.call(H.vcpu_op, INITIALISE, 1, hv.put(bytes(c))) == EINVAL
     assert not hv.dom.vcpus[1].initialised
+
+
+def test_initialise_debug_registers_go_through_set_debugreg() -> None:
+    """domain.c arch_set_info_guest (4.17): a PV vcpu's debug registers are reset to DR6
+    0xffff0ff0 / DR7 0x400 and each set with set_debugreg, whose refusals are ignored: DR0 at
+    0xf5800000 is fine for a compat guest (__addr_ok: below 2^47), DR7 with GD stays 0x400."""
+    hv = Hv.example("pvdemo-pae", vcpus=2)
+    c = guest_context(cr3_of(hv.top_mfn()), 0xC0000100, hv.layout.stack.end + 0x8000)
+    c.debugreg[0] = 0xF5800000
+    c.debugreg[6] = 0
+    c.debugreg[7] = 0x2000
+    assert hv.call(H.vcpu_op, INITIALISE, 1, hv.put(bytes(c))) == 0
+    v1 = hv.dom.vcpus[1]
+    assert (v1.debugreg[0], v1.debugreg[6], v1.debugreg[7]) == (0xF5800000, 0xFFFF0FF0, 0x400)
 
 
 def test_vcpu_op_addressing_and_faults() -> None:

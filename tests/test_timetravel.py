@@ -19,14 +19,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from support.gdbmi import GDB, Gdb
+from support.stub import InProcessStub
 
-from gdbstub.server import GdbServer
 from xenwb.abi import constants as C
 from xenwb.backends import ScriptedInput
 from xenwb.control import StopEvent, StopKind
@@ -116,29 +115,11 @@ def xenwb_there_and_back(n):
 '''
 
 
-class Stub:
-    """The stub on a Session of this process, so the test sees every vcpu at each stop."""
-
-    def __init__(self, guest: str, vcpus: int) -> None:
-        self.console = bytearray()
-        self.session = Session(guest, vcpus=vcpus, console=self.console.extend)
-        self.ctl = self.session.controller
-        self.server = GdbServer(self.ctl, "127.0.0.1", 0)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.thread.join(10)
-        self.server.close()
-        self.session.close()
-
-
-@pytest.fixture
-def gdb_and_stub(tmp_path):
+@pytest.fixture(params=["pvdemo-pae", "pvdemo64"], ids=["pae", "pv64"])
+def gdb_and_stub(tmp_path, request):
     if GDB is None:
         pytest.skip("gdb is not installed (Debian: apt-get install gdb)")
-    stub = Stub("pvdemo-pae", 2)
+    stub = InProcessStub(request.param, 2)
     script = tmp_path / "tt.py"
     script.write_text(GDB_SCRIPT)
     g = Gdb()
@@ -168,7 +149,7 @@ def test_gdb_1000_stepi_then_1000_reverse_stepi_smp(gdb_and_stub):
     assert len({s[stub.ctl.last_stop.vcpu]["pc"] for s in forward}) > 50
     assert stub.session.timetravel.stats.passes >= 1000
     assert g.cont(timeout=120)["reason"] == "exited-normally"      # and forward again to the end
-    assert re.search(rb"pvdemo: all \d+ checks passed", bytes(stub.console))
+    assert re.search(rb"pvdemo(64)?: all \d+ checks passed", bytes(stub.console))
 
 
 def _reverse_continue(g: Gdb, timeout: float = 60.0) -> tuple[dict, str]:
@@ -192,11 +173,11 @@ def test_gdb_reverse_continue_to_breakpoints_and_watchpoints(gdb_and_stub):
     hits = []
     for _ in range(4):
         assert g.cont()["reason"] == "breakpoint-hit"
-        hits.append((g.value("$pc"), g.value("$sp"), g.value("/x (int)fmt")))
+        hits.append((g.value("$pc"), g.value("$sp"), g.value("/x (long)fmt")))
     for i in (2, 1, 0):                                # the latest hit before now, each time
         stop, _ = _reverse_continue(g)
         assert stop["reason"] == "breakpoint-hit", stop
-        assert (g.value("$pc"), g.value("$sp"), g.value("/x (int)fmt")) == hits[i]
+        assert (g.value("$pc"), g.value("$sp"), g.value("/x (long)fmt")) == hits[i]
     stop, text = _reverse_continue(g)                  # before the first: the start of the history
     assert "No more reverse-execution history" in text, (stop, text)
     assert int(stop["frame"]["addr"], 16) == image.entry

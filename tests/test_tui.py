@@ -19,7 +19,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from xenwb.session import ALL_PLUGINS, Session
-from xenwb.tui import WHEEL_ROWS, Shell
+from xenwb.tui import TAIL_KINDS, WHEEL_ROWS, Shell
 
 PAGE_UP, PAGE_DOWN, F2, F6, F7 = "\x1b[5~", "\x1b[6~", "\x1bOQ", "\x1b[17~", "\x1b[18~"
 
@@ -378,3 +378,32 @@ def test_grub_console_in_a_real_terminal() -> None:
         assert flags() == "0 0"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], check=False)
+
+
+def test_the_shell_subscribes_only_to_what_its_tail_shows() -> None:
+    """The tail pane shows hypercalls, faults, upcalls, crashes and shutdowns: the shell asks
+    the trace bus for those kinds only, so without plugins the machine observes nothing else
+    (no upcall-mask stores, no event-channel events), and the tail still fills up."""
+    async def script(shell: Shell, type_line, keys) -> None:
+        bus = shell.machine.domain.trace
+        mine = [ks for fn, ks, _ in bus._subs if getattr(fn, "__self__", None) is shell.ctl]
+        assert mine == [TAIL_KINDS]
+        assert not bus.wants("mask") and not bus.wants("event") and bus.wants("hypercall")
+        type_line("run")
+        await _until(lambda: shell.machine.domain.finished)
+        _, tail = shell.ctl.tail_view()
+        assert tail and {e["kind"] for e in tail} <= TAIL_KINDS and any(e["kind"] == "upcall" for e in tail)
+
+    async def main() -> None:
+        with create_pipe_input() as inp:
+            shell = Shell(Session("pvdemo-pae", plugins=()), input=inp, output=SizedOutput(40, 160))
+            task = asyncio.ensure_future(shell.app.run_async())
+            await asyncio.sleep(0.2)
+            try:
+                await script(shell, lambda t: inp.send_text(t + "\r"), inp.send_text)
+            finally:
+                if shell.app.is_running:
+                    inp.send_text("quit\r")
+                await asyncio.wait_for(task, 30)
+                shell.shutdown()
+    asyncio.run(main())

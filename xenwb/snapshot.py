@@ -50,6 +50,7 @@ from unicorn import Uc
 from xenwb.abi.constants import PAGE_SIZE
 from xenwb.errors import XenwbError
 from xenwb.hypervisor.cpu import CpuBase, RegBatch
+from xenwb.hypervisor.debugreg import DebugRegisters
 from xenwb.hypervisor.domain import Domain
 from xenwb.hypervisor.memory import MachineMemory, RamRegion
 from xenwb.hypervisor.mm import MM
@@ -468,7 +469,7 @@ RULES: dict[type, Rule | None] = {
     MM: Rule(skip=frozenset({"pages"})),
     RegBatch: OPAQUE, VClock: OPAQUE, TraceBus: OPAQUE, MaskObserver: OPAQUE, RamRegion: OPAQUE,
     GuestImage: OPAQUE, BootLayout: OPAQUE, CommandRegistry: OPAQUE, HvGeometry: OPAQUE, InputLog: OPAQUE,
-    LogEntry: OPAQUE, Uc: OPAQUE,
+    LogEntry: OPAQUE, Uc: OPAQUE, DebugRegisters: OPAQUE,      # engine hooks, rebuilt from debugreg
 }
 _rules_cache: dict[type, Rule | None] = {}
 
@@ -748,6 +749,7 @@ class Snapshotter:
         dom.stub_cache.clear()
         for v in m.vcpus:
             dom.mask_observer.vcpu_info_moved(v)    # the mask byte may be elsewhere now
+            v.debug.rearm()                         # the guest's breakpoints as its DR7 says now
         self.restores += 1
 
     def freed_by_dropping(self, snap: Snapshot, successor: Snapshot | None) -> int:

@@ -56,6 +56,7 @@ STYLE = Style.from_dict({
     "console-mode": "bold #ffaf00",
 })
 TAIL = 400                       # hypercall tail entries kept
+TAIL_KINDS = frozenset({"hypercall", "fault", "crash", "shutdown", "upcall"})   # what the tail pane shows
 OUTPUT_LINES = 5000              # command output lines kept
 GDB_LINES = 2000
 CONSOLE_COLS, CONSOLE_ROWS, CONSOLE_SCROLLBACK = 80, 24, 2000
@@ -423,7 +424,8 @@ class ShellControl:
         self._continued = False    # a `continue` from the shell: its stop is announced in the output
         self._stale: StopEvent | None = None
         self._announce: StopEvent | None = None
-        self.machine.domain.trace.subscribe(self._on_event)
+        # only what the tail pane shows: the machine then observes nothing else for the shell
+        self.machine.domain.trace.subscribe(self._on_event, kinds=TAIL_KINDS)
         session.timetravel.add_participant("shell", self)
         self.dbg = session.controller
         self.dbg.add_listener(self._on_stop)
@@ -445,10 +447,9 @@ class ShellControl:
         return self.dbg.running
 
     def _on_event(self, ev: dict[str, Any]) -> None:          # the machine's thread
-        if ev["kind"] in ("hypercall", "fault", "crash", "shutdown", "upcall"):
-            with self._tail_lock:
-                self.tail.append(ev)
-                self.tail_count += 1
+        with self._tail_lock:
+            self.tail.append(ev)
+            self.tail_count += 1
 
     # time travel: the tail follows the machine back (a participant of session.timetravel)
     def save_state(self) -> Any:

@@ -24,8 +24,9 @@
 #define FLAT_USER_CS   0xE02B
 #define FLAT_USER_DS   0xE033
 
-/* start_info (PV32 offsets, ABI sheet section 1.2) */
+/* start_info (PV32 offsets, ABI sheet section 1.2; PV64 from public/xen.h) */
 #define SI_MFN_LIST 68
+#define SI_MFN_LIST64 104
 
 #define ELFNOTE(type, desc)                                     \
         .pushsection .note.Xen, "a", @note;                     \
@@ -39,6 +40,19 @@
 4:      .balign 4;                                              \
         .popsection
 
+#ifdef GUEST64
+#undef VIRT_BASE
+#define VIRT_BASE 0xFFFFFFFF80000000
+        ELFNOTE(6,  .asciz "xenwb-test")        /* GUEST_OS */
+        ELFNOTE(5,  .asciz "xen-3.0")           /* XEN_VERSION */
+        ELFNOTE(8,  .asciz "generic")           /* LOADER */
+        ELFNOTE(3,  .quad VIRT_BASE)            /* VIRT_BASE */
+        ELFNOTE(4,  .quad VIRT_BASE)            /* PADDR_OFFSET: p_paddr == p_vaddr */
+        ELFNOTE(1,  .quad _start)               /* ENTRY */
+#ifndef NO_HYPERCALL_NOTE
+        ELFNOTE(2,  .quad hypercall_page)       /* HYPERCALL_PAGE */
+#endif
+#else
         ELFNOTE(6,  .asciz "xenwb-test")        /* GUEST_OS */
         ELFNOTE(5,  .asciz "xen-3.0")           /* XEN_VERSION */
         ELFNOTE(8,  .asciz "generic")           /* LOADER */
@@ -48,6 +62,68 @@
         ELFNOTE(9,  .asciz "yes")               /* PAE_MODE */
 #ifndef NO_HYPERCALL_NOTE
         ELFNOTE(2,  .long hypercall_page)       /* HYPERCALL_PAGE */
+#endif
+
+#endif
+
+/*
+ * HYPERCALL nr, a1, a2, a3, a4: one hypercall on either width (32-bit: int $0x82 with EBX ECX EDX
+ * ESI; 64-bit: syscall with RDI RSI RDX R10), the result in EAX/RAX. RESULT slot stores it,
+ * sign-extended to 64 bits, in results[slot] (each guest defines `results`).
+ */
+#ifdef GUEST64
+.macro HYPERCALL nr, a1=$0, a2=$0, a3=$0, a4=$0
+        movq    \a1, %rdi
+        movq    \a2, %rsi
+        movq    \a3, %rdx
+        movq    \a4, %r10
+        movl    $\nr, %eax
+        syscall
+.endm
+.macro RESULT slot
+        movq    %rax, results + 8 * \slot
+.endm
+/* MADDR va: RAX = the machine address of va, from the start_info mfn_list (RBP = start_info) */
+.macro MADDR va
+        movq    \va, %rax
+        movq    $VIRT_BASE, %rcx
+        subq    %rcx, %rax
+        movq    %rax, %rdx
+        shrq    $12, %rax
+        movq    SI_MFN_LIST64(%rbp), %rcx
+        movq    (%rcx,%rax,8), %rax
+        shlq    $12, %rax
+        andq    $0xfff, %rdx
+        orq     %rdx, %rax
+.endm
+#else
+.macro HYPERCALL nr, a1=$0, a2=$0, a3=$0, a4=$0
+        movl    \a1, %ebx
+        movl    \a2, %ecx
+        movl    \a3, %edx
+        movl    \a4, %esi
+        movl    $\nr, %eax
+        int     $0x82
+.endm
+.macro RESULT slot
+        cltd
+        movl    %eax, results + 8 * \slot
+        movl    %edx, results + 8 * \slot + 4
+.endm
+/* MADDR va: EDX:EAX = the machine address of va, from the start_info mfn_list (EBP = start_info) */
+.macro MADDR va
+        movl    \va, %eax
+        subl    $VIRT_BASE, %eax
+        movl    %eax, %ecx
+        shrl    $12, %eax
+        movl    SI_MFN_LIST(%ebp), %edx
+        movl    (%edx,%eax,4), %eax
+        movl    %eax, %edx
+        shrl    $20, %edx
+        shll    $12, %eax
+        andl    $0xfff, %ecx
+        orl     %ecx, %eax
+.endm
 #endif
 
 /* hypercall nr with int $0x82; arguments already in EBX.. */

@@ -260,22 +260,24 @@ SECTIONS
 """
 
 
-def build_guest(name: str, outdir: Path, *, defines: tuple[str, ...] = ()) -> BuiltGuest:
-    """Assemble tests/guests/<name>.S (gcc -m32 -c) and link it at 0xC0000000 (ld -m elf_i386).
+def build_guest(name: str, outdir: Path, *, defines: tuple[str, ...] = (), bits: int = 32) -> BuiltGuest:
+    """Assemble tests/guests/<name>.S (gcc -m32 -c) and link it at 0xC0000000 (ld -m elf_i386);
+    with bits=64 (gcc -m64, ld -m elf_x86_64, -DGUEST64) at 0xFFFFFFFF80000000.
 
     The small linker script keeps the allocated .note.Xen section inside the image (PT_NOTE),
     right after .text, instead of letting ld place the orphan at its default base."""
     outdir.mkdir(parents=True, exist_ok=True)
-    tag = name + "".join("-" + d.replace("=", "_") for d in defines)
+    tag = name + "".join("-" + d.replace("=", "_") for d in defines) + ("-64" if bits == 64 else "")
     obj = outdir / f"{tag}.o"
     elf = outdir / tag
-    lds = outdir / "guest.lds"
-    lds.write_text(LINKER_SCRIPT)
+    lds = outdir / f"guest{bits}.lds"
+    lds.write_text(LINKER_SCRIPT.replace("0xC0000000", "0xFFFFFFFF80000000") if bits == 64 else LINKER_SCRIPT)
     src = GUESTS_DIR / f"{name}.S"
-    _run(["gcc", "-m32", "-c", "-nostdlib", "-ffreestanding", *[f"-D{d}" for d in defines],
+    extra = ["-DGUEST64=1"] if bits == 64 else []
+    _run(["gcc", f"-m{bits}", "-c", "-nostdlib", "-ffreestanding", *[f"-D{d}" for d in defines], *extra,
           "-I", str(GUESTS_DIR), "-o", str(obj), str(src)])
-    _run(["ld", "-m", "elf_i386", "-N", "-T", str(lds), "--build-id=none", "-z", "noexecstack",
-          "-o", str(elf), str(obj)])
+    _run(["ld", "-m", "elf_x86_64" if bits == 64 else "elf_i386", "-N", "-T", str(lds), "--build-id=none",
+          "-z", "noexecstack", "-o", str(elf), str(obj)])
     syms = {}
     for line in _run(["nm", str(elf)]).splitlines():
         parts = line.split()

@@ -120,8 +120,8 @@ class Hypercall(enum.IntEnum):
     xenpmu_op = 40
     dm_op = 41
     hypfs_op = 42
-    arch_0 = 48
-    arch_1 = 49
+    mca = 48                       # __HYPERVISOR_arch_0 (public/arch-x86/xen.h)
+    paging_domctl_cont = 49        # __HYPERVISOR_arch_1
 
 
 def hypercall_name(nr: int) -> str:

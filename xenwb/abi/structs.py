@@ -278,6 +278,9 @@ EVTCHN_INIT_CONTROL = _Decl("evtchn_init_control", [
     ("control_gfn", u64), ("offset", u32), ("vcpu", u32), ("link_bits", u8), ("_pad", (u8, 7))])
 EVTCHN_EXPAND_ARRAY = _Decl("evtchn_expand_array", [("array_gfn", u64)])
 EVTCHN_SET_PRIORITY = _Decl("evtchn_set_priority", [("port", u32), ("priority", u32)])
+EVTCHN_FIFO_CONTROL_BLOCK = _Decl("evtchn_fifo_control_block", [
+    ("ready", u32), ("_rsvd", u32), ("head", (u32, 16))],      # head[EVTCHN_FIFO_MAX_QUEUES]
+    "evtchn_fifo_control_block_t: a vcpu's READY bits and queue heads (FIFO ABI)")
 
 # ---------------------------------------------------------------- sched.h
 SCHED_SHUTDOWN = _Decl("sched_shutdown", [("reason", u32)])

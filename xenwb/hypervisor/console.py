@@ -48,7 +48,7 @@ def do_console_io(vcpu: Vcpu, cmd: int, count: int, buf: int, *_: int) -> int:
     if cmd == C.CONSOLEIO_read:
         if count > 0x7FFFFFFF:
             return E2BIG
-        queue: bytearray = dom.extra.setdefault("console_io_input", bytearray())  # type: ignore[assignment]
+        queue = dom.console_io_input
         data = bytes(queue[:count])
         try:
             vcpu.write_virt(buf, data)

@@ -17,10 +17,11 @@ import ctypes
 import struct
 from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING
 
 from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INTR, UC_MODE_32, Uc, UcError
 from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TB_REMOVE_CACHE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib
 
 from xenwb.hypervisor.memory import MachineMemory
@@ -33,6 +34,9 @@ from xenwb.hypervisor.xenarea import (
     XenArea,
 )
 from xenwb.vclock import PC_SYNC_HOOK, VClock
+
+if TYPE_CHECKING:
+    from xenwb.hypervisor.xenarea64 import XenArea64
 
 _REG = {
     "eax": X.UC_X86_REG_EAX, "ebx": X.UC_X86_REG_EBX, "ecx": X.UC_X86_REG_ECX, "edx": X.UC_X86_REG_EDX,
@@ -109,6 +113,11 @@ class RegBatch:
             raise UcError(err)
 
 
+EFLAGS_NT = 1 << 14
+SEGMENT_REGS = frozenset({"cs", "ss", "ds", "es", "fs", "gs"})
+_REMOVE_CACHE = (UC_CTL_IO_WRITE << 30) | (2 << 26) | UC_CTL_TB_REMOVE_CACHE   # uc_ctl's encoding, two args
+
+
 class CpuBase:
     """What every vcpu engine has, whatever the guest's width: the virtual clock, the
     code hooks of breakpoints and exact stops, the translation cache, the run loop and
@@ -155,6 +164,15 @@ class CpuBase:
 
     def set_reg(self, name: str, value: int) -> None:
         raise NotImplementedError
+
+    xen: XenArea | XenArea64
+
+    def mark_loaded(self, sel: int) -> None:
+        """Before the engine loads a GDT selector for the hypervisor (a register write, an
+        iret): the accessed bit the CPU sets (Xen's load_segments and exits run on the real
+        CPU; unicorn's own store would fault on the read-only mapping, inside reg_write)."""
+        if sel & 0xFFFC and not sel & 4:
+            self.xen.mark_accessed(self.id, sel & 0xFFF8)
 
     def flush_tlb(self) -> None:
         """Drop unicorn's cached translations (UC_CTL_TLB_FLUSH)."""
@@ -206,6 +224,10 @@ class CpuBase:
         self._after_run.append(fn)
         self.uc.emu_stop()
 
+    def after_this_run(self, fn: Callable[[], None]) -> None:
+        """Run fn once the engine stops (something else stops it: a deadline)."""
+        self._after_run.append(fn)
+
     def sync_pc_in(self, lo: int, hi: int) -> None:
         """Make the guest pc exact inside memory hooks for code in [lo, hi): unicorn updates it
         before each instruction a code hook covers, and otherwise only at block starts and
@@ -230,6 +252,15 @@ class CpuBase:
     # was compiled into).
     def flush_translations(self) -> None:
         self.uc.ctl_flush_tb()
+
+    def drop_code(self, lo: int, hi: int) -> None:
+        """Drop the translated code of guest-virtual [lo, hi) (as mapped now), after the
+        hypervisor stored there: one raw uc_ctl(UC_CTL_TB_REMOVE_CACHE), about 0.4 us, nothing
+        to do when the range holds no translated code. Safe from the hypercall hooks (the
+        block in flight ends at the int/syscall; QEMU invalidates blocks while others run).
+        Only for a range this engine could fetch from now: unicorn translates lo for an
+        instruction fetch, and a fetch that faults leaves the #PF pending."""
+        uclib.uc_ctl(self.uc._uch, _REMOVE_CACHE, ctypes.c_uint64(lo), ctypes.c_uint64(hi))
 
     def add_breakpoint_hook(self, callback, user_data: object, addr: int, *, everywhere: bool) -> int:
         """A code hook on one address. The cached translations of that address are dropped:
@@ -319,6 +350,8 @@ class Cpu32(CpuBase):
         return self.uc.reg_read(_REG[name])
 
     def set_reg(self, name: str, value: int) -> None:
+        if name in SEGMENT_REGS:
+            self.mark_loaded(value)
         self.uc.reg_write(_REG[name], value & 0xFFFFFFFF)
 
     @property
@@ -365,7 +398,14 @@ class Cpu32(CpuBase):
             self._eip_esp_eflags.write(eip & 0xFFFFFFFF, esp & 0xFFFFFFFF, eflags & 0xFFFFFFFF)
             return
         self.xen.write_iret_frame(self.id, eip, cs, eflags, esp, ss)
+        self.mark_loaded(cs)          # the iret loads both (QEMU's iret does not set the bit)
+        self.mark_loaded(ss)
         self.ring_switches += 1
+        live = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        if live & EFLAGS_NT:
+            # Xen runs with NT clear (exception gates and its SYSCALL mask clear it, sysenter_entry
+            # clears it by hand): the stub's iret must not be a task return
+            uc.reg_write(X.UC_X86_REG_EFLAGS, live & ~EFLAGS_NT)
         if cur_cs & 3 == 0:
             uc.reg_write(X.UC_X86_REG_EIP, self.xen.stub_va(self.id))   # already in ring 0
         else:

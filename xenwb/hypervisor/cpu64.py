@@ -22,7 +22,18 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from xenwb.hypervisor.cpu import CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_TS, CR0_WP, CpuBase, RegBatch
+from xenwb.hypervisor.cpu import (
+    CR0_ET,
+    CR0_MP,
+    CR0_NE,
+    CR0_PE,
+    CR0_PG,
+    CR0_TS,
+    CR0_WP,
+    SEGMENT_REGS,
+    CpuBase,
+    RegBatch,
+)
 from xenwb.hypervisor.memory import MachineMemory
 from xenwb.hypervisor.xenarea64 import GDT_LIMIT64, HV64_END, HV64_START, STUB_VA, XenArea64
 
@@ -161,6 +172,8 @@ class Cpu64(CpuBase):
         elif name == "k_gs_base":
             self.uc.msr_write(MSR_SHADOW_GS_BASE, value & self.pc_mask)
         else:
+            if name in SEGMENT_REGS:
+                self.mark_loaded(value)
             self.uc.reg_write(_REG64[name], value & self.pc_mask)
 
     @property
@@ -239,13 +252,17 @@ class Cpu64(CpuBase):
         cur_cs, cur_ss = (r & 0xFFFF for r in self._cs_ss.read())
         if self.at_cpl3 and same_kind:
             if cur_cs != cs:
+                self.mark_loaded(cs)
                 self.uc.reg_write(R.UC_X86_REG_CS, cs)
             if cur_ss != ss:
+                self.mark_loaded(ss)
                 self.uc.reg_write(R.UC_X86_REG_SS, ss)
             self._rip_rsp_rflags.write((rip - self.pc_bias) & self.pc_mask, rsp & self.pc_mask,
                                        rflags & self.pc_mask)
             return
         self.xen.write_iret_frame(self.id, rip & self.pc_mask, cs, rflags, rsp & self.pc_mask, ss)
+        self.mark_loaded(cs)          # the iretq loads both (QEMU's iret does not set the bit)
+        self.mark_loaded(ss)
         self.ring_switches += 1
         self.uc.reg_write(R.UC_X86_REG_RSP, self.xen.frame_va(self.id))
         self.pc = STUB_VA

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 EINVAL, EFAULT = -Errno.EINVAL, -Errno.EFAULT
 DESC_P = 1 << 47
 DESC_S = 1 << 44
-DESC_A = 1 << 40
 
 
 def check_descriptor(vcpu: Vcpu, d: int) -> int | None:
@@ -45,9 +44,9 @@ def check_descriptor(vcpu: Vcpu, d: int) -> int | None:
             if base == 0 and limit > vcpu.domain.geo.hv_start:
                 a |= 0xFFFF
                 b |= 0xF0000
-        # Xen's GDT frames are mapped writable in its own area, so the CPU sets the accessed
-        # bit on first use; the workbench maps them read-only and sets it here.
-        return (a | (b << 32)) | DESC_A
+        # the accessed bit is left as it is: the CPU sets it when a selector is loaded
+        # (through Xen's writable mapping of the GDT: xenarea.set_accessed)
+        return a | (b << 32)
     typ = (b >> 8) & 0xF
     if typ == 0:
         return d                              # the second half of a 64-bit call gate
@@ -158,7 +157,8 @@ def update_descriptor(vcpu: Vcpu, ma: int, d: int) -> int:
         dom.mm.get_page_type(mfn, PageType.writable)
     except MMError:
         return EINVAL
-    dom.mem.write_u64(ma, (nd & ~DESC_A) | (d & DESC_A))   # an ordinary page keeps the A bit as given
+    dom.mem.write_u64(ma, nd)
+    dom.code_stored_by_machine_address()                  # an ordinary page: it may hold code
     dom.mm.put_page_type(mfn)
     return 0
 

@@ -97,6 +97,7 @@ class Domain:
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
         self.console_sink: Callable[[bytes], None] = lambda b: None
+        self.console_io_input = bytearray()        # what CONSOLEIO_read hands out (Xen's serial input)
         self.console_bytes = 0          # what the guest wrote to its console, console_io and ring alike
         self._warned: set[str] = set()
         self.hypercall_page_mfn: int | None = None
@@ -122,6 +123,13 @@ class Domain:
         if pfn is not None and pfn < len(pm.p2m):
             pm.p2m[pfn] = pm.invalid
         self.nr_pages -= 1
+
+    def code_stored_by_machine_address(self) -> None:
+        """The hypervisor stored into an ordinary guest frame it knows only by machine address
+        (no virtual address to drop translations by): every engine drops its translated code,
+        a running one as soon as it stops (at once: the stop is invisible)."""
+        for v in self.vcpus:
+            v.cpu.when_stopped(v.cpu.flush_translations)
 
     # -- helpers --------------------------------------------------------------------
     def symbolize(self, addr: int) -> str | None:
@@ -177,6 +185,11 @@ class Domain:
              multicall: int | None = None) -> int:
         """Dispatch one call (also used for multicall entries)."""
         entry = self.hypercalls.get(nr)
+        if self.is_64 and entry is not None:
+            for i, mask in entry.narrow64:          # the handler's parameter types (hypercall-defs.c)
+                if args[i] > mask:
+                    args = tuple(map(int.__and__, args, entry.masks64))
+                    break
         t0 = vcpu.clock.units
         vcpu.clock.units = t0 + HYPERCALL_COST_NS       # the hypervisor's work takes virtual time
         traced = self.trace.want_hypercall

@@ -20,8 +20,9 @@ from capstone import x86_const as CX
 from unicorn import x86_const as X
 
 from xenwb.abi import constants as C
+from xenwb.hypervisor import traps
+from xenwb.hypervisor.debugreg import get_debugreg, set_debugreg
 from xenwb.hypervisor.memory import GuestFault
-from xenwb.hypervisor.misc import set_debugreg
 from xenwb.hypervisor.mm import MMError, PageType, new_baseptr
 from xenwb.hypervisor.paging import canonical, walk
 
@@ -384,7 +385,11 @@ def privileged_op(vcpu: Vcpu, regs: dict[str, int]) -> bool:
             return False
     elif m == "mov" and len(insn.operands) == 2 and any(
             o.type == CX.X86_OP_REG and CX.X86_REG_DR0 <= o.reg <= CX.X86_REG_DR15 for o in insn.operands):
-        if not _mov_dr(vcpu, insn, regs):
+        outcome = _mov_dr(vcpu, insn, regs)
+        if outcome == C.TRAP_invalid_op:
+            traps.bounce_exception(vcpu, C.TRAP_invalid_op, regs=regs)    # no such register: #UD
+            return True
+        if outcome is not None:
             return False
     elif m == "rdmsr":
         v = read_msr(vcpu, regs[c] & 0xFFFFFFFF)
@@ -459,15 +464,19 @@ def read_cr(vcpu: Vcpu, n: int) -> int | None:
     return None
 
 
-def _mov_dr(vcpu: Vcpu, insn, regs: dict[str, int]) -> bool:
+def _mov_dr(vcpu: Vcpu, insn, regs: dict[str, int]) -> int | None:
+    """`mov` to or from a debug register (x86_emulate.c x86emul_write_dr/x86emul_read_dr):
+    None when done, else the exception: #UD for a register there is not (-ENODEV), #GP for a
+    value set_debugreg refuses."""
     dst, src = insn.operands
     if dst.type == CX.X86_OP_REG and CX.X86_REG_DR0 <= dst.reg <= CX.X86_REG_DR15:
-        return set_debugreg(vcpu, dst.reg - CX.X86_REG_DR0, regs[_reg_name(vcpu, src.reg)]) == 0
-    n = src.reg - CX.X86_REG_DR0
-    if n > 7:
-        return False
-    vcpu.cpu.set_reg(_reg_name(vcpu, dst.reg), vcpu.debugreg[n])
-    return True
+        rc = set_debugreg(vcpu, dst.reg - CX.X86_REG_DR0, regs[_reg_name(vcpu, src.reg)])
+        return None if rc == 0 else C.TRAP_invalid_op if rc == -C.Errno.ENODEV else C.TRAP_gp_fault
+    value = get_debugreg(vcpu, src.reg - CX.X86_REG_DR0)
+    if value is None:
+        return C.TRAP_invalid_op
+    vcpu.cpu.set_reg(_reg_name(vcpu, dst.reg), value)
+    return None
 
 
 def guest_efer(vcpu: Vcpu) -> int:

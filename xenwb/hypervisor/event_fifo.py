@@ -15,10 +15,10 @@ pending there are remembered and raised again once the array page holding them e
 
 from __future__ import annotations
 
-import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xenwb.abi.constants import Errno
+from xenwb.abi.structs import PV64
 from xenwb.hypervisor.mm import MMError, PageType
 
 if TYPE_CHECKING:
@@ -33,7 +33,10 @@ WORDS_PER_PAGE = 4096 // 4
 MAX_ARRAY_PAGES = NR_CHANNELS // WORDS_PER_PAGE
 MAX_QUEUES = 16
 PRIORITY_MIN, PRIORITY_DEFAULT = 15, 7
-CONTROL_BLOCK_SIZE = 8 + 4 * MAX_QUEUES          # ready, _rsvd, head[16]
+CONTROL_BLOCK = PV64.evtchn_fifo_control_block  # the same 32-bit fields on both ABIs
+CONTROL_BLOCK_SIZE = CONTROL_BLOCK.size()
+READY_OFFSET = CONTROL_BLOCK.offset("ready")
+HEAD_OFFSET = CONTROL_BLOCK.offset("head")
 EINVAL, ENOENT, ENOSPC, EOPNOTSUPP = -Errno.EINVAL, -Errno.ENOENT, -Errno.ENOSPC, -Errno.EOPNOTSUPP
 
 
@@ -138,15 +141,15 @@ class Fifo:
             if tail:
                 linked = self._set_link(tail, port)
             if not linked:
-                self.dom.mem.write_u32(cb + 8 + 4 * prio, port)     # *q->head = port
+                self.dom.mem.write_u32(cb + HEAD_OFFSET + 4 * prio, port)     # *q->head = port
             self.tail[q] = port
         else:
             self._write(port, w)
         edge = False
         if not linked:
-            ready = self.dom.mem.read_u32(cb)
+            ready = self.dom.mem.read_u32(cb + READY_OFFSET)
             if not ready & (1 << prio):
-                self.dom.mem.write_u32(cb, ready | (1 << prio))
+                self.dom.mem.write_u32(cb + READY_OFFSET, ready | (1 << prio))
                 self.dom.evtchn.mark_events_pending(v)
                 edge = True
         return already, bool(w & MASKED), edge
@@ -228,13 +231,19 @@ class Fifo:
         self.control.clear()
         self.event_array.clear()
 
+    def control_block(self, vid: int) -> Any:
+        """The vcpu's evtchn_fifo_control_block as it is in guest memory (None before
+        EVTCHNOP_init_control on that vcpu)."""
+        cb = self.control.get(vid)
+        return None if cb is None else CONTROL_BLOCK.parse(self.dom.mem.read(cb, CONTROL_BLOCK_SIZE))
+
     def queues(self) -> dict[int, dict[int, list[int]]]:
         """vcpu -> priority -> the ports linked in that queue, from its head (for the UIs)."""
         out: dict[int, dict[int, list[int]]] = {}
-        for vid, cb in self.control.items():
-            heads = struct.unpack("<16I", self.dom.mem.read(cb + 8, 64))
-            ready = self.dom.mem.read_u32(cb)
-            for prio, head in enumerate(heads):
+        for vid in self.control:
+            block = self.control_block(vid)
+            ready = block.ready
+            for prio, head in enumerate(block.head):
                 chain: list[int] = []
                 port = head
                 while port and len(chain) < 64:

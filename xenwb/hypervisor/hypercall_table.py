@@ -3,9 +3,12 @@ xen/include/hypercall-defs.c lists them: number, name, the handler for a 32-bit 
 the handler for a 64-bit one, and the decoder that turns the arguments (and the guest
 structures they point to) into plain data for the trace.
 
-A number that is absent, or whose handler for the guest's width is None, is -ENOSYS, as
-for a hypercall Xen does not have (do_ni_hypercall). iret is listed for its number: Xen
-handles it on its own path (it does not return to the caller), and so does the domain.
+A number whose handler for the guest's width is None is -ENOSYS, as for a hypercall Xen does
+not have (do_ni_hypercall: tmem_op, argo_op without CONFIG_ARGO); a number that is absent is
+one Xen has and the workbench does not model (-ENOSYS too, said on stderr). The control-domain
+interfaces are there and answer as XSM's dummy policy does for a domU (privileged.py). iret
+is listed for its number: Xen handles it on its own path (it does not return to the caller),
+and so does the domain. hvm_op (34) is absent: for a PV guest it is a subsystem of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from xenwb.hypervisor import (
     mm,
     multicall,
     physdev,
+    privileged,
     sched,
     vcpu_op,
     version,
@@ -49,10 +53,45 @@ class Entry:
     decoder64: Decoder | None = None             # when the 64-bit arguments differ
     decoder_arity: int = field(init=False)       # argument registers the decoder takes
     decoder64_arity: int = field(init=False)
+    masks64: tuple[int, ...] | None = field(init=False)   # what of each register the pv64 handler sees
+    narrow64: tuple[tuple[int, int], ...] = field(init=False)   # (index, mask) of its narrower parameters
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder_arity", _arity(self.decoder) if self.decoder else 0)
         object.__setattr__(self, "decoder64_arity", _arity(self.decoder64) if self.decoder64 else 0)
+        bits = ARG_BITS64.get(self.nr)
+        masks = None if bits is None else tuple((1 << b) - 1 for b in bits + (64,) * (5 - len(bits)))
+        object.__setattr__(self, "masks64", masks)
+        object.__setattr__(self, "narrow64", tuple((i, m) for i, m in enumerate(masks or ()) if m >> 63 == 0))
+
+
+# The 64-bit handlers' argument types (xen/include/hypercall-defs.c, the `do` prefix): the
+# generated call_handlers_pv64 casts each register to its parameter's type, so an int or
+# unsigned int argument is the register's low 32 bits, a domid_t its low 16. Hypercalls
+# whose arguments are all unsigned long, pointers or 64-bit integers are not listed.
+ARG_BITS64: dict[int, tuple[int, ...]] = {
+    H.mmu_update: (64, 32, 64, 32),               # (ureqs, unsigned int count, pdone, unsigned int foreigndom)
+    H.set_gdt: (64, 32),                          # (frame_list, unsigned int entries)
+    H.fpu_taskswitch: (32,),                      # (int set)
+    H.sched_op_compat: (32, 64),                  # (int cmd, unsigned long arg)
+    H.set_debugreg: (32, 64),                     # (int reg, unsigned long value)
+    H.get_debugreg: (32,),                        # (int reg)
+    H.multicall: (64, 32),                        # (call_list, unsigned int nr_calls)
+    H.xen_version: (32, 64),                      # (int cmd, arg)
+    H.console_io: (32, 32, 64),                   # (unsigned int cmd, unsigned int count, buffer)
+    H.grant_table_op: (32, 64, 32),               # (unsigned int cmd, uop, unsigned int count)
+    H.vm_assist: (32, 32),                        # (unsigned int cmd, unsigned int type)
+    H.update_va_mapping_otherdomain: (64, 64, 64, 16),   # (va, val64, flags, domid_t domid)
+    H.vcpu_op: (32, 32, 64),                      # (int cmd, unsigned int vcpuid, arg)
+    H.set_segment_base: (32, 64),                 # (unsigned int which, unsigned long base)
+    H.mmuext_op: (64, 32, 64, 32),                # (uops, unsigned int count, pdone, unsigned int foreigndom)
+    H.nmi_op: (32, 64),                           # (unsigned int cmd, arg)
+    H.sched_op: (32, 64),                         # (int cmd, arg)
+    H.callback_op: (32, 64),                      # (int cmd, arg)
+    H.event_channel_op: (32, 64),                 # (int cmd, arg)
+    H.physdev_op: (32, 64),                       # (int cmd, arg)
+    H.xenpmu_op: (32, 64),                        # (unsigned int op, arg)
+}
 
 
 def _arity(fn: Callable[..., Any]) -> int:
@@ -85,6 +124,8 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
        misc.decode_fpu_taskswitch),
     _e(H.sched_op_compat,                 sched.do_sched_op_compat,         sched.do_sched_op_compat,
        sched.decode_sched_op_compat),
+    _e(H.platform_op,                     privileged.do_platform_op,        privileged.do_platform_op,
+       privileged.decode_header),
     _e(H.set_debugreg,                    misc.do_set_debugreg,             misc.do_set_debugreg,
        misc.decode_set_debugreg),
     _e(H.get_debugreg,                    misc.do_get_debugreg,             misc.do_get_debugreg,
@@ -111,7 +152,8 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
        grant_table.decode_grant_table_op),
     _e(H.vm_assist,                       version.do_vm_assist,             version.do_vm_assist,
        version.decode_vm_assist),
-    _e(H.update_va_mapping_otherdomain,   mm.do_update_va_mapping_otherdomain, mm.do_update_va_mapping_otherdomain64),
+    _e(H.update_va_mapping_otherdomain,   mm.do_update_va_mapping_otherdomain, mm.do_update_va_mapping_otherdomain64,
+       mm.decode_update_va_mapping_otherdomain),
     _e(H.iret,                            None,                             None),
     _e(H.vcpu_op,                         vcpu_op.do_vcpu_op,               vcpu_op.do_vcpu_op, vcpu_op.decode_vcpu_op),
     _e(H.set_segment_base,                None,                             misc.do_set_segment_base,
@@ -122,11 +164,23 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
     _e(H.sched_op,                        sched.do_sched_op,                sched.do_sched_op, sched.decode_sched_op),
     _e(H.callback_op,                     callback.do_callback_op,          callback.do_callback_op64,
        callback.decode_callback_op, callback.decode_callback_op64),
+    _e(H.xenoprof_op,                     privileged.do_xenoprof_op,        privileged.do_xenoprof_op),
     _e(H.event_channel_op,                event_channel.do_event_channel_op, event_channel.do_event_channel_op,
        event_channel.decode_event_channel_op),
     _e(H.physdev_op,                      physdev.do_physdev_op,            physdev.do_physdev_op,
        physdev.decode_physdev_op),
+    _e(H.sysctl,                          privileged.do_sysctl,             privileged.do_sysctl,
+       privileged.decode_header),
+    _e(H.domctl,                          privileged.do_domctl,             privileged.do_domctl,
+       privileged.decode_header),
+    _e(H.kexec_op,                        privileged.do_kexec_op,           privileged.do_kexec_op),
+    _e(H.tmem_op,                         None,                             None),
+    _e(H.argo_op,                         None,                             None),
     _e(H.xenpmu_op,                       misc.do_xenpmu_op,                misc.do_xenpmu_op),
+    _e(H.dm_op,                           privileged.do_dm_op,              privileged.do_dm_op),
+    _e(H.hypfs_op,                        privileged.do_hypfs_op,           privileged.do_hypfs_op),
+    _e(H.mca,                             privileged.do_mca,                privileged.do_mca),
+    _e(H.paging_domctl_cont,              privileged.do_paging_domctl_cont, privileged.do_paging_domctl_cont),
 )}
 
 

@@ -165,3 +165,11 @@ class PhysMap:
     def pfn(self, mfn: int) -> int | None:
         v = self.m2p(mfn) if 0 <= mfn < self.mem.max_mfn else self.invalid
         return None if v in (self.invalid, self.shared) else v
+
+    def m2p_snapshot(self) -> list[int | None]:
+        """pfn() of every machine frame at once, as the M2P is now (for whole-table readers)."""
+        n = self.mem.max_mfn
+        fmt = f"<{n}{'Q' if self.entry_size == 8 else 'I'}"
+        raw = struct.unpack(fmt, self.mem.read(self.m2p_base, n * self.entry_size))
+        bad = (self.invalid, self.shared)
+        return [None if v in bad else v for v in raw]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno
+from xenwb.hypervisor.debugreg import get_debugreg, set_debugreg
 from xenwb.hypervisor.paging import canonical
 from xenwb.hypervisor.traps import data_segment_loadable, descriptor_of
 
@@ -14,7 +15,6 @@ if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
     from xenwb.hypervisor.vcpu64 import Vcpu64
 
-CR4_DE = 1 << 3
 EINVAL, EPERM, ENODEV, ENOSYS, EOPNOTSUPP = (-Errno.EINVAL, -Errno.EPERM, -Errno.ENODEV, -Errno.ENOSYS,
                                              -Errno.EOPNOTSUPP)
 
@@ -77,40 +77,14 @@ def do_fpu_taskswitch(vcpu: Vcpu, set_ts: int, *_: int) -> int:
     return 0
 
 
-def set_debugreg(vcpu: Vcpu, reg: int, value: int) -> int:
-    """set_debugreg (traps.c): DR0-3 must be guest addresses; DR7.GD is refused."""
-    value &= (1 << (8 * vcpu.word)) - 1
-    if reg in (4, 5) and not vcpu.cr4 & CR4_DE:
-        reg += 2                     # DR4/DR5 alias DR6/DR7 unless CR4.DE (traps.c set_debugreg)
-    if reg in (6, 7) and value >> 32:
-        return EINVAL                # pv/misc-hypercalls.c: "the upper 32 bits are strictly reserved"
-    if reg < 4:
-        if not vcpu.domain.geo.guest_range_ok(value, 4):     # breakpoint_addr_ok
-            return EPERM
-    elif reg == 6:
-        value = (value & 0xE00F) | 0xFFFF0FF0
-    elif reg == 7:
-        if value & (1 << 13):
-            return EPERM
-        value |= 0x400
-    elif reg in (4, 5):
-        return ENODEV
-    else:
-        return ENODEV
-    vcpu.debugreg[reg] = value
-    return 0
-
-
 def do_set_debugreg(vcpu: Vcpu, reg: int, value: int, *_: int) -> int:
     return set_debugreg(vcpu, reg, value)
 
 
 def do_get_debugreg(vcpu: Vcpu, reg: int, *_: int) -> int:
-    if reg in (4, 5) and not vcpu.cr4 & CR4_DE:
-        reg += 2
-    if reg > 7 or reg in (4, 5):
-        return ENODEV
-    return vcpu.debugreg[reg]
+    """do_get_debugreg: the register, or -ENODEV (x86emul_read_dr)."""
+    value = get_debugreg(vcpu, reg)
+    return ENODEV if value is None else value
 
 
 def do_xsm_op(vcpu: Vcpu, *_: int) -> int:

@@ -984,5 +984,17 @@ def decode_update_va_mapping(vcpu: Vcpu, va: int, lo: int, hi: int, fl: int, *_:
     return decode_uvm(vcpu, va, lo, hi, fl)
 
 
+def decode_update_va_mapping_otherdomain(vcpu: Vcpu, va: int, lo: int, hi: int, fl: int, domid: int,
+                                         *_: int) -> Any:
+    """(va, pte, flags, domid) on the 64-bit ABI, (va, lo, hi, flags, domid) on the compat one."""
+    if vcpu.word == 8:
+        out, dom = decode_uvm(vcpu, va, lo, hi, fl), fl
+    else:
+        out, dom = decode_uvm(vcpu, va, lo, hi, fl), domid
+    dom &= 0xFFFF
+    out["domid"] = "DOMID_SELF" if dom == C.DOMID_SELF else str(dom)
+    return out
+
+
 def decode_mmuext_op(vcpu: Vcpu, ops: int, count: int, done: int, fd: int) -> Any:
     return decode_mmuext(vcpu, ops, count, done, fd)

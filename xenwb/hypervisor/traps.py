@@ -176,6 +176,50 @@ def failsafe_callback(vcpu: Vcpu, target: dict[str, int]) -> None:
                         regs=target, extra_low=segs)
 
 
+def _entry_callback(vcpu: Vcpu, ctype: int) -> tuple[int, int, bool]:
+    """The compat syscall32/sysenter callback: (cs, eip, disables events); zeros if none."""
+    cs, eip, flags = vcpu.callbacks.get(ctype, (0, 0, 0))
+    return cs, eip, bool(flags & C.CALLBACKF_mask_events)
+
+
+def sysenter_entry(vcpu: Vcpu, r: dict[str, int]) -> None:
+    """SYSENTER from a 32-bit PV guest (x86_64/entry.S sysenter_entry, compat/entry.S
+    compat_sysenter). SYSENTER saves nothing, so the frame has EIP 0, CS 3 (a null ring-3
+    selector), ESP 0, SS FLAT_COMPAT_USER_SS, and EFLAGS as the instruction left them (VM and
+    RF cleared; NT kept: since 4.15, 61d4a04349 "Don't deliver #GP for a SYSENTER with NT
+    set", Xen only clears it in its own flags). It goes to the sysenter callback (events
+    masked if registered so, its selector or else the #GP handler's); with no callback
+    address, to the #GP handler with error code 0, from that same frame."""
+    frame = dict(r, eip=0, pc=0, cs=3, esp=0, ss=C.FLAT_USER_DS, eflags=r["eflags"] & ~(EFLAGS_VM | EFLAGS_RF))
+    cs, eip, mask = _entry_callback(vcpu, C.CallbackType.sysenter)
+    if not eip:
+        bounce_exception(vcpu, C.TRAP_gp_fault, 0, regs=frame)
+        return
+    if not cs & ~3:
+        gp = vcpu.trap_ctxt[C.TRAP_gp_fault]
+        cs = gp.cs if gp is not None else 0
+    if not cs & ~3:
+        raise DomainCrash("SYSENTER callback with a null selector and no #GP handler (bounce to a null selector)")
+    vcpu.domain.trace.emit_user_syscall(vcpu, r["eip"] - 2, r["eax"])
+    create_bounce_frame(vcpu, cs, eip, None, mask, regs=frame)
+
+
+def syscall_entry(vcpu: Vcpu, r: dict[str, int]) -> None:
+    """SYSCALL from a 32-bit PV guest (x86_64/entry.S cstar_enter, compat/entry.S
+    compat_syscall). r: the registers after the instruction (EIP past it; the CPU has put
+    that EIP in ECX). The frame: that EIP, CS FLAT_COMPAT_USER_CS and SS FLAT_COMPAT_USER_SS
+    whatever the guest ran with, its EFLAGS and ESP; to the syscall32 callback (events masked
+    if registered so); with a null callback selector, #GP(0) with EIP back on the syscall."""
+    frame = dict(r, cs=C.FLAT_USER_CS, ss=C.FLAT_USER_DS)
+    cs, eip, mask = _entry_callback(vcpu, C.CallbackType.syscall32)
+    if not cs & ~3:
+        frame["eip"] = frame["pc"] = (r["eip"] - 2) & 0xFFFFFFFF
+        bounce_exception(vcpu, C.TRAP_gp_fault, 0, regs=frame)
+        return
+    vcpu.domain.trace.emit_user_syscall(vcpu, r["eip"] - 2, r["eax"])
+    create_bounce_frame(vcpu, cs, eip, None, mask, regs=frame)
+
+
 def _iret_to_vm86(vcpu: Vcpu, r: dict[str, int], sp: int, eflags: int) -> None:
     """compat_iret: "Cannot return to VM86 mode: inject a GP fault instead". The VM86
     frame (EIP, CS, EFLAGS, ESP, SS, ES, DS, FS, GS) is copied below kernel_sp with a

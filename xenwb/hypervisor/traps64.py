@@ -155,8 +155,11 @@ def syscall_from_user(v: Vcpu64, r: dict[str, int], compat: bool) -> None:
 
 def sysenter_from_user(v: Vcpu64, r: dict[str, int]) -> None:
     """entry.S sysenter_entry: the frame has RIP 0, CS 3, RSP 0 (SYSENTER saves nothing) and
-    RFLAGS with IF set and NT cleared; to the sysenter callback, or #GP(0) without one."""
-    frame = dict(r, rip=0, cs=3, rsp=0, ss=C.FLAT_USER_SS64, rflags=(r["rflags"] | RFLAGS_IF) & ~RFLAGS_NT)
+    RFLAGS with IF set, VM and RF cleared and NT kept (since 4.15, 61d4a04349 "Don't deliver
+    #GP for a SYSENTER with NT set": Xen clears NT in its own flags only); to the sysenter
+    callback, or #GP(0) without one."""
+    frame = dict(r, rip=0, pc=0, cs=3, rsp=0, ss=C.FLAT_USER_SS64,
+                 rflags=(r["rflags"] | RFLAGS_IF) & ~(RFLAGS_VM | RFLAGS_RF))
     if not v.sysenter_eip:
         v.bounce_vector(C.TRAP_gp_fault, 0, regs=frame)
         return

@@ -19,10 +19,11 @@ from unicorn import x86_const as X
 from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF, Cpu32, CpuBase
+from xenwb.hypervisor.debugreg import DR6_DEFAULT, DR7_DEFAULT, DebugRegisters, debug_exception
 from xenwb.hypervisor.memory import GuestFault
-from xenwb.hypervisor.paging import translate
+from xenwb.hypervisor.paging import translate, walk
 from xenwb.hypervisor.state import DomainCrash, TrapInfo, VcpuState
-from xenwb.hypervisor.xenarea import PERDOMAIN_VA
+from xenwb.hypervisor.xenarea import GDT_WINDOW, PERDOMAIN_VA
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
@@ -57,12 +58,15 @@ class Vcpu:
         self.virtual_ts = False
         self.cr2 = 0
         self.cr4 = 0
-        self.debugreg = [0] * 8
+        self.debugreg = [0, 0, 0, 0, 0, 0, DR6_DEFAULT, DR7_DEFAULT]   # DR0-3, -, -, DR6, DR7
+        self.dr7_emul = 0                    # DR7's I/O breakpoint enables (pv.dr7_emul)
+        self.debug = DebugRegisters(self)
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.ldt_base = self.ldt_ents = 0
         self.cr3_mfn = 0
         self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
+        self._fetch_cache: dict[tuple[int, int, int], bool] = {}  # (va page, machine page, cpl) -> runs code
         self._tgen = self._ttop = -1
         self._vcpu_info_maddr = 0
         vi = domain.abi.vcpu_info
@@ -151,9 +155,26 @@ class Vcpu:
             self.domain.trace.emit_io(self, "out", port, size, value, self.cpu.pc, not self._io_allowed())
 
     def _invalid(self) -> None:
-        if not emulate.invalid_opcode(self):
+        if self._icebp():
+            pass
+        elif not emulate.invalid_opcode(self):
             traps.bounce_exception(self, C.TRAP_invalid_op)
         self._after_guest_exit()
+
+    def _icebp(self) -> bool:
+        """icebp (0xF1): a #DB trap with no DR6 status, as on hardware (unicorn's translator
+        takes it for its own debugger exit and reports an invalid opcode)."""
+        pc = self.cpu.pc
+        try:
+            if self.read_virt(pc, 1) != b"\xf1":
+                return False
+        except GuestFault:
+            return False
+        r, _ = self.guest_regs()
+        nxt = (pc + 1) & self.domain.geo.va_mask
+        r.update(pc=nxt, **{"rip" if self.word == 8 else "eip": nxt})
+        debug_exception(self, r, icebp=True)
+        return True
 
     def _on_invalid(self, uc, _ud) -> bool:
         self.clock.settle(self.cpu.pc)         # the invalid instruction did not complete
@@ -178,6 +199,13 @@ class Vcpu:
         traps.deliver_event_upcall(self)
         if self.state is not VcpuState.running:
             self.cpu.uc.emu_stop()
+
+    def accessed_bit_fault(self, cr2: int) -> bool:
+        """A #PF on the CPU's store of a GDT descriptor's accessed bit as it loads a selector
+        (the workbench maps the GDT read-only in Xen's area, Xen maps it writable): make the
+        store, and the instruction runs again, as on Xen where the store just happens."""
+        offset = cr2 - self.domain.xen.gdt_va(self.id)
+        return 0 <= offset < GDT_WINDOW and self.domain.xen.mark_accessed(self.id, offset & ~7)
 
     # -- what each width defines ----------------------------------------------------------
     def code_bits(self) -> int:
@@ -302,6 +330,7 @@ class Vcpu:
         mm = self.domain.mm
         if self._tgen != mm.generation or self._ttop != self.cr3_mfn:
             self._tcache.clear()
+            self._fetch_cache.clear()
             self._tgen, self._ttop = mm.generation, self.cr3_mfn
         key = (va >> 12, write)
         page = self._tcache.get(key, -1)
@@ -311,6 +340,21 @@ class Vcpu:
             if len(self._tcache) < 4096:
                 self._tcache[key] = page
         return None if page is None else (page << 12) | (va & 0xFFF)
+
+    def _fetchable(self, va: int, maddr: int) -> bool:
+        """Could this engine run code at va, as mapped now, from the page at maddr? (Dropping
+        translations makes unicorn translate va for an instruction fetch: where the fetch
+        would fault, the fault is left pending, so only fetchable pages are dropped. Other
+        vcpus' engines keep what they translated: a known gap for SMP.)"""
+        cpl = self.cpu.cpl
+        key = (va >> 12, maddr >> 12, cpl)
+        ok = self._fetch_cache.get(key)
+        if ok is None:
+            w = walk(self.domain.mem, self.domain.mode, self.active_top_mfn, va & ~0xFFF)
+            ok = (w.mapped and w.maddr >> 12 == maddr >> 12 and not w.nx and (w.user or cpl < 3))
+            if len(self._fetch_cache) < 4096:
+                self._fetch_cache[key] = ok
+        return ok
 
     def read_virt(self, va: int, n: int) -> bytes:
         """copy_from_guest: guest-kernel view, the hypervisor range refused."""
@@ -336,6 +380,8 @@ class Vcpu:
                 out += mem.read(maddr, chunk)
             else:
                 mem.write(maddr, data[pos: pos + chunk])
+                if self._fetchable(cur, maddr):
+                    self.cpu.drop_code(cur, cur + chunk)      # it may be code the guest runs
             pos += chunk
         return bytes(out)
 
@@ -391,12 +437,43 @@ class Vcpu32(Vcpu):
         self._install_common_hooks()
         uc = self.cpu.uc
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
         stub = self.domain.xen.stub_va(self.id)
         uc.hook_add(UC_HOOK_CODE, self._on_stub, None, stub, stub)
 
     def _on_stub(self, uc, address, size, _ud) -> None:
         """The ring-0 transition stub runs: close the call gate again."""
         self.cpu.disarm()
+
+    # SYSCALL and SYSENTER: unicorn calls the hook in place of the instruction (EIP on it) and
+    # then adds the instruction's length to EIP, whatever the hook set; so the hook leaves
+    # EIP two bytes short of where the guest goes on.
+    def _on_syscall(self, uc, _ud) -> None:
+        self._fast_system_call("SYSCALL", True)
+
+    def _on_sysenter(self, uc, _ud) -> None:
+        self._fast_system_call("SYSENTER", False)
+
+    def _fast_system_call(self, what: str, syscall: bool) -> None:
+        cpu = self.cpu
+        eip = cpu.eip
+        self.clock.settle(eip + 2)                 # the instruction completed
+        try:
+            self._guarded(what, self._enter_fast_system_call, eip, syscall)
+        finally:
+            cpu.eip = (cpu.eip - 2) & 0xFFFFFFFF
+
+    def _enter_fast_system_call(self, eip: int, syscall: bool) -> None:
+        r = self.cpu.regs()
+        r["eip"] = r["pc"] = (eip + 2) & 0xFFFFFFFF
+        if syscall:
+            self.cpu.set_reg("ecx", r["eip"])        # what the instruction itself does (RCX = next RIP)
+            r["ecx"] = r["eip"]
+            traps.syscall_entry(self, r)
+        else:
+            traps.sysenter_entry(self, r)
+        self._after_guest_exit()
 
     def _on_interrupt(self, uc, intno: int, _ud) -> None:
         # a fault leaves EIP on the faulting instruction, `int n` after it: either way the
@@ -437,15 +514,20 @@ class Vcpu32(Vcpu):
         if soft is not None:
             self._soft_int(intno, soft, r)
         elif intno == C.TRAP_page_fault:
-            ec = emulate.page_fault_error_code(self, r, cr2)
-            if not emulate.ptwr(self, r, cr2, ec):
-                traps.bounce_exception(self, 14, ec, cr2, regs=r)
+            if self.accessed_bit_fault(cr2):
+                self.cpu.set_reg("cr2", self.cr2)    # the guest never saw this fault
+            else:
+                ec = emulate.page_fault_error_code(self, r, cr2)
+                if not emulate.ptwr(self, r, cr2, ec):
+                    traps.bounce_exception(self, 14, ec, cr2, regs=r)
         elif intno == C.TRAP_gp_fault:
             if not emulate.privileged_op(self, r):
                 traps.bounce_exception(self, 13, emulate.gp_error_code(self, r), regs=r)
         elif intno == C.TRAP_no_device:
             self.cpu.set_ts(False)
             traps.bounce_exception(self, 7, regs=r)
+        elif intno == C.TRAP_debug:
+            debug_exception(self, r, icebp=False)   # icebp reaches _invalid (unicorn's decoder)
         else:
             ec = 0 if intno in C.VECTORS_WITH_ERROR_CODE else None
             traps.bounce_exception(self, intno, ec, regs=r)

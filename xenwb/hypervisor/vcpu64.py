@@ -19,6 +19,7 @@ from xenwb.abi import constants as C
 from xenwb.hypervisor import emulate, traps, traps64
 from xenwb.hypervisor.cpu import CONTRIBUTORY_OR_PF
 from xenwb.hypervisor.cpu64 import MSR_FS_BASE, MSR_GS_BASE, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_VM, Cpu64
+from xenwb.hypervisor.debugreg import debug_exception
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.state import DomainCrash, VcpuState
 from xenwb.hypervisor.vcpu import Vcpu
@@ -171,12 +172,16 @@ class Vcpu64(Vcpu):
     def _on_sysenter(self, uc, _ud) -> None:
         """SYSENTER (unicorn: otherwise a silent no-op): sysenter_entry. Xen's SYSENTER MSRs send
         it to Xen from any mode; the guest sees its sysenter callback or #GP(0)."""
-        self.clock.settle(self.cpu.pc + 2)
-        self._guarded("SYSENTER", self._sysenter)
+        cpu = self.cpu
+        self.clock.settle(cpu.pc + 2)
+        cpu.pc_bias = 2                          # unicorn adds 2 to RIP after this hook
+        try:
+            self._guarded("SYSENTER", self._sysenter)
+        finally:
+            cpu.pc_bias = 0
 
     def _sysenter(self) -> None:
-        r = self.cpu.regs()
-        r["rip"] = r["pc"] = r["pc"] + 2
+        r = self.cpu.regs()                      # RIP already past the instruction (pc_bias)
         traps64.sysenter_from_user(self, r)
         self._after_guest_exit()
 
@@ -202,21 +207,26 @@ class Vcpu64(Vcpu):
             self._soft_int(intno, soft, r)
         elif intno == C.TRAP_page_fault:
             cr2 = r["cr2"]
-            ec = emulate.page_fault_error_code(self, r, cr2)
-            if not emulate.ptwr(self, r, cr2, ec):
-                traps.bounce_exception(self, 14, ec, cr2, regs=r)
+            if self.accessed_bit_fault(cr2):
+                cpu.set_reg("cr2", self.cr2)         # the guest never saw this fault
+            else:
+                ec = emulate.page_fault_error_code(self, r, cr2)
+                if not emulate.ptwr(self, r, cr2, ec):
+                    traps.bounce_exception(self, 14, ec, cr2, regs=r)
         elif intno == C.TRAP_gp_fault:
             if not emulate.privileged_op(self, r):
                 traps.bounce_exception(self, 13, emulate.gp_error_code(self, r), regs=r)
         elif intno == C.TRAP_no_device:
             cpu.set_ts(False)
             traps.bounce_exception(self, 7, regs=r)
+        elif intno == C.TRAP_debug:
+            debug_exception(self, r, icebp=False)
         else:
             traps.bounce_exception(self, intno, 0 if intno in traps64.HAVE_EC else None, regs=r)
         self._after_guest_exit()
 
     def _software_int(self, intno: int, r: dict[str, int]) -> int | None:
-        """Length of the `int n`/int3/int1 that raised intno, or None for an exception."""
+        """Length of the `int n`/int3 that raised intno, or None for an exception."""
         pc = r["pc"]
         if intno >= 32:
             return 2
@@ -226,17 +236,17 @@ class Vcpu64(Vcpu):
             before = b""
         if before == bytes([0xCD, intno]):
             return 2
-        if len(before) == 2 and ((intno == 3 and before[1] == 0xCC) or (intno == 1 and before[1] == 0xF1)):
-            return 1
+        if len(before) == 2 and intno == 3 and before[1] == 0xCC:
+            return 1                    # (icebp never comes here: unicorn reports it as invalid)
         return None
 
     def _soft_int(self, n: int, length: int, r: dict[str, int]) -> None:
-        """`int n` (traps.c do_general_protection, entry.S int80_direct_trap): int3 and icebp
-        go straight to their vectors; `int $0x80` to trap_ctxt[0x80] when it has an address;
+        """`int n` (traps.c do_general_protection, entry.S int80_direct_trap): int3 goes
+        straight to its vector (icebp: Vcpu._icebp); `int $0x80` to trap_ctxt[0x80] when it has an address;
         any other vector when its trap_info DPL permits it (>= 1 from kernel mode, 3 from user
         mode, permit_softint); otherwise #GP with the IDT error code, RIP on the int."""
         ti = self.trap_ctxt[n]
-        if n == INT3 or (n == 1 and length == 1):
+        if n == INT3:
             traps.bounce_exception(self, n, regs=r)
             return
         if n == INT80 and ti is not None and ti.address:

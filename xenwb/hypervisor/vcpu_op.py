@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, ShutdownReason, VcpuOp
 from xenwb.hypervisor import sched
+from xenwb.hypervisor.debugreg import load_debugregs
 from xenwb.hypervisor.descriptors import set_gdt
 from xenwb.hypervisor.emulate import pv_fixup_guest_cr4
 from xenwb.hypervisor.memory import GuestFault
@@ -180,25 +181,27 @@ def vcpu_down(dom: Domain, target: Vcpu) -> int:
 
 
 def register_vcpu_info(dom: Domain, v: Vcpu, mfn: int, offset: int) -> int:
-    """VCPUOP_register_vcpu_info (common_vcpu_op + map_guest_area, common/domain.c): move
-    v's vcpu_info to mfn:offset (a PV guest's gfn is its mfn). The old contents are copied
-    (vcpu_info_populate), then every selector bit and evtchn_upcall_pending are set so no
-    event is lost in the move, and the time record is rewritten."""
-    gaddr = (mfn << 12) + offset
-    if gaddr >> 12 != mfn or gaddr >= 1 << 64:
-        return -Errno.EINVAL
-    if v.vcpu_info_registered:
-        return -Errno.EBUSY
-    if (gaddr + dom.abi.vcpu_info.size() - 1) >> 12 != mfn or gaddr % dom.word:
-        # crosses a page / misaligned: map_vcpu_info's alignof(vcpu_info_t), 8 on x86_64,
-        # alignof(the compat struct), 4, for a 32-bit guest (common/domain.c)
+    """VCPUOP_register_vcpu_info (common_vcpu_op -> map_vcpu_info, Xen 4.17 common/domain.c):
+    move v's vcpu_info to mfn:offset (a PV guest's gfn is its mfn). Checks in map_vcpu_info's
+    order: the struct within the page and aligned (-ENXIO), not registered before, the caller
+    itself or an offline vcpu, a frame of the guest's that takes a writable type (-EINVAL each).
+    The old contents are copied, then every selector bit and evtchn_upcall_pending are set so
+    no event is lost in the move (vcpu_info_populate), and the time record is rewritten."""
+    size = dom.abi.vcpu_info.size()
+    if offset > 4096 - size or offset % dom.word:
+        # alignof(vcpu_info_t): 8 on x86_64; alignof(the compat struct), 4, for a 32-bit guest
         return -Errno.ENXIO
+    if v.vcpu_info_registered:
+        return -Errno.EINVAL
+    if dom.current is not None and v is not dom.current and v.state is not VcpuState.down:
+        return -Errno.EINVAL                 # "on yourself or on other offline VCPUS"
     if not dom.mm.is_owned(mfn):
-        return -Errno.EINVAL               # check_get_page_from_gfn
+        return -Errno.EINVAL                 # get_page_from_gfn
     try:
         dom.mm.get_page_type(mfn, PageType.writable)
     except MMError:
-        return -Errno.EACCES
+        return -Errno.EINVAL
+    gaddr = (mfn << 12) + offset
     old = dom.mem.read(v.vcpu_info_maddr, dom.abi.vcpu_info.size())
     dom.mem.write(gaddr, old)
     v.vcpu_info_maddr = gaddr
@@ -225,8 +228,6 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     if v.initialised:
         return -Errno.EEXIST
     r = ctx.user_regs
-    if any(ctx.debugreg[i] >= dom.geo.hv_start for i in range(4)):   # breakpoint_addr_ok
-        return -Errno.EINVAL
     if r.eflags & EFLAGS_VM:
         return -Errno.EINVAL
     if ctx.ldt_base & 0xFFF or ctx.ldt_ents > 8192:
@@ -259,7 +260,7 @@ def vcpu_initialise(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     v.failsafe_cs, v.failsafe_eip = fix_code(ctx.failsafe_callback_cs), ctx.failsafe_callback_eip
     v.failsafe_mask = bool(ctx.flags & C.VGCF_failsafe_disables_events)
     v.kernel_ss, v.kernel_sp = fix(ctx.kernel_ss), ctx.kernel_sp
-    v.debugreg = list(ctx.debugreg)
+    load_debugregs(v, list(ctx.debugreg))
     v.iopl = (r.eflags >> 12) & 3                        # IOPL privileges are virtualised
     v.set_virtual_ts(bool(ctx.ctrlreg[0] & 8))           # only CR0.TS is the guest's
     cpu = v.cpu
@@ -347,10 +348,10 @@ def vcpu_initialise64(dom: Domain, v: Vcpu, arg: int, caller: Vcpu) -> int:
     v.failsafe_mask = bool(ctx.flags & C.VGCF_failsafe_disables_events)
     v.syscall_mask = bool(ctx.flags & C.VGCF_syscall_disables_events)
     v.kernel_ss, v.kernel_sp = fix3(ctx.kernel_ss), ctx.kernel_sp
-    v.debugreg = list(ctx.debugreg)
     v.iopl = (r.rflags >> 12) & 3
     v.set_virtual_ts(bool(ctx.ctrlreg[0] & 8))
     v.cr4 = pv_fixup_guest_cr4(ctx.ctrlreg[4])
+    load_debugregs(v, list(ctx.debugreg))           # after CR4: DE decides DR4/5 and I/O breakpoints
     cpu = v.cpu
     for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
                  "r15"):

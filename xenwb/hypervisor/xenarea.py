@@ -51,6 +51,33 @@ STUB_OFFSET = 0x100                     # ring-0 stubs in the trampoline page, 1
 
 L1_M2P_FLAGS = C._PAGE_PRESENT | C._PAGE_USER | C._PAGE_ACCESSED
 XEN_L2_FLAGS = C._PAGE_PRESENT | C._PAGE_RW | C._PAGE_USER | C._PAGE_ACCESSED | C._PAGE_DIRTY
+DESC_A, DESC_S, DESC_P = 1 << 40, 1 << 44, 1 << 47
+GDT_WINDOW = 15 * 4096                  # the guest's 14 frames and Xen's page
+
+
+def gdt_entry_maddr(guest_frames: list[int], xen_gdt: int, offset: int) -> int | None:
+    """Machine address of the descriptor at byte `offset` of a vcpu's GDT: set_gdt's frames
+    (pages 0-13; a page past them is Xen's zero page), Xen's reserved page 14; None elsewhere."""
+    page = offset >> 12
+    if page < len(guest_frames):
+        return (guest_frames[page] << 12) + (offset & 0xFF8)
+    if page == 14:
+        return (xen_gdt << 12) + (offset & 0xFF8)
+    return None
+
+
+def set_accessed(mem: MachineMemory, maddr: int) -> bool:
+    """What the CPU does when it loads a selector: set the accessed bit of a present code or
+    data descriptor (Xen maps a vcpu's GDT frames writable in its own area, so the CPU's store
+    goes through; the workbench maps them read-only and makes the store here). False when
+    there is nothing to set."""
+    d = mem.read_u64(maddr)
+    if d & (DESC_P | DESC_S) != DESC_P | DESC_S or d & DESC_A:
+        return False
+    mem.write_u64(maddr, d | DESC_A)
+    return True
+
+
 HV_RW = C._PAGE_PRESENT | C._PAGE_RW | C._PAGE_ACCESSED | C._PAGE_DIRTY
 HV_RO = C._PAGE_PRESENT | C._PAGE_ACCESSED
 
@@ -149,6 +176,7 @@ class XenArea:
         self._map_perdomain(0, self.trampoline, HV_RO | C._PAGE_USER)
         self.mem.write(self.trampoline << 12, bytes([0x9A, 0, 0, 0, 0]) + struct.pack("<H", XENWB_GATE_SEL))
         self.vcpu_xen_gdt: dict[int, int] = {}
+        self.guest_gdt: dict[int, list[int]] = {}       # set_gdt's frames, per vcpu
         self.vcpu_tss: dict[int, int] = {}
 
     # -- page-table helpers ----------------------------------------------------
@@ -227,8 +255,14 @@ class XenArea:
     def write_iret_frame(self, vcpu: int, eip: int, cs: int, eflags: int, esp: int, ss: int) -> None:
         self.mem.write(self.frame_maddr(vcpu), struct.pack("<5I", eip, cs, eflags, esp, ss))
 
+    def mark_accessed(self, vcpu: int, offset: int) -> bool:
+        """Set the accessed bit of the descriptor at `offset` in the vcpu's GDT (set_accessed)."""
+        maddr = gdt_entry_maddr(self.guest_gdt.get(vcpu, []), self.vcpu_xen_gdt[vcpu], offset)
+        return maddr is not None and set_accessed(self.mem, maddr)
+
     def map_guest_gdt(self, vcpu: int, frames: list[int]) -> None:
         """Map set_gdt's frames at the start of the vcpu's GDT (the rest: a zero page)."""
+        self.guest_gdt[vcpu] = list(frames)
         for page in range(14):
             mfn = frames[page] if page < len(frames) else self.zero_page
             self._map_perdomain(self.vcpu_page(vcpu, page), mfn, HV_RO)

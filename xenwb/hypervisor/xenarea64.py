@@ -27,7 +27,7 @@ import struct
 from xenwb.abi import constants as C
 from xenwb.hypervisor.memory import MachineMemory
 from xenwb.hypervisor.paging import LONG
-from xenwb.hypervisor.xenarea import HvGeometry
+from xenwb.hypervisor.xenarea import HvGeometry, gdt_entry_maddr, set_accessed
 
 HV64_START = 0xFFFF800000000000          # HYPERVISOR_VIRT_START (arch-x86/xen-x86_64.h)
 HV64_END = 0xFFFF880000000000            # HYPERVISOR_VIRT_END
@@ -105,6 +105,7 @@ class XenArea64:
         self.zero_page = mem.alloc_xen_frame()
         self.vcpu_l1: dict[int, int] = {}
         self.vcpu_xen_gdt: dict[int, int] = {}
+        self.guest_gdt: dict[int, list[int]] = {}       # set_gdt's frames, per vcpu
         self.vcpu_frame: dict[int, int] = {}
 
     def _pte(self, table: int, index: int, pte: int) -> None:
@@ -158,8 +159,14 @@ class XenArea64:
         for sel, d in XEN_GDT_DESCRIPTORS.items():
             self.mem.write_u64((xen_gdt << 12) + (sel & 0xFF8), d)
 
+    def mark_accessed(self, vcpu: int, offset: int) -> bool:
+        """Set the accessed bit of the descriptor at `offset` in the vcpu's GDT (set_accessed)."""
+        maddr = gdt_entry_maddr(self.guest_gdt.get(vcpu, []), self.vcpu_xen_gdt[vcpu], offset)
+        return maddr is not None and set_accessed(self.mem, maddr)
+
     def map_guest_gdt(self, vcpu: int, frames: list[int]) -> None:
         """Map set_gdt's frames at the start of the vcpu's GDT (the rest: a zero page)."""
+        self.guest_gdt[vcpu] = list(frames)
         l1 = self.vcpu_l1[vcpu]
         for page in range(14):
             mfn = frames[page] if page < len(frames) else self.zero_page

@@ -335,8 +335,12 @@ void step_events(void)
           "pending %u and pending_sel %#x set by Xen, time version %u",
           vi, rc, vi->evtchn_upcall_mask, vi->evtchn_upcall_pending, vi->evtchn_pending_sel,
           vi->time.version);
+    /* Xen 4.17's map_vcpu_info (common/domain.c): -EINVAL once registered; from 4.18 on
+     * (map_guest_area) -EBUSY. */
     rc = register_vcpu_info(v);
-    check(rc == -XEN_EBUSY, "VCPUOP_register_vcpu_info again: rc %d (-EBUSY)", rc);
+    check(rc == -XEN_EINVAL || rc == -XEN_EBUSY,
+          "VCPUOP_register_vcpu_info again: rc %d (%s)", rc,
+          rc == -XEN_EINVAL ? "-EINVAL, as Xen 4.17" : rc == -XEN_EBUSY ? "-EBUSY, as Xen >= 4.18" : "?");
     rc = register_runstate(v);
     check(rc == 0 && runstate_area[0].state == RUNSTATE_running,
           "VCPUOP_register_runstate_memory_area: rc %d, state %d (running)", rc, runstate_area[0].state);
