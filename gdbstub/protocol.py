@@ -26,7 +26,7 @@ from gdbstub.rsp import escape, parse_hex
 from gdbstub.target import RegisterError, RegisterFile, arch_for
 from gdbstub.threads import ThreadList, describe, tid_of, vcpu_of
 from gdbstub.transport import log
-from xenwb.control import POSTMORTEM_KINDS, DebugError, StopEvent, StopKind
+from xenwb.control import POSTMORTEM_KINDS, DebugError, LimitReached, RefusedWrite, StopEvent, StopKind
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import translate
 
@@ -77,6 +77,7 @@ class Protocol:
         self.machine = ctl.machine
         self.link = link
         self.runner = runner
+        self._limit_told = False          # a cap refusal was reported on stderr
         self.arch = arch_for(self.machine.domain.abi.abi.word)
         self.regfile = RegisterFile(self.arch)
         self.g_thread = ANY_THREAD       # Hg / Hc selections, as thread ids (ANY, ALL or vcpu + 1)
@@ -131,6 +132,14 @@ class Protocol:
             return E_INVAL
         except GuestFault:
             return E_FAULT
+        except RefusedWrite as e:                       # Xen would not let it happen: its errno
+            log(f"refused {pkt[:80]!r}: {e}")
+            return b"E%02d" % min(e.errno, 99)
+        except LimitReached as e:                       # gdb shows only "Cannot insert": say why, once
+            if not self._limit_told:
+                self._limit_told = True
+                print(f"xenwb: gdb stub: {e}: refused (monitor why)", file=sys.stderr, flush=True)
+            return E_PERM
         except (DebugError, RegisterError) as e:
             log(f"refused {pkt[:80]!r}: {e}")
             return E_PERM
@@ -311,13 +320,11 @@ class Protocol:
         chunks = self._phys_chunks(addr, length)
         if sum(k for _, k in chunks) != length:
             return E_FAULT                               # all or nothing, as for virtual writes
-        pos = 0
+        pieces, pos = [], 0
         for maddr, k in chunks:
-            for v in self.vcpus:                         # through every engine, as the Controller writes
-                v.cpu.uc.mem_write(maddr, data[pos:pos + k])
+            pieces.append((maddr, data[pos:pos + k]))
             pos += k
-        for v in self.vcpus:                             # the write may have changed a pagetable entry
-            v.cpu.flush_tlb()
+        self.ctl.write_machine(self._mem_vcpu(), pieces)     # validated as the Controller's writes
         return b"OK"
 
     def write_memory(self, addr: int, length: int, data: bytes) -> bytes:

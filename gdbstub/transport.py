@@ -22,6 +22,11 @@ from collections import deque
 from gdbstub.rsp import INTERRUPT, Event, PacketReader, frame
 
 DEBUG = bool(os.environ.get("XENWB_GDB_DEBUG"))     # log every packet on stderr
+# What may wait in the queue: gdb sends nothing but 0x03 while the guest runs (all-stop), so
+# packets beyond this are dropped, as gdbserver's input_interrupt drops every byte but 0x03
+# then; interrupts in a row count as one. Host memory stays bounded whatever a client sends.
+MAX_QUEUED_PACKETS = 256
+MAX_QUEUED_BYTES = 1 << 20
 
 
 def log(msg: str) -> None:
@@ -39,6 +44,8 @@ class Transport:
         self.ack = True
         self.closed = False
         self.queue: deque[Event] = deque()
+        self.queued_bytes = 0
+        self.dropped = 0                     # packets dropped because the queue was full
         self._last_sent: bytes | None = None
         self._send_lock = threading.Lock()
         try:
@@ -113,9 +120,19 @@ class Transport:
             if self.ack:
                 self._send_raw(b"-")
             return                          # no-ack mode: nobody would retransmit; drop it
-        if kind != "interrupt" and self.ack:
+        if kind == "interrupt":
+            if not self.queue or self.queue[-1].kind != "interrupt":
+                self.queue.append(ev)
+            return
+        if len(self.queue) >= MAX_QUEUED_PACKETS or self.queued_bytes + len(ev.payload) > MAX_QUEUED_BYTES:
+            self.dropped += 1
+            if self.dropped == 1:
+                log("queue full: dropping packets until it drains")
+            return
+        if self.ack:
             self._send_raw(b"+")
         self.queue.append(ev)
+        self.queued_bytes += len(ev.payload)
 
     def interrupt_pending(self, fds: list[int], timeout: float) -> bool:
         """Whether, within timeout, one of fds becomes readable, gdb sends 0x03 or the
@@ -135,12 +152,21 @@ class Transport:
         return False
 
     def pop(self) -> Event | None:
-        return self.queue.popleft() if self.queue else None
+        if not self.queue:
+            return None
+        ev = self.queue.popleft()
+        self.queued_bytes -= len(ev.payload)
+        return ev
 
     def interrupt_first(self) -> bool:
-        """An interrupt heads the queue (it stops what the packets before it started)."""
-        if self.queue and self.queue[0].kind == "interrupt":
-            self.queue.popleft()
+        """While the guest runs: whether gdb interrupted it. What else it sent meanwhile is
+        dropped (in all-stop mode gdb sends only 0x03 then; gdbserver's input_interrupt
+        discards the rest too); what came before the resume in the same segment was handled."""
+        while self.queue and self.queue[0].kind != "interrupt":
+            self.pop()
+            self.dropped += 1
+        if self.queue:
+            self.pop()
             return True
         return False
 

@@ -321,7 +321,7 @@ def register(machine: Machine, c: CommandSpec | tuple[str, Callable[[Machine, li
              plugin: str | None = None) -> None:
     """Put a declared command (or a legacy (name, handler, help, usage) tuple) in the registry."""
     if isinstance(c, CommandSpec):
-        machine.commands.register(c.name, c.run, c.help, c.usage, plugin=plugin, details=c.details)
+        machine.commands.register(c.name, c.run, c.help, c.usage, plugin=plugin, details=c.details, check=c.parse)
     else:
         name, handler, help_, usage = c
         machine.commands.register(name, handler, help_, usage, plugin=plugin)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from plugins.api import Arg, Opt, Plugin, command
 from xenwb.hypervisor.event_channel import PortState
 from xenwb.hypervisor.event_fifo import BUSY, LINK_MASK, PRIORITY_DEFAULT, Fifo
+from xenwb.hypervisor.state import VcpuState
 from xenwb.registry import CommandError, Result, table
 from xenwb.trace_events import Record, event
 
@@ -34,12 +35,14 @@ if TYPE_CHECKING:
 PORT_TYPES = {int(s): s.name for s in PortState}         # the core's EVTCHNSTAT_* names
 _MASK = event("mask")
 _OLD, _NEW, _EIP, _BY = _MASK.col("old"), _MASK.col("new"), _MASK.col("eip"), _MASK.col("by")
+_UP, _DOWN = event("vcpu", "up"), event("vcpu", "down")
+_TARGET = _UP.col("target")
 
 
 class EventMaskPlugin(Plugin):
     name = "evmask"
     description = "per-vcpu event masks: state, bound ports, mask history, longest masked windows"
-    kinds = frozenset({"mask"})
+    kinds = frozenset({"mask", "vcpu"})
 
     def __init__(self, machine: Machine) -> None:
         super().__init__(machine)
@@ -54,16 +57,33 @@ class EventMaskPlugin(Plugin):
         self.history_records = deque(self.history_records, maxlen=n)
 
     def on_enable(self) -> None:
-        for v in self.machine.vcpus:
-            if v.upcall_mask:
+        for v in self.machine.vcpus:               # a vcpu that is not up yet is masked from when it is
+            if v.upcall_mask and v.state is not VcpuState.down:
                 self.masked_since[v.id] = (self.machine.domain.time.now(v), None)
 
     def on_record(self, rec: Record) -> None:
+        if rec[0] == _UP.eid or rec[0] == _DOWN.eid:
+            self._up_or_down(rec)
+            return
+        if rec[0] != _MASK.eid:
+            return
         self.history_records.append(rec)
         vid, now, eip = rec[2], rec[3], rec[_EIP]
         if rec[_NEW]:
             self.masked_since[vid] = (now, eip)
             return
+        self._close(vid, now, eip)
+
+    def _up_or_down(self, rec: Record) -> None:
+        """VCPUOP_up of a masked vcpu opens its window; VCPUOP_down closes one (offline time is
+        not masked time)."""
+        vid, now = rec[_TARGET], rec[3]
+        if rec[0] == _DOWN.eid:
+            self._close(vid, now, None)
+        elif vid < len(self.machine.vcpus) and self.machine.vcpus[vid].upcall_mask:
+            self.masked_since.setdefault(vid, (now, None))
+
+    def _close(self, vid: int, now: int, eip: int | None) -> None:
         start = self.masked_since.pop(vid, None)
         if start is None:
             return

@@ -16,6 +16,8 @@ GUEST_BUILDS: dict[str, tuple] = {
     "ptwr": ("ptwr", ()),
     "failsafe": ("failsafe", ()),
     "failsafe-reload": ("failsafe", ("RELOAD=1",)),
+    "failsafe-bad-handler": ("failsafe", ("BAD_HANDLER=1",)),
+    "failsafe-no-np-handler": ("failsafe", ("NO_NP_HANDLER=1",)),
     "user82": ("user82", ()),
     "privileged": ("privileged", ()),
     "privileged64": ("privileged", (), 64),

@@ -9,8 +9,9 @@ reflects, observed from inside the guest (console output and the frames its hand
 * writable pagetables: pv/ro-page-fault.c (ptwr_do_page_fault) under VMASST writable_pagetables,
   only for L1 pages; otherwise an ordinary #PF with error code P|W and CR2 in vcpu_info;
 * no handler: pv_inject_event -> domain_crash, and `xenwb run` reports it in one line;
-* failsafe callback when the iret hypercall cannot load the target selector:
-  x86_64/compat/entry.S (.Lft0 fixup -> compat_failsafe_callback);
+* an iret (hypercall or bounce) to a selector that does not load: that fault on the iret's
+  target (x86_64/compat/entry.S .Lft0 -> handle_exception); the failsafe callback only from
+  domain.c load_segments;
 * `int $0x82` from ring 3: #GP(0x412) (DPL 1 gate; traps.c do_general_protection).
 """
 
@@ -183,19 +184,43 @@ def test_ptwr_never_for_l2(guests) -> None:
 
 
 # ---------------------------------------------------------------- failsafe, user-mode int 0x82
-def test_failsafe_callback_on_bad_iret_selector(guests) -> None:
+def test_iret_to_a_bad_selector_is_that_fault_on_its_target(guests) -> None:
+    """Xen 4.17 reports the fault of its iretq as that exception on the iret's target
+    (x86_64/compat/entry.S .Lft0 -> handle_exception), not through the failsafe callback:
+    #NP(0x08) with the target's EIP, CS and EFLAGS in the frame."""
     g = guests["failsafe"]
     hv, out = boot(g.path)
     text = finish(hv, out)
-    assert text == "(d1) failsafe callback\n"
-    assert words(hv, g.symbols["rcs"], 2) == [0, 0]       # update_va_mapping, set_gdt
-    ds, es, fs, gs, eip, csw, eflags = words(hv, g.symbols["frame"], 7)
-    assert (ds, es, fs, gs) == (KDS, KDS, UDS, 0)
-    assert eip == g.symbols["after_iret"]
+    assert text == "(d1) #NP at the iret target\n"
+    assert words(hv, g.symbols["rcs"], 3) == [0, 0, 0]       # update_va_mapping, set_gdt, set_trap_table
+    ec, eip, csw, eflags = words(hv, g.symbols["frame"], 4)
+    assert ec == 0x08 and eip == g.symbols["after_iret"]
     assert csw & 0xFFFF == 0x09 and (csw >> 16) & 0xFF == 0    # the iret unmasked events (IF=1)
     assert eflags & 0x200
-    # the frame sits where the iret frame was popped: 7 words below the pre-push ESP
-    assert hv.u32(g.symbols["frame_esp"]) == g.symbols["stack_top"] - 28
+    # the frame sits where the iret frame was popped: 4 words below the pre-push ESP
+    assert hv.u32(g.symbols["frame_esp"]) == g.symbols["stack_top"] - 16
+
+
+def test_trap_handler_with_a_bad_selector_is_np_on_the_handler(guests) -> None:
+    """int3 bounces to a handler whose CS does not load: #NP(0x08) on that handler, its
+    frame above the int3 frame (the failsafe callback is not taken)."""
+    g = guests["failsafe-bad-handler"]
+    hv, out = boot(g.path)
+    assert finish(hv, out) == "(d1) #NP at the iret target\n"
+    ec, eip, csw, _ = words(hv, g.symbols["frame"], 4)
+    assert (ec, eip, csw & 0xFFFF) == (0x08, g.symbols["after_iret"], 0x09)
+    assert hv.u32(g.symbols["frame_esp"]) == g.symbols["stack_top"] - 12 - 16
+
+
+def test_bad_selector_without_a_handler_is_a_one_line_crash(guests) -> None:
+    """The same fault with no #NP handler: a domain crash reported in one line by `xenwb
+    run` (exit 1), never a workbench error."""
+    r = subprocess.run([sys.executable, "-m", "xenwb", "run", str(guests["failsafe-no-np-handler"].path),
+                        "--max-instructions", "200000"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert "#NP error code 0x8 with no handler registered" in lines[0], lines
 
 
 def test_failsafe_callback_when_segments_cannot_be_reloaded(guests) -> None:

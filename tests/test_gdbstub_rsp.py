@@ -483,3 +483,61 @@ def test_a_step_that_does_not_end_still_hears_gdb(xenwb, tmp_path):
         assert time.monotonic() - t0 < 1.0
     _, _, err = p.finish()
     assert "Traceback" not in err, err
+
+
+# ----------------------------------------------------------------------------------- Xen's view
+def _pagetable_vas(c: RspClient, symbol: str) -> tuple[int, int, int]:
+    """(VA of the L1 entry that maps symbol, VA of the L3 frame, mfn of that L1 frame), from
+    `monitor pt walk` and `monitor pt frames`: pvdemo-pae's tables are mapped read-only at
+    VIRT_BASE + pfn << 12."""
+    walk = {w[0]: w for w in (ln.split() for ln in c.monitor(f"pt walk {symbol}").splitlines()) if w}
+    frames = [ln.split() for ln in c.monitor("pt frames").splitlines()]
+    l3_pfn = next(int(w[1], 16) for w in frames if len(w) > 2 and w[2] == "l3")
+    l1_mfn, l1_pfn = int(walk["L2"][6], 16), int(walk["L2"][7], 16)     # the L2 entry's target
+    l1e_va = 0xC0000000 + (l1_pfn << 12) + (int(walk["L1"][3], 16) & 0xFFF)
+    return l1e_va, 0xC0000000 + (l3_pfn << 12), l1_mfn
+
+
+def test_debugger_writes_to_pagetables_are_validated_like_mmu_update(xenwb):
+    """gdb's M into a read-only pagetable frame: an entry Xen accepts is written (merged with
+    the bytes around it), one mmu_update would refuse is refused with its errno and the
+    reason in `monitor why`; the guest still boots to its normal end."""
+    p = xenwb()
+    with p.client() as c:
+        c.no_ack()
+        l1e_va, l3_va, l1_mfn = _pagetable_vas(c, "start_kernel")
+        old = int.from_bytes(bytes.fromhex(c.request(b"m%x,8" % l1e_va).decode()), "little")
+        assert old & 0x21 == 0x21                                     # present, accessed
+        assert c.request(b"M%x,1:%02x" % (l1e_va, (old & 0xFF) & ~0x20)) == b"OK"     # clear A
+        now = int.from_bytes(bytes.fromhex(c.request(b"m%x,8" % l1e_va).decode()), "little")
+        assert now == old & ~0x20
+        assert c.request(b"M%x,1:%02x" % (l1e_va, old & 0xFF)) == b"OK"
+        # map the L1 frame itself writable: Xen never lets a pagetable frame be mapped RW
+        bad = (l1_mfn << 12) | 0x63
+        reply = c.request(b"M%x,8:%s" % (l1e_va, bad.to_bytes(8, "little").hex().encode()))
+        assert re.fullmatch(rb"E\d\d", reply), reply
+        assert int.from_bytes(bytes.fromhex(c.request(b"m%x,8" % l1e_va).decode()), "little") == old
+        why = c.monitor("why")
+        assert "debugger write refused" in why and "mmu_update" in why, why
+        # a PAE L3's slot 3 (Xen's L2) cannot be changed
+        reply = c.request(b"M%x,8:%s" % (l3_va + 24, bytes(8).hex().encode()))
+        assert reply == b"E22", reply
+        assert "cannot be changed" in c.monitor("why")
+        _run_to_end(c, p)
+
+
+def test_debugger_cannot_write_xen_frames() -> None:
+    """The Controller refuses stores into Xen's own frames (TSS, per-domain tables, trampoline)
+    and frames the domain does not own, before writing anything."""
+    from xenwb.control import RefusedWrite
+    from xenwb.session import Session
+    with Session("pvdemo-pae", plugins=()) as s:
+        ctl, dom = s.controller, s.machine.domain
+        xen = dom.xen
+        for mfn in (xen.vcpu_tss[0], xen.trampoline):
+            before = dom.mem.read(mfn << 12, 16)
+            with pytest.raises(RefusedWrite, match="is Xen's own") as ei:
+                ctl.write_machine(0, [((mfn << 12) + 8, b"\xff" * 8)])
+            assert ei.value.errno == 1 and dom.mem.read(mfn << 12, 16) == before
+        with pytest.raises(RefusedWrite, match="does not belong to the domain"):
+            ctl.write_machine(0, [(0x1000, b"\0")])

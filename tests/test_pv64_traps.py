@@ -416,3 +416,24 @@ def test_preempted_hypercall_exits_on_the_syscall(c: Ctx) -> None:
     assert r["rip"] == code and r["rcx"] == code
     assert r["rsi"] == 5 | 0x80000000 and r["rdi"] == reqs + 16 * PREEMPT_BATCH
     assert hv.u32(done) == PREEMPT_BATCH
+
+
+def test_iret_to_a_selector_that_does_not_load_is_gp_on_its_target(c: Ctx) -> None:
+    """The stub's iretq faults on a user CS beyond the GDT: Xen 4.17 reports #GP(selector) on
+    the iret's target (entry.S .Lft0 -> handle_exception), on the kernel stack, as if raised
+    there: error code 0x1000, RIP and CS the target's (issue 12 item 3)."""
+    hv = c.hv
+    target = hv.scratch_page() + 0x100
+    sp = hv.scratch_page() + 0x400
+    hv.v.write_virt(sp, bytes(PV64.iret_context(rax=0, r11=0, rcx=0, flags=0, rip=target, cs=0x1003,
+                                                rflags=0x202, rsp=0x7FFF_0000_2000, ss=0x2B)))
+    code = hv.scratch_page()
+    hv.v.write_virt(code, PROBE_SYSCALL)
+    cpu = hv.v.cpu
+    cpu.set_reg("rsp", sp)
+    cpu.set_reg("rax", H.iret)
+    cpu.pc = code
+    cpu.uc.emu_start(code, GP_H, count=50)
+    assert cpu.pc == GP_H and c.v.kernel_mode
+    rcx, r11, ec, rip, csw, _rflags, rsp, ss = c.slots(cpu.regs()["rsp"], 8)
+    assert (ec, rip, csw & 0xFFFF, rsp, ss) == (0x1000, target, 0x1003, 0x7FFF_0000_2000, 0x2B)

@@ -7,6 +7,7 @@ from prompt_toolkit.formatted_text import fragment_list_to_text
 from prompt_toolkit.mouse_events import MouseButton, MouseEvent, MouseEventType
 
 from xenwb import tui
+from xenwb.consoletail import ConsoleTail
 from xenwb.tui import GuestConsole, LineLog, Pane, wrap
 
 
@@ -106,7 +107,8 @@ def test_a_pane_with_a_home_line_shows_it_near_the_top_and_clicks_activate() -> 
 
 
 def _console(data: bytes, **kw) -> GuestConsole:
-    out = bytearray(data)
+    out = ConsoleTail()
+    out += data
     con = GuestConsole(out, **kw)
     while con.update():
         pass
@@ -142,7 +144,8 @@ def test_a_bare_newline_starts_a_line_and_the_scrollback_is_bounded() -> None:
 def test_a_flood_of_console_output_is_drawn_in_bounded_steps(monkeypatch) -> None:
     monkeypatch.setattr(tui, "CONSOLE_BACKLOG", 16 * 1024)
     monkeypatch.setattr(tui, "CONSOLE_CHUNK", 4 * 1024)
-    out = bytearray(b"x" * 79 + b"\n") * (2 * tui.CONSOLE_BACKLOG // 80)
+    out = ConsoleTail()
+    out += (b"x" * 79 + b"\n") * (2 * tui.CONSOLE_BACKLOG // 80)
     con = GuestConsole(out)
     calls = 1
     while con.update():
@@ -153,7 +156,8 @@ def test_a_flood_of_console_output_is_drawn_in_bounded_steps(monkeypatch) -> Non
 
 
 def test_the_console_is_as_wide_as_its_pane_but_never_narrower_than_80_columns() -> None:
-    out = bytearray(b"a" * 100 + b"\n")
+    out = ConsoleTail()
+    out += b"a" * 100 + b"\n"
     con = GuestConsole(out)
     con.update()
     assert con.text().splitlines()[:2] == ["a" * 80, "a" * 20]        # written at 80 columns

@@ -25,7 +25,7 @@ from xenwb.examples import list_examples
 from xenwb.info import cmd_info
 from xenwb.inputlog import Input
 from xenwb.machine import StopReason
-from xenwb.registry import CommandError
+from xenwb.registry import CommandError, InternalCommandError
 from xenwb.session import ALL_PLUGINS, DEFAULT_HISTORY, Events, Session, Symbol, Time
 from xenwb.timetravel import DEFAULT_MEMORY
 from xenwb.tracefile import SESSION_KIND
@@ -352,7 +352,14 @@ def _check_exec(session, lines: Sequence[str]) -> None:
             raise XenwbError(f"--exec {line!r}: cannot parse: {e}") from None
         if not words:
             raise XenwbError("--exec '': empty command (try --exec help)")
-        if reg.lookup(words) is not None:
+        hit = reg.lookup(words)
+        if hit is not None:
+            cmd, argv = hit
+            if cmd.check is not None:           # declared arguments: checked now, not after the run
+                try:
+                    cmd.check(argv)
+                except CommandError as e:
+                    raise XenwbError(f"--exec {line!r}: {e}") from None
             continue
         for name in sorted(session.plugins.available):      # a command of a plugin left disabled
             try:
@@ -405,12 +412,14 @@ def _run_and_report(args: argparse.Namespace, session, until) -> int:
         session.close()
     failed = False
     for line in args.exec_:
-        ok, text = m.commands.execute(m, line, "json" if args.json else "text")
-        if ok:
-            print(text)
-        else:
+        try:
+            print(m.commands.run(m, line).render("json" if args.json else "text"))
+        except InternalCommandError as e:
             failed = True
-            print(f"xenwb: --exec {line!r}: {text}", file=sys.stderr)
+            print(f"xenwb: {e}", file=sys.stderr)
+        except CommandError as e:
+            failed = True
+            print(f"xenwb: --exec {line!r}: {e}", file=sys.stderr)
     sys.stdout.flush()
     if not args.quiet:
         print(f"xenwb: {result.reason.value}{f' ({result.detail})' if result.detail else ''}; "

@@ -46,7 +46,9 @@ from typing import TYPE_CHECKING, Any
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, Uc
 
 from xenwb.abi import constants as C
+from xenwb.hypervisor.descriptors import update_descriptor
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.hypervisor.mm import PT_TYPES, MMError, PageType, Sharing
 from xenwb.hypervisor.paging import walk
 from xenwb.hypervisor.state import VcpuState
 from xenwb.machine import RunResult, StopReason
@@ -74,6 +76,19 @@ EXCEPTION_SIGNAL = {0: SIGFPE, 1: SIGTRAP, 3: SIGTRAP, 4: SIGSEGV, 5: SIGSEGV, 6
 
 class DebugError(Exception):
     """A debugger request that cannot be honoured now (e.g. the machine is running)."""
+
+
+class LimitReached(DebugError):
+    """A cap on what a debugger may set (breakpoints, watchpoints) was reached."""
+
+
+class RefusedWrite(DebugError):
+    """A debugger write Xen would not let happen (into Xen's own frames, or a pagetable or
+    descriptor entry its validation rejects): the errno Xen gives, the reason as message."""
+
+    def __init__(self, errno: int, why: str) -> None:
+        super().__init__(why)
+        self.errno = errno
 
 
 class StopKind(enum.Enum):
@@ -227,6 +242,7 @@ class Controller:
         self._running = False
         self._thread: threading.Thread | None = None
         self._last = StopEvent(StopKind.initial, vcpu=0)
+        self.refusal: str | None = None      # why the last debugger request was refused (`why`)
         self._unreported: StopEvent | None = None
         self._pending: StopEvent | None = None
         self._interrupt = False
@@ -368,7 +384,8 @@ class Controller:
         self._require_stopped()
         addr &= self.machine.domain.geo.va_mask
         if addr not in self._bp_kinds and len(self._bp_kinds) >= MAX_BREAKPOINTS:
-            raise DebugError(f"too many breakpoints (at most {MAX_BREAKPOINTS})")
+            self.refusal = f"breakpoint at {addr:#x} refused: too many breakpoints (at most {MAX_BREAKPOINTS})"
+            raise LimitReached(f"too many breakpoints (at most {MAX_BREAKPOINTS})")
         self._bp_kinds.setdefault(addr, set()).add("hw" if hardware else "sw")
         if addr not in self._bp_hooks:
             # dropping one address's translations works in the address space the engine is in
@@ -417,7 +434,8 @@ class Controller:
         if key in self._watch:
             return
         if len(self._watch) >= MAX_WATCHPOINTS:
-            raise DebugError(f"too many watchpoints (at most {MAX_WATCHPOINTS})")
+            self.refusal = f"watchpoint at {addr:#x} refused: too many watchpoints (at most {MAX_WATCHPOINTS})"
+            raise LimitReached(f"too many watchpoints (at most {MAX_WATCHPOINTS})")
         if not self._watch:
             for v in self.vcpus:
                 v.cpu.need_exact("watch", True)
@@ -701,12 +719,66 @@ class Controller:
                 raise GuestFault(cur, True)
             chunks.append((w.maddr, data[pos: pos + n]))
             pos += n
-        for maddr, chunk in chunks:
-            for u in self.vcpus:       # through every engine: drops code each one translated
-                u.cpu.uc.mem_write(maddr, chunk)
-        if chunks:
-            for u in self.vcpus:       # the write may have changed a pagetable entry
-                u.cpu.flush_tlb()
+        self.write_machine(vid, chunks)
+
+    def write_machine(self, vid: int, chunks: list[tuple[int, bytes]]) -> None:
+        """A debugger's stores at machine addresses (each chunk inside one frame), as Xen lets
+        the domain change its memory: never into Xen's own frames (its shared ones aside);
+        into a pagetable or descriptor-table frame only entry by entry, each validated as
+        mmu_update (mm.c mod_lN_entry) or update_descriptor would, the first one refused
+        ending the write (as a batch of mmu_update stops). Raises RefusedWrite, with the
+        reason kept for `why`."""
+        self._require_stopped()
+        dom = self.domain
+        mm = dom.mm
+        self.refusal = None
+        for maddr, _ in chunks:                    # nothing is written if a frame is not the domain's
+            mfn = maddr >> 12
+            pi = mm.pages.get(mfn)
+            if dom.mem.is_xen_frame(mfn) and not (pi is not None and pi.sharing == Sharing.shared_rw):
+                self._refuse(C.Errno.EPERM, f"machine frame {mfn:#x} is Xen's own (not the domain's memory)")
+            if not dom.mem.is_xen_frame(mfn) and not mm.is_owned(mfn):
+                self._refuse(C.Errno.EPERM, f"machine frame {mfn:#x} does not belong to the domain")
+        try:
+            for maddr, chunk in chunks:
+                pi = mm.pages.get(maddr >> 12)
+                if pi is not None and pi.type_count and (pi.type in PT_TYPES or pi.type == PageType.seg_desc):
+                    self._write_entries(vid, maddr, chunk, pi.type)
+                else:
+                    for u in self.vcpus:       # through every engine: drops code each one translated
+                        u.cpu.uc.mem_write(maddr, chunk)
+        finally:
+            if chunks:
+                for u in self.vcpus:           # the write may have changed a pagetable entry
+                    u.cpu.flush_tlb()
+
+    def _write_entries(self, vid: int, maddr: int, chunk: bytes, kind: PageType) -> None:
+        """Whole entries of a typed frame, each one that changes through Xen's validation."""
+        dom = self.domain
+        size = 8 if kind == PageType.seg_desc else dom.mode.pte_size
+        start = maddr & ~(size - 1)
+        end = -(-(maddr + len(chunk)) // size) * size
+        old = dom.mem.read(start, end - start)
+        new = old[: maddr - start] + chunk + old[maddr - start + len(chunk):]
+        mfn = maddr >> 12
+        for off in range(0, len(new), size):
+            if new[off: off + size] == old[off: off + size]:
+                continue
+            at, val = start + off, int.from_bytes(new[off: off + size], "little")
+            if kind == PageType.seg_desc:
+                if update_descriptor(self.vcpu(vid), at, val):      # descriptors.c check_descriptor
+                    self._refuse(C.Errno.EINVAL, f"descriptor {val:#018x} at machine address {at:#x} "
+                                           "refused, as update_descriptor would refuse it")
+                continue
+            try:
+                dom.mm.mod_entry(mfn, (at & 0xFFF) // size, val)
+            except MMError as e:
+                self._refuse(abs(e.errno), f"entry {val:#x} at machine address {at:#x} of an {kind.name.upper()} "
+                                      f"pagetable frame refused, as mmu_update would refuse it: {e.why}")
+
+    def _refuse(self, errno: int, why: str) -> None:
+        self.refusal = f"debugger write refused: {why}"
+        raise RefusedWrite(errno, why)
 
     # -- running -------------------------------------------------------------------------------------
     def resume(self, mode: str = "continue", vcpu: int | None = None, *, start: int = 0, end: int = 0,
@@ -758,6 +830,7 @@ class Controller:
 
     def _prepare_resume(self, signal: int | None) -> None:
         self._pending = None
+        self.refusal = None
         self._skip.clear()
         self._upcalling = None
         for v in self.vcpus:

@@ -199,6 +199,9 @@ class DebuggerCommands:
         if ev.detail:
             data["detail"] = ev.detail
         text = ev.describe(m)
+        if ctl.refusal is not None:
+            data["refusal"] = ctl.refusal
+            text += f"\n{ctl.refusal}"
         if "args" in data:
             text += ": " + json.dumps(data["args"], default=str)
         elif "ret" in data:

@@ -39,6 +39,9 @@ from xenwb.registry import CommandRegistry
 from xenwb.xenstore import XsError
 
 QUANTUM_NS = 1_000_000          # at most 1 ms of virtual time per turn
+# console input that ran out, then this much virtual time without console output: the guest
+# waits for input that will not come (GRUB polls its ring for ever), the run ends as a hang
+INPUT_ENDED_QUIET_NS = 10_000_000_000
 
 
 class StopReason(enum.Enum):
@@ -87,6 +90,7 @@ class Machine:
         self.max_instructions: int | None = None
         self.timeout_ns: int | None = None
         self._futile: set[int] = set()   # vcpus whose periodic timer fired in vain while all idle
+        self._quiet_since: tuple[int, int] | None = None    # input ended: (virtual ns, console bytes) then
         self.input_source = None          # console input from the user (issue 7: xenwb/backends.py)
         # where the run is (time travel, xenwb/timetravel.py): both only ever count up
         self.turns = 0                    # vcpu turns begun
@@ -209,6 +213,11 @@ class Machine:
                 return RunResult(StopReason.instruction_limit, f"{self.instructions()} instructions")
             if self.timeout_ns is not None and self.now() >= self.timeout_ns:
                 return RunResult(StopReason.time_limit, f"{self.now() / 1e9:.3f} virtual seconds")
+            if self._quiet_since is not None and self._waits_for_input_for_ever():
+                return RunResult(StopReason.hang, f"console input ended and the guest has written nothing for "
+                                                  f"{INPUT_ENDED_QUIET_NS / 1e9:.0f} virtual seconds since: it "
+                                                  "waits for input that will not come (end the input with a "
+                                                  "command that stops the guest, or use --timeout)")
             if self.turn is None:
                 self._pump_console()            # console input enters between turns only (issue 7)
                 runnable = [v for v in self.vcpus if v.state is VcpuState.running]
@@ -474,10 +483,22 @@ class Machine:
             chunk = src.next_chunk()      # the next line (scripted), or what was typed
             if chunk is None:
                 self.input_source = None
+                if cb.input_total:        # it ran out after the guest read some: watch for a wait
+                    self._quiet_since = (self.now(), self.domain.console_bytes)
             elif chunk:
                 self._apply_input(log.record(k, "console", chunk, self.now()))
         if cb.pending_input:
             cb.pump()
+
+    def _waits_for_input_for_ever(self) -> bool:
+        """Since the input ran out, INPUT_ENDED_QUIET_NS of virtual time without console output."""
+        assert self._quiet_since is not None
+        since, written = self._quiet_since
+        now, out = self.now(), self.domain.console_bytes
+        if out != written:
+            self._quiet_since = (now, out)
+            return False
+        return now - since >= INPUT_ENDED_QUIET_NS
 
     def _wait_console_input(self) -> bool:
         """Every vcpu is blocked for good and the guest has read all its console input: wait

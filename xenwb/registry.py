@@ -9,7 +9,9 @@ text rendering for people. The machine holds the registry; the core commands
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +22,11 @@ if TYPE_CHECKING:
 
 class CommandError(Exception):
     """A command was used wrongly: the message is shown to the user as is."""
+
+
+class InternalCommandError(CommandError):
+    """A command failed on a bug (its own or a plugin's), not on its use: one line naming the
+    command; XENWB_DEBUG=1 prints the traceback on stderr."""
 
 
 @dataclass
@@ -34,6 +41,7 @@ class Result:
 
 
 Handler = Callable[["Machine", list[str]], Result]
+Checker = Callable[[list[str]], object]     # parses a command's arguments without running it
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Command:
     usage: str = ""
     plugin: str | None = None
     details: str = ""            # one line per argument, for `help COMMAND`
+    check: Checker | None = None  # raises CommandError on arguments the handler would refuse
 
     @property
     def words(self) -> list[str]:
@@ -88,8 +97,8 @@ class CommandRegistry:
     commands: dict[str, Command] = field(default_factory=dict)
 
     def register(self, name: str, handler: Handler, help: str, usage: str = "",
-                 plugin: str | None = None, details: str = "") -> Command:
-        cmd = Command(" ".join(name.split()), handler, help, usage, plugin, details)
+                 plugin: str | None = None, details: str = "", check: Checker | None = None) -> Command:
+        cmd = Command(" ".join(name.split()), handler, help, usage, plugin, details, check)
         self.commands[cmd.name] = cmd
         return cmd
 
@@ -119,7 +128,15 @@ class CommandRegistry:
         if hit is None:
             raise CommandError(f"unknown command {' '.join(words[:2])!r}; try 'help'")
         cmd, args = hit
-        return cmd.handler(machine, args)
+        try:
+            return cmd.handler(machine, args)
+        except CommandError:
+            raise
+        except Exception as e:          # a bug, not a misuse: one line, the traceback on request
+            if os.environ.get("XENWB_DEBUG"):
+                traceback.print_exc()
+            raise InternalCommandError(f"internal error in command {cmd.name!r}: {type(e).__name__}: {e}; "
+                                       "XENWB_DEBUG=1 shows the traceback") from e
 
     def execute(self, machine: Machine, line: str, fmt: str = "text") -> tuple[bool, str]:
         """Run a line for a front end: (ok, rendered output or error message)."""

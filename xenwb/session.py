@@ -23,6 +23,7 @@ from typing import Any
 from plugins.api import PluginManager
 from xenwb import __version__
 from xenwb.commands import register_core_commands
+from xenwb.consoletail import ConsoleTail
 from xenwb.control import Controller, DebugError, StopEvent, StopKind
 from xenwb.debug_commands import register_debugger_commands
 from xenwb.errors import XenwbError
@@ -75,9 +76,10 @@ class Session:
                                         "module": hashlib.sha256(module).hexdigest() if module else None,
                                         "symbols": str(symbols) if symbols is not None else None}
         # the guest's console output (its PV console ring; console_io lines too unless hv_console
-        # keeps the hypervisor console apart) and the hypervisor console's, each with its callback
-        self.console = bytearray()
-        self.hv_console = bytearray()
+        # keeps the hypervisor console apart) and the hypervisor console's, each with its callback;
+        # the last of each is kept (all of it goes to the callbacks)
+        self.console = ConsoleTail()
+        self.hv_console = ConsoleTail()
         self._console_cb = console
         self._hv_console_cb = hv_console
         self._console_shown = 0         # console bytes given to the callback (re-executed ones are not again)
@@ -128,7 +130,7 @@ class Session:
 
     # plumbing ----------------------------------------------------------------------------
     @staticmethod
-    def _show(buf: bytearray, data: bytes, shown: int, cb: Any) -> int:
+    def _show(buf: ConsoleTail, data: bytes, shown: int, cb: Any) -> int:
         """Append data to buf and give the callback what it was not given before (bytes shown
         before going back in time are not shown again); returns the new count shown."""
         start = len(buf)
@@ -151,8 +153,8 @@ class Session:
 
     def load_state(self, state: Any) -> None:
         n, writers, held, n_hv = state if state is not None else (0, {}, [], 0)
-        del self.console[n:]
-        del self.hv_console[n_hv:]
+        self.console.truncate(n)
+        self.hv_console.truncate(n_hv)
         for w in self.writers:
             w.load_state(writers.get(id(w)))
         self._held = list(held)

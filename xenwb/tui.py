@@ -40,6 +40,7 @@ from pyte.screens import Margins
 
 from gdbstub.server import GdbServer, parse_address
 from plugins.hypercalls import brief_args
+from xenwb.consoletail import ConsoleTail
 from xenwb.control import POSTMORTEM_KINDS, StopEvent, StopKind
 from xenwb.disasm import disassemble
 from xenwb.errors import XenwbError
@@ -357,7 +358,7 @@ class GuestConsole:
     scrollback of CONSOLE_SCROLLBACK lines), as wide as the pane but at least 80 columns
     (the Xen console tells the guest no size: like `xl console` in a terminal that wide)."""
 
-    def __init__(self, output: bytearray, columns: int = CONSOLE_COLS, rows: int = CONSOLE_ROWS,
+    def __init__(self, output: ConsoleTail, columns: int = CONSOLE_COLS, rows: int = CONSOLE_ROWS,
                  scrollback: int = CONSOLE_SCROLLBACK) -> None:
         self.output = output                           # what the guest wrote (the session's record)
         self.fed = 0
@@ -372,6 +373,7 @@ class GuestConsole:
             self.screen = _ScrollbackScreen(self.screen.columns, self.screen.lines, self.screen.scrollback.maxlen)
             self.stream = pyte.ByteStream(self.screen)
             self.fed = 0
+        self.fed = max(self.fed, self.output.start)     # older output is no longer kept
         if total - self.fed > CONSOLE_BACKLOG:         # a flood: what would scroll away unseen is skipped
             cut = self.output.find(b"\n", total - CONSOLE_BACKLOG)
             self.fed = cut + 1 if cut >= 0 else total - CONSOLE_BACKLOG

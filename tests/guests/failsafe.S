@@ -1,13 +1,16 @@
 /*
- * failsafe.S - the iret hypercall returns to a selector Xen cannot load (GDT entry 1, a
- * not-present code segment): Xen bounces to the failsafe callback with DS, ES, FS, GS below
- * the usual frame (x86_64/compat/entry.S compat_failsafe_callback).  The callback copies the
- * 7-word frame to `frame` and powers off.
+ * failsafe.S - returns to a selector Xen cannot load (GDT entry 1, a not-present code
+ * segment). Xen 4.17 reports the fault of its iretq as that very exception on the iret's
+ * target (x86_64/compat/entry.S: .Lft0 -> handle_exception; the failsafe callback is
+ * registered but not taken): #NP(0x08), through trap_ctxt[11], whose handler copies the
+ * 4-word frame (error code, EIP, CS|mask, EFLAGS) to `frame` and powers off. By default
+ * the iret hypercall returns there; with BAD_HANDLER an int3 whose handler has that
+ * selector does; with NO_NP_HANDLER no #NP handler is registered (the domain crashes).
  *
  * With RELOAD: %fs holds GDT entry 2 (a present ring-1 data segment); update_descriptor makes
  * it not present, then SCHEDOP_yield lets Xen switch away. When it switches back,
  * load_segments cannot reload %fs (xen/arch/x86/domain.c) and bounces to the failsafe
- * callback with the selectors below the frame.
+ * callback with the selectors below the frame; the callback copies the 7-word frame.
  */
 #include "common.S"
 
@@ -38,6 +41,11 @@ _start:
         movl    $3, %ecx
         HCALL   __HYPERVISOR_set_gdt
         movl    %eax, rcs+4
+#ifndef NO_NP_HANDLER
+        movl    $traps, %ebx
+        HCALL   __HYPERVISOR_set_trap_table
+        movl    %eax, rcs+8
+#endif
 #ifdef RELOAD
         movl    $0x11, %eax                     /* GDT entry 2, RPL 1 */
         movl    %eax, %fs
@@ -65,12 +73,18 @@ after_iret:
         movl    %eax, %fs
         xorl    %eax, %eax
         movl    %eax, %gs
+#ifdef BAD_HANDLER
+        .globl iret_call
+iret_call:
+        int3                                    /* its handler's CS is GDT entry 1 */
+#else
         pushl   $0x202                          /* EFLAGS */
         pushl   $0x09                           /* CS: GDT entry 1, RPL 1, not present */
         pushl   $after_iret                     /* EIP */
         .globl iret_call
 iret_call:
         IRET_HCALL
+#endif
         .globl after_iret
 after_iret:
         PRINT   bad_msg, bad_end-bad_msg
@@ -90,6 +104,17 @@ failsafe:
         PRINT   fs_msg, fs_end-fs_msg
         POWEROFF
 
+        .globl np_handler
+np_handler:
+        movl    %esp, frame_esp
+        movl    %esp, %esi
+        movl    $frame, %edi
+        movl    $4, %ecx
+        cld
+        rep movsl
+        PRINT   np_msg, np_end-np_msg
+        POWEROFF
+
         .balign 4096
         .globl hypercall_page
 hypercall_page:
@@ -99,13 +124,23 @@ hypercall_page:
 cb_failsafe:
         .word   1, 0                            /* CALLBACKTYPE_failsafe, flags */
         .long   FLAT_KERNEL_CS, failsafe
+traps:                                          /* trap_info: vector, flags, cs, address */
+        .byte   11, 0
+        .word   FLAT_KERNEL_CS
+        .long   np_handler
+        .byte   3, 3                            /* int3: DPL 3, CS GDT entry 1 (not present) */
+        .word   0x09
+        .long   after_iret
+        .long   0, 0
         .globl gdt_mfn, rcs, frame, frame_esp
 gdt_mfn:    .long 0
-rcs:        .long 0xffffffff, 0xffffffff
+rcs:        .long 0xffffffff, 0xffffffff, 0xffffffff
 frame:      .long 0, 0, 0, 0, 0, 0, 0
 frame_esp:  .long 0
 fs_msg: .ascii  "failsafe callback\n"
 fs_end:
+np_msg: .ascii  "#NP at the iret target\n"
+np_end:
 bad_msg: .ascii "iret to a not-present selector returned\n"
 bad_end:
         .balign 4096

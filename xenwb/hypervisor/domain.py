@@ -101,6 +101,7 @@ class Domain:
         # the hypervisor console (xl dmesg): console_io lines; None sends them to console_sink
         self.hv_console_sink: Callable[[bytes], None] | None = None
         self.console_pbuf = bytearray()            # d->pbuf: console_io's partial line (console.c)
+        self.console_bytes = 0          # what the guest wrote to its console, console_io and ring alike
         self._warned: set[str] = set()
         self.hypercall_page_mfn: int | None = None
         self.cmdline = ""
@@ -157,6 +158,7 @@ class Domain:
         """Output of the guest: on its PV console ring, or (hypervisor) a console_io line
         on the hypervisor console, which goes to console_sink too unless hv_console_sink
         keeps it apart."""
+        self.console_bytes += len(data)
         self.trace.emit_console(vcpu, data, "xen" if hypervisor else "pv")
         if hypervisor and self.hv_console_sink is not None:
             self.hv_console_sink(data)

@@ -2,8 +2,8 @@
 (xen/arch/x86/pv/traps.c pv_inject_event, entry.S test_guest_events) and the PV32 frames
 as Xen's compat entry code builds them.
 
-PV32 frame layouts: xen/arch/x86/x86_64/compat/entry.S (compat_create_bounce_frame,
-compat_failsafe_callback), xen/arch/x86/pv/iret.c (compat_iret). The 64-bit frames are
+PV32 frame layouts: xen/arch/x86/x86_64/compat/entry.S (compat_create_bounce_frame),
+xen/arch/x86/domain.c (load_segments: the failsafe frame), xen/arch/x86/pv/iret.c (compat_iret). The 64-bit frames are
 in traps64.py; each vcpu class says which it pushes (Vcpu.bounce).
 """
 
@@ -120,9 +120,15 @@ def guest_regs(vcpu: Vcpu) -> tuple[dict[str, int], bool]:
     xen = vcpu.domain.xen
     if r["eip"] != TRAMPOLINE_VA and r["eip"] != xen.stub_va(vcpu.id):
         return r, False
-    eip, cs, eflags, esp, ss = struct.unpack("<5I", vcpu.domain.mem.read(xen.frame_maddr(vcpu.id), 20))
-    r.update(eip=eip, pc=eip, cs=cs & 0xFFFF, eflags=eflags, esp=esp, ss=ss & 0xFFFF)
-    return r, True
+    return iret_target(vcpu, r), True
+
+
+def iret_target(vcpu: Vcpu, r: dict[str, int]) -> dict[str, int]:
+    """r with the EIP, CS, EFLAGS, ESP and SS of the trampoline's iret frame: where the
+    ring transition on its way returns to."""
+    frame = vcpu.domain.mem.read(vcpu.domain.xen.frame_maddr(vcpu.id), 20)
+    eip, cs, eflags, esp, ss = struct.unpack("<5I", frame)
+    return dict(r, eip=eip, pc=eip, cs=cs & 0xFFFF, eflags=eflags, esp=esp, ss=ss & 0xFFFF)
 
 
 def set_guest_regs(vcpu: Vcpu, **regs: int) -> None:
@@ -159,10 +165,10 @@ def deliver_event_upcall(vcpu: Vcpu) -> bool:
 
 
 def failsafe_callback(vcpu: Vcpu, target: dict[str, int]) -> None:
-    """Xen could not load the guest's segments on its way back: bounce to the failsafe
-    callback with DS, ES, FS, GS below the usual frame (compat_failsafe_callback)."""
+    """Xen could not reload the guest's data selectors when it switched to the vcpu: bounce
+    to the failsafe callback with DS, ES, FS, GS below the usual frame (domain.c load_segments)."""
     if not vcpu.failsafe_cs & ~3:
-        raise DomainCrash(f"failed to return to the guest at {target['cs']:#x}:{target['eip']:#x} "
+        raise DomainCrash(f"failed to reload the segments at {target['cs']:#x}:{target['eip']:#x} "
                           "and no failsafe callback is registered")
     vcpu.domain.trace.emit_failsafe(vcpu, target)
     segs = tuple(target.get(s, 0) & 0xFFFF for s in ("ds", "es", "fs", "gs"))
@@ -303,6 +309,45 @@ def data_segment_loadable(vcpu: Vcpu, sel: int, cpl: int) -> bool:
     dpl = (d >> 45) & 3
     conforming_code = typ & 8 and typ & 4
     return bool(conforming_code or dpl >= max(cpl, sel & 3))
+
+
+def code_segment_loadable(vcpu: Vcpu, sel: int) -> bool:
+    """Would an iret load sel into CS: a present code segment, DPL = RPL (<= RPL if conforming)."""
+    d = descriptor_of(vcpu, sel) if sel & ~3 else None
+    if d is None or not d >> 47 & 1 or not d >> 44 & 1 or not d >> 43 & 1:
+        return False
+    dpl, rpl = (d >> 45) & 3, sel & 3
+    return dpl <= rpl if d >> 42 & 1 else dpl == rpl
+
+
+def stack_segment_loadable(vcpu: Vcpu, sel: int) -> bool:
+    """Would an iret load sel into SS: a present writable data segment, DPL = RPL."""
+    d = descriptor_of(vcpu, sel) if sel & ~3 else None
+    if d is None or not d >> 47 & 1 or not d >> 44 & 1 or d >> 43 & 1 or not d >> 41 & 1:
+        return False
+    return (d >> 45) & 3 == sel & 3
+
+
+def iret_fault(vcpu: Vcpu, target: dict[str, int]) -> tuple[int, int] | None:
+    """The fault (vector, error code) an iret to target's CS and SS raises, or None when they
+    load (SDM IRET: a not-present CS #NP, SS #SS, anything else #GP; selector, RPL clear)."""
+    for sel, loads, absent in ((target["cs"], code_segment_loadable, C.TRAP_no_segment),
+                               (target["ss"], stack_segment_loadable, C.TRAP_stack_error)):
+        if not loads(vcpu, sel):
+            d = descriptor_of(vcpu, sel) if sel & ~3 else None
+            present = d is None or d >> 47 & 1 or not d >> 44 & 1
+            return (C.TRAP_gp_fault if present else absent), sel & 0xFFFC
+    return None
+
+
+def iret_fault_error_code(vcpu: Vcpu, target: dict[str, int]) -> int:
+    """The error code of the fault an iret to target raises (SDM IRET: #GP/#NP/#SS(selector),
+    RPL bits clear): the CS selector, else the SS selector, else 0 (e.g. a bad RIP)."""
+    if not code_segment_loadable(vcpu, target["cs"]):
+        return target["cs"] & 0xFFFC
+    if not stack_segment_loadable(vcpu, target["ss"]):
+        return target["ss"] & 0xFFFC
+    return 0
 
 
 def reload_segments(vcpu: Vcpu) -> bool:

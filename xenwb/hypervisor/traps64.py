@@ -19,6 +19,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from xenwb.abi import constants as C
+from xenwb.hypervisor import traps
 from xenwb.hypervisor.memory import GuestFault
 from xenwb.hypervisor.paging import canonical
 from xenwb.hypervisor.state import DomainCrash
@@ -165,6 +166,10 @@ def sysenter_from_user(v: Vcpu64, r: dict[str, int]) -> None:
     create_bounce_frame(v, v.sysenter_eip, None, v.sysenter_mask, regs=frame)
 
 
+# Xen's flat selectors always load: an iret to them needs no descriptor check
+FLAT_CS_SS = frozenset({(C.FLAT_USER_CS64, C.FLAT_USER_SS64), (C.FLAT_USER_CS32, C.FLAT_USER_SS64)})
+
+
 def do_iret(v: Vcpu64) -> None:
     """pv/iret.c do_iret: the stack holds struct iret_context {rax, r11, rcx, flags, rip, cs,
     rflags, rsp, ss}. A CS with RPL 3 returns to user mode (crash without a user L4); CS/SS
@@ -191,7 +196,17 @@ def do_iret(v: Vcpu64) -> None:
     if not in_syscall:
         cpu.sysret_out.write(ctx.rcx, ctx.r11)
     v.upcall_mask = 0 if ctx.rflags & RFLAGS_IF else 1
-    v.exit_to(ctx.rip, (ctx.cs | 3) & 0xFFFF, rflags, ctx.rsp, (ctx.ss | 3) & 0xFFFF, sysret=in_syscall)
+    cs, ss = (ctx.cs | 3) & 0xFFFF, (ctx.ss | 3) & 0xFFFF
+    if not in_syscall and (cs, ss) not in FLAT_CS_SS:
+        target = dict(cpu.regs(), rip=ctx.rip, pc=ctx.rip, cs=cs, rflags=rflags, rsp=ctx.rsp, ss=ss,
+                      rcx=ctx.rcx, r11=ctx.r11)
+        fault = traps.iret_fault(v, target)
+        if fault is not None:
+            # restore_all_guest's iretq faults: that exception on its target (entry.S .Lft0 ->
+            # handle_exception), which the guest gets as if raised there
+            traps.bounce_exception(v, fault[0], fault[1], regs=target)
+            return
+    v.exit_to(ctx.rip, cs, rflags, ctx.rsp, ss, sysret=in_syscall)
 
 
 def sysret_registers(rip: int, rflags: int, cs: int) -> tuple[int, int, int, int] | None:

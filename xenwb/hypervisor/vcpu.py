@@ -502,10 +502,12 @@ class Vcpu32(Vcpu):
                 self._after_guest_exit()
                 return
         if r["cs"] & 3 == 0 and r["eip"] >= PERDOMAIN_VA:
-            # the trampoline's iret faulted: Xen failed to load the guest's selectors
-            target = self.pending_iret_target or {}
+            # the trampoline's iret faulted (a selector of its target does not load): Xen
+            # reports that very exception on the iret's target (x86_64/compat/entry.S:
+            # .Lft0 -> handle_exception; the failsafe callback is load_segments' alone)
             self.pending_iret_target = None
-            traps.failsafe_callback(self, target)
+            target = traps.iret_target(self, r)
+            traps.bounce_exception(self, intno, traps.iret_fault_error_code(self, target), regs=target)
             self._after_guest_exit()
             return
         soft = self._software_int(intno, r)

@@ -201,9 +201,10 @@ class Vcpu64(Vcpu):
                 return
         if cpu.in_stub:
             # the stub's iretq faulted: the target selectors do not load. Xen reflects the
-            # fault to the guest with the state it was returning to.
+            # fault to the guest with the state it was returning to (entry.S: .Lft0 ->
+            # handle_exception), the hardware's vector and error code.
             target, _ = self.guest_regs()
-            traps.bounce_exception(self, C.TRAP_gp_fault, 0, regs=target)
+            traps.bounce_exception(self, intno, traps.iret_fault_error_code(self, target), regs=target)
             self._after_guest_exit()
             return
         soft = self._software_int(intno, r)
