@@ -36,9 +36,8 @@ KBUF_SIZE = 128                 # console.c guest_console_write: char kbuf[128],
 DOMAIN_PBUF_SIZE = 200          # xen/sched.h: a domain's partial-line buffer
 
 
-def _printable(c: int) -> bool:
-    """isprint() of Xen's ctype (ASCII 0x20-0x7e) or a tab: what guest_console_write keeps."""
-    return 0x20 <= c <= 0x7E or c == 0x09
+# isprint() of Xen's ctype (ASCII 0x20-0x7e) or a tab: what guest_console_write keeps
+_UNPRINTABLE = bytes(c for c in range(256) if not (0x20 <= c <= 0x7E or c == 0x09))
 
 
 def console_lines(dom_pbuf: bytearray, domid: int, kbuf: bytes) -> tuple[int, bytes | None]:
@@ -46,16 +45,10 @@ def console_lines(dom_pbuf: bytearray, domid: int, kbuf: bytes) -> tuple[int, by
     printed or None). It consumes up to and including the first newline, keeps printable
     characters, and prints "(dN) " + the buffered part + this part when it saw the newline or
     the buffer would overflow (guest_printk), else buffers."""
-    out = bytearray()
-    consumed = 0
-    newline = False
-    for c in kbuf:
-        consumed += 1
-        if c == 0x0A:
-            newline = True
-            break
-        if _printable(c):
-            out.append(c)
+    end = kbuf.find(b"\n")
+    newline = end >= 0
+    consumed = end + 1 if newline else len(kbuf)
+    out = bytes(kbuf[:end] if newline else kbuf).translate(None, _UNPRINTABLE)
     if not newline and len(dom_pbuf) + len(out) < DOMAIN_PBUF_SIZE - 1:
         dom_pbuf += out
         return consumed, None
