@@ -119,24 +119,31 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     if image.hypercall_page is not None:
         dom.write_hypercall_page(pm.mfn(layout.pfn(image.hypercall_page)))
     top_mfn = pm.mfn(layout.pfn(layout.pagetables.va))
+    console, store = _boot_late(dom, cfg, start_info, top_mfn, Vcpu32)
+    start_vcpu0(dom, dom.vcpus[0], layout, top_mfn)
+    for v in dom.vcpus:
+        update_vcpu_time(dom, v)
+    return BuiltDomain(dom, layout, console, store)
+
+
+def _boot_late(dom: Domain, cfg: BuildConfig, start_info, top_mfn: int,
+               vcpu_class: type[Vcpu32] | type[Vcpu64]) -> tuple[ConsoleBackend, StoreBackend]:
+    """What both widths do once the image and tables are in place: pin the top-level table
+    (MMUEXT_PIN_L*_TABLE, bootlate_pv), start every vcpu_info with events masked, wire the
+    console and store, create the vcpus and announce them in xenstore."""
     try:
         dom.mm.pin(top_mfn, dom.mm.top_type())
     except MMError as e:
         raise XenwbError(f"bootstrap pagetables rejected: {e.why}") from None
-    # shared_info: zeroed, every vcpu_info starts with events masked
     si_layout, vi = dom.abi.shared_info, dom.abi.vcpu_info
     for i in range(C.XEN_LEGACY_MAX_VCPUS):
-        mem.write((dom.shared_info_mfn << 12) + si_layout.offset("vcpu_info") + vi.size() * i
-                  + vi.offset("evtchn_upcall_mask"), b"\x01")
+        dom.mem.write((dom.shared_info_mfn << 12) + si_layout.offset("vcpu_info") + vi.size() * i
+                      + vi.offset("evtchn_upcall_mask"), b"\x01")
     console, store = _connect_backends(dom, start_info)
     for vid in range(cfg.vcpus):
-        dom.vcpus.append(Vcpu32(dom, vid))
+        dom.vcpus.append(vcpu_class(dom, vid))
     store.seed_vcpus(cfg.vcpus)            # xenstore cpu/<i>/availability
-    v0 = dom.vcpus[0]
-    start_vcpu0(dom, v0, layout, top_mfn)
-    for v in dom.vcpus:
-        update_vcpu_time(dom, v)
-    return BuiltDomain(dom, layout, console, store)
+    return console, store
 
 
 def _load_bsd_symtab(image: GuestImage, write_va: Callable[[int, bytes], None]) -> None:
@@ -300,18 +307,7 @@ def _build_domain64(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     if image.hypercall_page is not None:
         dom.write_hypercall_page(pm.mfn(layout.pfn(image.hypercall_page)))
     top_mfn = pm.mfn(layout.mappings[0].lvls[3].pfn)
-    try:
-        dom.mm.pin(top_mfn, dom.mm.top_type())          # MMUEXT_PIN_L4_TABLE (bootlate_pv)
-    except MMError as e:
-        raise XenwbError(f"bootstrap pagetables rejected: {e.why}") from None
-    si_layout, vi = dom.abi.shared_info, dom.abi.vcpu_info
-    for i in range(C.XEN_LEGACY_MAX_VCPUS):
-        mem.write((dom.shared_info_mfn << 12) + si_layout.offset("vcpu_info") + vi.size() * i
-                  + vi.offset("evtchn_upcall_mask"), b"\x01")
-    console, store = _connect_backends(dom, start_info)
-    for vid in range(cfg.vcpus):
-        dom.vcpus.append(Vcpu64(dom, vid))
-    store.seed_vcpus(cfg.vcpus)
+    console, store = _boot_late(dom, cfg, start_info, top_mfn, Vcpu64)
     start_vcpu0_64(dom, dom.vcpus[0], layout, top_mfn)
     for v in dom.vcpus:
         update_vcpu_time(dom, v)

@@ -113,6 +113,7 @@ def do_callback_op(vcpu: Vcpu, cmd: int, arg: int, *_: int) -> int:
 
 
 def decode_callback_op(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
+    """callback_op's argument in either width (a 32-bit callback is CS:EIP, a 64-bit one an address)."""
     L = vcpu.domain.abi
     name = {0: "register", 1: "unregister"}.get(cmd, str(cmd))
     try:
@@ -122,8 +123,10 @@ def decode_callback_op(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
                 tname = CallbackType(cb.type).name
             except ValueError:
                 tname = str(cb.type)
-            return {"cmd": name, "type": tname, "flags": cb.flags, "address": f"{cb.cs:#x}:{cb.eip:#x}",
-                    "symbol": vcpu.domain.symbolize(cb.eip)}
+            ip = cb.address if vcpu.word == 8 else cb.eip
+            where = f"{ip:#x}" if vcpu.word == 8 else f"{cb.cs:#x}:{ip:#x}"
+            return {"cmd": name, "type": tname, "flags": cb.flags, "address": where,
+                    "symbol": vcpu.domain.symbolize(ip)}
         if cmd == 1:
             cb = L.callback_unregister.parse(vcpu.read_virt(arg, L.callback_unregister.size()))
             return {"cmd": name, "type": cb.type}
@@ -224,22 +227,3 @@ def decode_set_callbacks64(vcpu: Vcpu, event: int, failsafe: int, syscall: int, 
     return {"event": f"{event:#x}", "event_symbol": sym(event), "failsafe": f"{failsafe:#x}",
             "failsafe_symbol": sym(failsafe), "syscall": f"{syscall:#x}", "syscall_symbol": sym(syscall)}
 
-
-def decode_callback_op64(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
-    L = vcpu.domain.abi
-    name = {0: "register", 1: "unregister"}.get(cmd, str(cmd))
-    try:
-        if cmd == 0:
-            cb = L.callback_register.parse(vcpu.read_virt(arg, L.callback_register.size()))
-            try:
-                tname = CallbackType(cb.type).name
-            except ValueError:
-                tname = str(cb.type)
-            return {"cmd": name, "type": tname, "flags": cb.flags, "address": f"{cb.address:#x}",
-                    "symbol": vcpu.domain.symbolize(cb.address)}
-        if cmd == 1:
-            cb = L.callback_unregister.parse(vcpu.read_virt(arg, L.callback_unregister.size()))
-            return {"cmd": name, "type": cb.type}
-    except GuestFault:
-        return {"cmd": name, "arg": f"{arg:#x} (unreadable)"}
-    return {"cmd": name, "arg": f"{arg:#x}"}

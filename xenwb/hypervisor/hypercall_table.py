@@ -163,7 +163,7 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
     _e(H.nmi_op,                          callback.do_nmi_op,               callback.do_nmi_op),
     _e(H.sched_op,                        sched.do_sched_op,                sched.do_sched_op, sched.decode_sched_op),
     _e(H.callback_op,                     callback.do_callback_op,          callback.do_callback_op64,
-       callback.decode_callback_op, callback.decode_callback_op64),
+       callback.decode_callback_op),
     _e(H.xenoprof_op,                     privileged.do_xenoprof_op,        privileged.do_xenoprof_op),
     _e(H.event_channel_op,                event_channel.do_event_channel_op, event_channel.do_event_channel_op,
        event_channel.decode_event_channel_op),

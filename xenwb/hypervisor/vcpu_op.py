@@ -57,19 +57,16 @@ def do_vcpu_op(vcpu: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
             vcpu.write_virt(arg, bytes(runstate_info(dom, target)))
             return 0
         if cmd == VcpuOp.register_runstate_memory_area:
-            # a guest handle (compat: 32 bits); the area must lie in guest space (guest_handle_okay)
-            a = _rd(vcpu, arg, L.vcpu_register_runstate_memory_area)
-            addr = a.addr & ((1 << (8 * vcpu.word)) - 1)
-            if addr and not dom.geo.guest_range_ok(addr, L.vcpu_runstate_info.size()):
+            addr = _area_handle(vcpu, arg, L.vcpu_register_runstate_memory_area, L.vcpu_runstate_info)
+            if addr is None:
                 return EFAULT
             target.runstate_area = addr or None
             update_runstate_area(dom, target)
             return 0
         if cmd == VcpuOp.register_vcpu_time_memory_area:
             # arch_do_vcpu_op: a guest handle for a second vcpu_time_info, kept up to date
-            a = _rd(vcpu, arg, L.vcpu_register_time_memory_area)
-            addr = a.addr & ((1 << (8 * vcpu.word)) - 1)
-            if addr and not dom.geo.guest_range_ok(addr, L.vcpu_time_info.size()):
+            addr = _area_handle(vcpu, arg, L.vcpu_register_time_memory_area, L.vcpu_time_info)
+            if addr is None:
                 return EFAULT
             target.time_area = addr or None
             update_vcpu_time(dom, target, force=True)
@@ -178,6 +175,15 @@ def vcpu_down(dom: Domain, target: Vcpu) -> int:
         target.cpu.uc.emu_stop()
         dom.trace.emit_vcpu_down(dom.current, target.id)
     return 0
+
+
+def _area_handle(vcpu: Vcpu, arg: int, handle_layout: Any, area_layout: Any) -> int | None:
+    """The guest handle of a register_*_memory_area (compat: 32 bits), 0 to unregister, or
+    None when the area does not lie in guest space (guest_handle_okay: -EFAULT)."""
+    addr = _rd(vcpu, arg, handle_layout).addr & ((1 << (8 * vcpu.word)) - 1)
+    if addr and not vcpu.domain.geo.guest_range_ok(addr, area_layout.size()):
+        return None
+    return addr
 
 
 def register_vcpu_info(dom: Domain, v: Vcpu, mfn: int, offset: int) -> int:
