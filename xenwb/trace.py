@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from xenwb.trace_events import EVENTS, IMPLIES, KINDS, Formatter, Record, event
+from xenwb.trace_events import EVENTS, IMPLIES, KINDS, Formatter, Packed, Record, dumps, event
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -167,9 +167,12 @@ class TraceBus:
                        decoded: Any, multicall: int | None = None, time_ns: int | None = None,
                        duration_ns: int = 0) -> None:
         """A hypercall returned. `decoded`: the decoded arguments if the decoder had to read the
-        guest at the call, else None (decoded when read: trace_events `args`)."""
+        guest at the call, else None (decoded when read: trace_events `args`). The record holds
+        them as Packed JSON: the trace file, the plugins' histories and the dicts read them."""
         if not self.want_hypercall:
             return
+        if decoded is not None and type(decoded) is not Packed:
+            decoded = Packed(dumps(decoded).encode("ascii"))   # encoded once, for every reader and keeper
         seq = self.seq
         self.seq = seq + 1
         rec = (_HYPERCALL, seq, vcpu.id, vcpu.domain.time.now(vcpu) if time_ns is None else time_ns,

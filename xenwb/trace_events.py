@@ -487,6 +487,8 @@ def compact(rec: Record) -> Record:
     last = _last_compacted
     if last[0] is rec:
         return last[1]
+    if all(rec[i] is None or type(rec[i]) is Packed for i in js):
+        return rec
     out = list(rec)
     for i in js:
         v = out[i]

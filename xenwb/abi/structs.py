@@ -45,12 +45,17 @@ class Struct(ctypes.LittleEndianStructure):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for tracing: nested structs become dicts, arrays lists."""
-        out: dict[str, Any] = {}
-        for name, *_ in self._fields_:
-            if name.startswith("_pad"):
-                continue
-            out[name] = _plain(getattr(self, name))
-        return out
+        fields = _SHOWN.get(type(self))
+        if fields is None:
+            fields = _SHOWN[type(self)] = tuple(
+                (f[0], isinstance(f[1], type) and issubclass(f[1], ctypes._SimpleCData) and f[1]._type_ != "c")
+                for f in self._fields_ if not f[0].startswith("_pad"))
+        return {name: getattr(self, name) if simple else _plain(getattr(self, name)) for name, simple in fields}
+
+
+# layout -> its shown fields, each with "is a plain integer" (hypercall decoders call to_dict
+# at every traced call)
+_SHOWN: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 
 def _plain(v: Any) -> Any:

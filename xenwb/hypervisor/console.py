@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 EFAULT, E2BIG, ENOSYS = -Errno.EFAULT, -Errno.E2BIG, -Errno.ENOSYS
 
 
+_CMD_NAMES = {C.CONSOLEIO_write: "write", C.CONSOLEIO_read: "read"}
+
+
 def decode_console_io(vcpu: Vcpu, cmd: int, count: int, buf: int) -> dict:
-    out = {"cmd": {0: "write", 1: "read"}.get(cmd, str(cmd)), "count": count, "buf": f"{buf:#x}"}
+    out = {"cmd": _CMD_NAMES.get(cmd) or str(cmd), "count": count, "buf": f"{buf:#x}"}
     if cmd == C.CONSOLEIO_write:
         try:
             out["text"] = vcpu.read_virt(buf, min(count, 256)).decode("latin-1")

@@ -602,8 +602,21 @@ def store_site(vcpu: Vcpu, pc: int, block: int, block_size: int, size: int) -> i
     if pc != block or not block_size:
         return pc
     code = vcpu.debug_read(block, block_size)
-    for insn in _disasm(vcpu.code_bits()).disasm(code, block):
-        for op in insn.operands:
-            if op.type == CX.X86_OP_MEM and op.access & 2 and op.size == size:   # CS_AC_WRITE
-                return insn.address
-    return pc
+    key = (block, code, vcpu.code_bits(), size)
+    site = _store_sites.get(key)
+    if site is None:
+        site = pc
+        for insn in _disasm(key[2]).disasm(code, block):
+            if any(op.type == CX.X86_OP_MEM and op.access & 2 and op.size == size    # CS_AC_WRITE
+                   for op in insn.operands):
+                site = insn.address
+                break
+        if len(_store_sites) >= 4096:
+            _store_sites.clear()
+        _store_sites[key] = site
+    return site
+
+
+# (block, its bytes, code bits, store size) -> the storing instruction: a block's disassembly
+# does not change while its bytes do not
+_store_sites: dict[tuple[int, bytes, int, int], int] = {}

@@ -567,18 +567,21 @@ def evtchn_op(vcpu: Vcpu, cmd: int, arg: int) -> int:
     return ENOSYS                        # do_event_channel_op: default -ENOSYS
 
 
+# the struct each command's argument points to, by layout name (decode_evtchn)
+_DECODED_LAYOUT = {EvtchnOp.alloc_unbound: "evtchn_alloc_unbound", EvtchnOp.bind_interdomain: "evtchn_bind_interdomain",
+                   EvtchnOp.bind_virq: "evtchn_bind_virq", EvtchnOp.bind_ipi: "evtchn_bind_ipi",
+                   EvtchnOp.bind_pirq: "evtchn_bind_pirq", EvtchnOp.close: "evtchn_port",
+                   EvtchnOp.send: "evtchn_port", EvtchnOp.unmask: "evtchn_port", EvtchnOp.status: "evtchn_status",
+                   EvtchnOp.bind_vcpu: "evtchn_bind_vcpu", EvtchnOp.reset: "evtchn_reset"}
+_OP_NAMES = {int(op): op.name for op in EvtchnOp}
+
+
 def decode_evtchn(vcpu: Vcpu, cmd: int, arg: int) -> dict[str, Any]:
-    L = vcpu.domain.abi
-    try:
-        name = EvtchnOp(cmd).name
-    except ValueError:
+    name = _OP_NAMES.get(cmd)
+    if name is None:
         return {"cmd": str(cmd), "arg": f"{arg:#x}"}
-    layout = {EvtchnOp.alloc_unbound: L.evtchn_alloc_unbound, EvtchnOp.bind_interdomain: L.evtchn_bind_interdomain,
-              EvtchnOp.bind_virq: L.evtchn_bind_virq, EvtchnOp.bind_ipi: L.evtchn_bind_ipi,
-              EvtchnOp.bind_pirq: L.evtchn_bind_pirq,
-              EvtchnOp.close: L.evtchn_port, EvtchnOp.send: L.evtchn_port, EvtchnOp.unmask: L.evtchn_port,
-              EvtchnOp.status: L.evtchn_status, EvtchnOp.bind_vcpu: L.evtchn_bind_vcpu,
-              EvtchnOp.reset: L.evtchn_reset}.get(EvtchnOp(cmd))
+    layout_name = _DECODED_LAYOUT.get(cmd)
+    layout = None if layout_name is None else getattr(vcpu.domain.abi, layout_name)
     out: dict[str, Any] = {"cmd": name}
     if layout is not None:
         try:

@@ -29,6 +29,8 @@ from xenwb.iogate import IoGate
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
 
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 SOFT_INT_DIRECT = frozenset({3, 4})      # Xen's IDT has DPL3 gates for int3 and into
 
 
@@ -353,8 +355,21 @@ class Vcpu:
 
     def read_virt(self, va: int, n: int) -> bytes:
         """copy_from_guest: guest-kernel view, the hypervisor range refused."""
+        if (va & 0xFFF) + n <= 4096:
+            view, off = self._in_page(va, n)
+            return bytes(view[off: off + n])
         self._check_range(va, n)
         return self._copy(va, n, None)
+
+    def _in_page(self, va: int, n: int) -> tuple[memoryview, int]:
+        """Where n bytes at va, all in one page, are (copy_from_guest's fast path: most
+        hypercall arguments are a few bytes of one page)."""
+        self._check_range(va, n)
+        maddr = self.virt_to_maddr(va)
+        loc = None if maddr is None else self.domain.mem.locate(maddr, n)
+        if loc is None:
+            raise GuestFault(va, False)
+        return loc
 
     def write_virt(self, va: int, data: bytes) -> None:
         """copy_to_guest: needs a writable mapping (Xen runs with CR0.WP set)."""
@@ -381,10 +396,14 @@ class Vcpu:
         return bytes(out)
 
     def read_u32(self, va: int) -> int:
-        return struct.unpack("<I", self.read_virt(va, 4))[0]
+        if va & 0xFFF <= 4092:
+            return _U32.unpack_from(*self._in_page(va, 4))[0]
+        return _U32.unpack(self.read_virt(va, 4))[0]
 
     def read_u64(self, va: int) -> int:
-        return struct.unpack("<Q", self.read_virt(va, 8))[0]
+        if va & 0xFFF <= 4088:
+            return _U64.unpack_from(*self._in_page(va, 8))[0]
+        return _U64.unpack(self.read_virt(va, 8))[0]
 
     def read_ulong(self, va: int) -> int:
         """An unsigned long (or pointer, xen_pfn_t) of the guest's width."""
@@ -429,6 +448,7 @@ class Vcpu32(Vcpu):
 
     def __init__(self, domain: Domain, vcpu_id: int) -> None:
         super().__init__(domain, vcpu_id, Cpu32(vcpu_id, domain.mem, domain.xen, domain.pae))
+        self.hypercall_sp = 0              # ESP at the int $0x82 being handled (caller_pc)
         self._install_common_hooks()
         uc = self.cpu.uc
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -477,6 +497,7 @@ class Vcpu32(Vcpu):
         if intno == 0x82:                       # the hot path: a hypercall from the kernel
             vals = self.cpu.hypercall_regs()
             if vals[6] & 3 == 1:
+                self.hypercall_sp = vals[8]
                 try:
                     self.domain.hypercall(self, vals[0], tuple(vals[1:6]), vals[7])
                     self._after_guest_exit()
@@ -489,6 +510,7 @@ class Vcpu32(Vcpu):
         if intno == 0x82:
             vals = self.cpu.hypercall_regs()
             if vals[6] & 3 == 1:
+                self.hypercall_sp = vals[8]
                 self.domain.hypercall(self, vals[0], tuple(vals[1:6]), vals[7])
                 self._after_guest_exit()
                 return
@@ -586,7 +608,7 @@ class Vcpu32(Vcpu):
                 cache[pc] = stub
         if stub:
             try:
-                return self.read_u32(self.cpu.reg("esp"))
+                return self.read_u32(self.hypercall_sp)
             except GuestFault:
                 return pc - 2
         return pc - 2

@@ -111,20 +111,20 @@ def do_vcpu_op(vcpu: Vcpu, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
     return ENOSYS
 
 
+# the struct a command's argument points to, by layout name (decode_vcpu_op)
+_DECODED_LAYOUT = {VcpuOp.set_periodic_timer: "vcpu_set_periodic_timer",
+                   VcpuOp.set_singleshot_timer: "vcpu_set_singleshot_timer",
+                   VcpuOp.register_vcpu_info: "vcpu_register_vcpu_info",
+                   VcpuOp.register_runstate_memory_area: "vcpu_register_runstate_memory_area"}
+_OP_NAMES = {int(op): op.name for op in VcpuOp}
+
+
 def decode_vcpu_op(vcpu: Vcpu, cmd: int, vid: int, arg: int) -> dict[str, Any]:
-    try:
-        name = VcpuOp(cmd).name
-    except ValueError:
-        name = str(cmd)
-    out: dict[str, Any] = {"cmd": name, "vcpu": vid, "arg": f"{arg:#x}"}
+    out: dict[str, Any] = {"cmd": _OP_NAMES.get(cmd) or str(cmd), "vcpu": vid, "arg": f"{arg:#x}"}
     L = vcpu.domain.abi
-    layouts = {VcpuOp.set_periodic_timer: L.vcpu_set_periodic_timer,
-               VcpuOp.set_singleshot_timer: L.vcpu_set_singleshot_timer,
-               VcpuOp.register_vcpu_info: L.vcpu_register_vcpu_info,
-               VcpuOp.register_runstate_memory_area: L.vcpu_register_runstate_memory_area}
     try:
-        if cmd in layouts:
-            out.update(_rd(vcpu, arg, layouts[VcpuOp(cmd)]).to_dict())
+        if cmd in _DECODED_LAYOUT:
+            out.update(_rd(vcpu, arg, getattr(L, _DECODED_LAYOUT[cmd])).to_dict())
         elif cmd == VcpuOp.initialise and vcpu.word == 8:
             ctx = _rd(vcpu, arg, L.vcpu_guest_context)
             r = ctx.user_regs
