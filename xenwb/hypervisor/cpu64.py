@@ -61,7 +61,7 @@ SYSCALL_LEN = 2
 EXIT_ADDRESS64 = STUB_VA + 0xFF0          # emu_start's "until": mapped, never executed
 HYPERCALL_REGS64 = [R.UC_X86_REG_RAX, R.UC_X86_REG_RDI, R.UC_X86_REG_RSI, R.UC_X86_REG_RDX,
                     R.UC_X86_REG_R10, R.UC_X86_REG_R8, R.UC_X86_REG_RIP, R.UC_X86_REG_RFLAGS,
-                    R.UC_X86_REG_CS, R.UC_X86_REG_SS]
+                    R.UC_X86_REG_CS, R.UC_X86_REG_SS, R.UC_X86_REG_RSP]
 
 
 class _SysretOut(RegBatch):
@@ -193,7 +193,7 @@ class Cpu64(CpuBase):
         return out
 
     def hypercall_regs(self) -> list[int]:
-        """RAX, RDI, RSI, RDX, R10, R8, RIP, RFLAGS, CS, SS in one call (the hot path)."""
+        """RAX, RDI, RSI, RDX, R10, R8, RIP, RFLAGS, CS, SS, RSP in one call (the hot path)."""
         return self._hypercall_regs.read()
 
     def set_rax(self, value: int) -> None:

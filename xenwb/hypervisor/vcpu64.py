@@ -45,6 +45,7 @@ class Vcpu64(Vcpu):
         self.gs_base_kernel = self.gs_base_user = 0
         self.fs_base = 0
         self.sysret_exit = False               # Xen leaves by sysretq (TRAP_syscall) this time
+        self.hypercall_sp = 0                  # RSP at the syscall being handled (caller_pc)
         self._compat_code = False              # the engine runs 32-bit code (compat user mode)
         self._install_common_hooks()
         uc = self.cpu.uc
@@ -135,7 +136,7 @@ class Vcpu64(Vcpu):
         """`syscall`: a hypercall in kernel mode (lstar_enter -> pv_hypercall), a system call
         to bounce in user mode (switch_to_kernel)."""
         cpu = self.cpu
-        vals = cpu.hypercall_regs()              # rax rdi rsi rdx r10 r8 rip rflags cs ss
+        vals = cpu.hypercall_regs()              # rax rdi rsi rdx r10 r8 rip rflags cs ss rsp
         rip, rflags = vals[6], vals[7]
         self.clock.settle(rip + 2)               # the syscall completed
         cpu.pc_bias = 2                          # unicorn adds 2 to RIP after this hook
@@ -152,6 +153,7 @@ class Vcpu64(Vcpu):
                 # CS/SS are not STAR's or RFLAGS not what sysretq loads (IF set, IOPL/VM clear)
                 cpu.exit_dirty = ((vals[8] & 0xFFFF) != C.FLAT_USER_CS64 or (vals[9] & 0xFFFF) != C.FLAT_USER_SS64
                                   or rflags & (RFLAGS_IOPL | RFLAGS_VM) or not rflags & RFLAGS_IF)
+                self.hypercall_sp = vals[10]
                 self.domain.hypercall(self, vals[0], (vals[1], vals[2], vals[3], vals[4], vals[5]), rip + 2)
             else:
                 r = cpu.regs()
@@ -279,7 +281,7 @@ class Vcpu64(Vcpu):
                 cache[pc] = stub
         if stub:
             try:
-                return self.read_u64(self.cpu.reg("rsp") + 16)
+                return self.read_u64(self.hypercall_sp + 16)
             except GuestFault:
                 return pc - 2
         return pc - 2
