@@ -487,7 +487,11 @@ def compact(rec: Record) -> Record:
     last = _last_compacted
     if last[0] is rec:
         return last[1]
-    if all(rec[i] is None or type(rec[i]) is Packed for i in js):
+    for i in js:                             # already compact (hypercall records are): as it is
+        v = rec[i]
+        if v is not None and type(v) is not Packed:
+            break
+    else:
         return rec
     out = list(rec)
     for i in js:
