@@ -81,6 +81,10 @@ class MachineMemory:
     def valid(self, maddr: int, size: int = 1) -> bool:
         return self._locate(maddr, size) is not None
 
+    def locate(self, maddr: int, size: int) -> tuple[memoryview, int] | None:
+        """(buffer, offset) of size bytes of RAM at maddr, or None where they are not RAM."""
+        return self._locate(maddr, size)
+
     # -- raw access by machine address -----------------------------------
     def _locate(self, maddr: int, size: int) -> tuple[memoryview, int] | None:
         r = self.ram
