@@ -53,6 +53,7 @@ class MachineThread:
             queue.SimpleQueue()
         self._busy = False
         self._sync = 0                      # the step running in the caller's thread (0: none), by number
+        self._steps = 0                     # steps numbered so far (each step its own number)
         self._thread = threading.Thread(target=self._loop, name="xenwb-gdb-machine", daemon=True)
         self._thread.start()
 
@@ -61,7 +62,10 @@ class MachineThread:
         if self.ctl.running or self._busy:
             raise DebugError("the machine is already running")
         if mode != "continue" and mode != "reverse-continue" and run is None:
-            self._sync = self._sync % 1_000_000 + 1
+            # a number of its own: the watcher takes the same number one period apart for one
+            # step running long, so two short steps must never share it (_sync is 0 between steps)
+            self._steps = self._steps % 1_000_000 + 1
+            self._sync = self._steps
             try:
                 result = self._run(mode, vcpu, start, end, signal)
             finally:
