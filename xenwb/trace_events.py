@@ -476,6 +476,11 @@ class Formatter:
         return plans
 
 
+def packed(value: Any) -> Packed:
+    """A captured structure kept encoded (Packed JSON), as records keep it."""
+    return value if type(value) is Packed else Packed(dumps(value).encode("ascii"))
+
+
 _last_compacted: list[Record] = [(), ()]      # (record, its compact form): plugins keep the same records
 
 
@@ -497,10 +502,10 @@ def compact(rec: Record) -> Record:
     for i in js:
         v = out[i]
         if v is not None and type(v) is not Packed and not isinstance(v, (int, str)):
-            out[i] = Packed(dumps(v).encode("ascii"))
-    packed = tuple(out)
-    last[0], last[1] = rec, packed
-    return packed
+            out[i] = packed(v)
+    kept = tuple(out)
+    last[0], last[1] = rec, kept
+    return kept
 
 
 def _json_columns(ev: Event) -> tuple[int, ...]:
