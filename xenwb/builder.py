@@ -119,11 +119,33 @@ def build_domain(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     if image.hypercall_page is not None:
         dom.write_hypercall_page(pm.mfn(layout.pfn(image.hypercall_page)))
     top_mfn = pm.mfn(layout.pfn(layout.pagetables.va))
+    _isolate_for_engines(dom, lambda va: pm.mfn(layout.pfn(va)))
     console, store = _boot_late(dom, cfg, start_info, top_mfn, Vcpu32)
     start_vcpu0(dom, dom.vcpus[0], layout, top_mfn)
     for v in dom.vcpus:
         update_vcpu_time(dom, v)
     return BuiltDomain(dom, layout, console, store)
+
+
+def _isolate_for_engines(dom: Domain, va_to_mfn: Callable[[int], int]) -> None:
+    """Before the vcpus' engines exist: the shared_info page and the kernel's executable
+    frames get unicorn regions of their own (hypervisor/memory.py says why), so that
+    watching the upcall mask of a vcpu_info in the kernel's data retranslates no kernel code."""
+    dom.mem.isolate(dom.shared_info_mfn << 12, 4096)
+    image = dom.image
+    for seg in image.segments:
+        if not seg.executable or not seg.memsz:
+            continue
+        start = (seg.paddr + image.virt_offset) & ~0xFFF
+        mfns = [va_to_mfn(va) for va in range(start, seg.paddr + image.virt_offset + seg.memsz, 4096)]
+        run = [mfns[0], mfns[0]]                   # machine-contiguous runs, either direction
+        for mfn in mfns[1:] + [None]:
+            if mfn is not None and mfn in (run[0] - 1, run[1] + 1):
+                run = [min(run[0], mfn), max(run[1], mfn)]
+                continue
+            dom.mem.isolate(run[0] << 12, (run[1] - run[0] + 1) << 12)
+            if mfn is not None:
+                run = [mfn, mfn]
 
 
 def _boot_late(dom: Domain, cfg: BuildConfig, start_info, top_mfn: int,
@@ -307,6 +329,7 @@ def _build_domain64(image: GuestImage, cfg: BuildConfig) -> BuiltDomain:
     if image.hypercall_page is not None:
         dom.write_hypercall_page(pm.mfn(layout.pfn(image.hypercall_page)))
     top_mfn = pm.mfn(layout.mappings[0].lvls[3].pfn)
+    _isolate_for_engines(dom, lambda va: pm.mfn(layout.pfn(va)))
     console, store = _boot_late(dom, cfg, start_info, top_mfn, Vcpu64)
     start_vcpu0_64(dom, dom.vcpus[0], layout, top_mfn)
     for v in dom.vcpus:

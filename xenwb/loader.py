@@ -50,6 +50,10 @@ class Segment:
     def writable(self) -> bool:
         return bool(self.flags & P_FLAGS.PF_W)
 
+    @property
+    def executable(self) -> bool:
+        return bool(self.flags & P_FLAGS.PF_X)
+
 
 @dataclass
 class Note:

@@ -4,11 +4,24 @@ Machine addresses are unicorn's physical addresses. Two regions exist:
 the Xen heap (frames Xen owns: shared_info, the M2P table, Xen's own page
 tables, per-vcpu GDT/TSS pages) and guest RAM (frames owned by the domain).
 Python reads and writes both directly through the buffers, without unicorn.
+
+Each engine maps them as several unicorn regions, not two. Protecting one page (the
+upcall-mask watch, upcall_mask.py) makes unicorn split the region holding it: it unmaps
+that whole region, flushing its TLB page by page and dropping every translation of code
+in it (memory_unmap in unicorn's softmmu/memory.c), then maps the pieces. Measured on the
+example boot (unicorn 2.1.4): with guest RAM as one 64 MiB region, watching the
+registered vcpu_info cost 0.86 ms for the split and about as much again to retranslate
+the kernel, whose text shared the region. So the regions are chunks of about
+sqrt(pages) pages (each region costs every later flatview rebuild a few microseconds,
+each page of a split region a TLB flush), cut also where the toolstack asks
+(`isolate`): around the shared_info page and the kernel's executable frames.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -53,6 +66,7 @@ class MachineMemory:
         self.ram = self._add(GUEST_MFN_BASE << PAGE_SHIFT, guest_pages * PAGE_SIZE)
         self._xen_next = XEN_HEAP_MFN
         self.max_mfn = GUEST_MFN_BASE + guest_pages   # one past the highest machine frame
+        self.cuts: set[int] = set()     # machine addresses where engine regions must start
 
     def _add(self, base: int, size: int) -> RamRegion:
         buf = mmap.mmap(-1, size)
@@ -60,9 +74,30 @@ class MachineMemory:
         self.regions.append(r)
         return r
 
+    def isolate(self, maddr: int, size: int) -> None:
+        """Engines created from now on map [maddr, maddr+size) in regions of its own (whole
+        pages): a split elsewhere leaves its translations alone, and a protection of it
+        splits nothing bigger."""
+        self.cuts.update((maddr & ~(PAGE_SIZE - 1), (maddr + size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)))
+
+    def engine_regions(self) -> list[tuple[int, int, int]]:
+        """(machine address, size, index in self.regions) of every region an
+        engine maps: chunks of a power of two of about sqrt(40 x pages) pages (>= 2 MiB),
+        cut at `cuts`."""
+        pages = sum(r.size for r in self.regions) >> PAGE_SHIFT
+        chunk = max(512, 1 << max(0, math.isqrt(40 * pages) - 1).bit_length()) << PAGE_SHIFT
+        out = []
+        for i, r in enumerate(self.regions):
+            end = r.base + r.size
+            starts = set(range(r.base, end, chunk)) | {c for c in self.cuts if r.base < c < end}
+            bounds = sorted(starts) + [end]
+            out += [(a, b - a, i) for a, b in itertools.pairwise(bounds)]
+        return out
+
     def map_into(self, uc: Uc) -> None:
-        for r in self.regions:
-            uc.mem_map_ptr(r.base, r.size, UC_PROT_ALL, r.ptr())
+        ptrs = [r.ptr() for r in self.regions]
+        for maddr, size, i in self.engine_regions():
+            uc.mem_map_ptr(maddr, size, UC_PROT_ALL, ptrs[i] + maddr - self.regions[i].base)
 
     def alloc_xen_frame(self) -> int:
         """A zeroed Xen-heap frame (bump allocator: Xen frames are never freed here)."""
