@@ -143,7 +143,11 @@ class Transport:
         if self.sock.fileno() not in ready:
             return False
         try:
-            data = self.sock.recv(1 << 12, socket.MSG_PEEK)
+            # never block here: the session's thread may have read the bytes since the select,
+            # and a blocking peek would then wait for gdb, which waits for this thread's stop reply
+            data = self.sock.recv(1 << 12, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
         except OSError:
             return True
         if not data or INTERRUPT in data:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import struct
 import subprocess
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +24,7 @@ from gdbstub.protocol import E_FAULT, E_INVAL, Protocol
 from gdbstub.syscalls import data_directory, syscalls_xml
 from gdbstub.target import AMD64, I386, RegisterFile, arch_for
 from gdbstub.threads import ThreadList
+from gdbstub.transport import Transport
 from xenwb.abi import constants as C
 from xenwb.control import Controller
 from xenwb.examples import resolve_guest
@@ -334,3 +337,35 @@ def test_descriptions_declare_gdbs_features():
                 if f.get("name").endswith(".sys") for r in f.findall("reg")]
     assert sys_regs == ["k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer"]
     assert re.search(r'name="rip" bitsize="64"', AMD64.xml.decode())
+
+
+# ------------------------------------------------------------------------------------------- transport
+def test_interrupt_watch_never_blocks_on_bytes_the_session_took():
+    """The machine thread's watch during a long step selects on gdb's socket, then peeks. If
+    the session's thread reads the bytes in between (the step just ended), the peek must
+    return at once: a blocking one waited for gdb, which waits for the next stop reply (a
+    full-suite hang in the 1000-stepi test). The interleaving is forced with a socketpair."""
+    ours, gdb = socket.socketpair()
+    try:
+        t = Transport(ours, max_payload=4096)
+        gdb.sendall(b"$c#63")
+        real_wait = t.wait
+
+        def wait_then_lose_the_bytes(fds, timeout):
+            ready = real_wait(fds, timeout)
+            ours.recv(64)                        # the session's thread reads them meanwhile
+            return ready
+
+        t.wait = wait_then_lose_the_bytes        # type: ignore[method-assign]
+        result: list[bool] = []
+        watcher = threading.Thread(target=lambda: result.append(t.interrupt_pending([], 0.01)), daemon=True)
+        watcher.start()
+        watcher.join(2.0)
+        assert not watcher.is_alive(), "the watch blocked on a peek"
+        assert result == [False]
+        t.wait = real_wait                       # type: ignore[method-assign]
+        gdb.sendall(b"\x03")
+        assert t.interrupt_pending([], 1.0)      # a Ctrl-C still counts
+    finally:
+        gdb.close()
+        ours.close()
