@@ -15,14 +15,13 @@ from plugins.api import Arg, Opt, Plugin, command
 from plugins.filters import build_filter
 from xenwb.abi.constants import hypercall_name
 from xenwb.registry import CommandError, Result, table
-from xenwb.trace_events import Record, compact, event
+from xenwb.trace_events import Record, event
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
 
 _HC = event("hypercall")
-_SEQ, _NR, _RET, _DEC, _MC, _DUR = 1, _HC.col("nr"), _HC.col("ret"), _HC.col("decoded"), _HC.col("multicall"), \
-    _HC.col("duration_ns")
+_SEQ, _NR, _RET, _MC, _DUR = 1, _HC.col("nr"), _HC.col("ret"), _HC.col("multicall"), _HC.col("duration_ns")
 
 
 def brief_args(args: Any, limit: int = 80) -> str:
@@ -60,7 +59,7 @@ class HypercallTracer(Plugin):
         self.records = deque(self.records, maxlen=n)
 
     def on_record(self, rec: Record) -> None:
-        self.records.append(rec if rec[_DEC] is None else compact(rec))
+        self.records.append(rec)        # kept as they come: the bus packs captured arguments
         st = self.stats.get(rec[_NR])
         if st is None:
             st = self.stats[rec[_NR]] = [0, 0, 0, 0]

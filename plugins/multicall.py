@@ -13,14 +13,14 @@ from plugins.api import Arg, Opt, Plugin, command
 from plugins.hypercalls import brief_args
 from xenwb.abi.constants import hypercall_name
 from xenwb.registry import CommandError, Result, parse_int, table
-from xenwb.trace_events import Record, compact, event
+from xenwb.trace_events import Record, event
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
 
 _HC = event("hypercall")
 _BEGIN, _END = event("multicall", "multicall_begin"), event("multicall", "multicall_end")
-_NR, _RET, _DEC, _MC = _HC.col("nr"), _HC.col("ret"), _HC.col("decoded"), _HC.col("multicall")
+_NR, _RET, _MC = _HC.col("nr"), _HC.col("ret"), _HC.col("multicall")
 _B_EIP, _E_BATCH = _BEGIN.col("eip"), _END.col("batch")
 
 
@@ -70,7 +70,7 @@ class MulticallDecoder(Plugin):
         o = self.open.get(rec[_MC])
         if o is None:
             return
-        o[1].append(rec if rec[_DEC] is None else compact(rec))
+        o[1].append(rec)                # as they come: the bus packs captured arguments
         st = self.op_stats.get(rec[_NR])
         if st is None:
             st = self.op_stats[rec[_NR]] = [0, 0]

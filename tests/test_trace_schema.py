@@ -18,6 +18,7 @@ from unicorn import UC_PROT_ALL
 from xenwb import _traceenc
 from xenwb import trace_events as T
 from xenwb.examples import resolve_guest
+from xenwb.hypervisor import domain as domain_module
 from xenwb.hypervisor import trace_args
 from xenwb.hypervisor.hypercall_table import TABLE, decode_args
 from xenwb.machine import Machine
@@ -251,13 +252,25 @@ def test_dict_events_still_write_the_same(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ pay for what is wanted
 def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The hypercall numbers decoded, at the call (the domain's capturers) or later."""
     calls: list[int] = []
     real = trace_args.decode_args
+    real_capturers = trace_args.capturers
 
     def counting(vcpu: Any, nr: int, args: tuple[int, ...]) -> Any:
         calls.append(nr)
         return real(vcpu, nr, args)
+
+    def counted(nr: int, capture: Any) -> Any:
+        def run(vcpu: Any, args: tuple[int, ...]) -> Any:
+            calls.append(nr)
+            return capture(vcpu, args)
+        return run
+
+    def counting_capturers(word: int) -> dict[int, Any]:
+        return {nr: counted(nr, c) for nr, c in real_capturers(word).items()}
     monkeypatch.setattr(trace_args, "decode_args", counting)
+    monkeypatch.setattr(domain_module, "capturers", counting_capturers)
     return calls
 
 

@@ -347,6 +347,30 @@ static PyObject *dumps(PyObject *self, PyObject *o)
     return r;
 }
 
+/* pack(obj): obj encoded as dumps does, as a value of packed_type (obj itself if it is one):
+   what a record keeps of a captured structure, made without a str and a second copy */
+static PyObject *pack(PyObject *self, PyObject *o)
+{
+    if (!packed_type) {
+        PyErr_SetString(PyExc_RuntimeError, "pack: configure(packed_type) first");
+        return NULL;
+    }
+    if (Py_IS_TYPE(o, (PyTypeObject *)packed_type))
+        return Py_NewRef(o);
+    buf_t b = {0};
+    if (put_obj(&b, o) < 0) {
+        PyMem_Free(b.p);
+        return NULL;
+    }
+    PyObject *raw = PyBytes_FromStringAndSize(b.p ? b.p : "", b.len);
+    PyMem_Free(b.p);
+    if (!raw)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(packed_type, raw);
+    Py_DECREF(raw);
+    return r;
+}
+
 /* ---------------------------------------------------------------- the record encoder */
 enum { OP_LIT, OP_COL, OP_MEMO, OP_ARGS, OP_CALL };
 
@@ -854,6 +878,7 @@ static PyMethodDef module_methods[] = {
     {"maskwatch_hook_address", (PyCFunction)maskwatch_hook_address, METH_NOARGS,
      "address of the native UC_HOOK_MEM_WRITE_PROT hook (user data: a MaskWatch)"},
     {"configure", (PyCFunction)configure, METH_O, "configure(packed_type): bytes holding JSON, spliced as is"},
+    {"pack", (PyCFunction)pack, METH_O, "pack(obj): dumps(obj) as a packed_type value (obj if it is one)"},
     {"dumps", (PyCFunction)dumps, METH_O,
      "json.dumps(obj, separators=(',', ':'), default=str), in C"},
     {NULL, NULL, 0, NULL},

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from xenwb.trace_events import EVENTS, IMPLIES, KINDS, Formatter, Record, event, packed
+from xenwb.trace_events import EVENTS, IMPLIES, KINDS, Formatter, Packed, Record, event, packed
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -171,7 +171,7 @@ class TraceBus:
         them as Packed JSON: the trace file, the plugins' histories and the dicts read them."""
         if not self.want_hypercall:
             return
-        if decoded is not None:
+        if decoded is not None and type(decoded) is not Packed:
             decoded = packed(decoded)          # encoded once, for every reader and keeper
         seq = self.seq
         self.seq = seq + 1

@@ -476,9 +476,12 @@ class Formatter:
         return plans
 
 
-def packed(value: Any) -> Packed:
-    """A captured structure kept encoded (Packed JSON), as records keep it."""
+def _packed_py(value: Any) -> Packed:
     return value if type(value) is Packed else Packed(dumps(value).encode("ascii"))
+
+
+# A captured structure kept encoded (Packed JSON), as records keep it (in C when built)
+packed: Callable[[Any], Packed] = _traceenc.pack if _traceenc is not None else _packed_py
 
 
 _last_compacted: list[Record] = [(), ()]      # (record, its compact form): plugins keep the same records

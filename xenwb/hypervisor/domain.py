@@ -26,17 +26,19 @@ from xenwb.hypervisor.memory import MachineMemory, PhysMap
 from xenwb.hypervisor.mm import MM
 from xenwb.hypervisor.state import DomainCrash
 from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime, init_wallclock
-from xenwb.hypervisor.trace_args import LATER_WIDTH, capture_args, decode_later
+from xenwb.hypervisor.trace_args import LATER_WIDTH, capturers, decode_later
 from xenwb.hypervisor.upcall_mask import MaskObserver
 from xenwb.hypervisor.xenarea import HvGeometry, XenArea
 from xenwb.hypervisor.xenarea64 import XenArea64
 from xenwb.trace import TraceBus
+from xenwb.trace_events import packed
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
     from xenwb.loader import GuestImage
 
 ENOSYS = -Errno.ENOSYS
+_NO_ARGS = packed({})          # what an iret's record shows of its arguments
 
 
 class DebugObserver(Protocol):
@@ -93,6 +95,7 @@ class Domain:
         self.vm_assist = 0
         self.shared_info_mfn = mem.alloc_xen_frame()
         self.hypercalls = TABLE
+        self._capturers = capturers(self.word)
         self.stats = {"hypercalls": 0, "multicall_entries": 0, "faults": 0}
         self.shutdown_reason: int | None = None
         self.crash_report: CrashReport | None = None
@@ -177,7 +180,7 @@ class Domain:
         if nr == C.Hypercall.iret:
             self.time.charge(vcpu, HYPERCALL_COST_NS)
             if self.trace.want_hypercall:
-                self.trace.emit_hypercall(vcpu, nr, args, 0, pc - 2, {})
+                self.trace.emit_hypercall(vcpu, nr, args, 0, pc - 2, _NO_ARGS)
             vcpu.do_iret()
             return
         ret = self.call(vcpu, nr, args, eip=vcpu.caller_pc(pc) if self.trace.want_hypercall else 0)
@@ -202,7 +205,8 @@ class Domain:
         t0 = vcpu.clock.units
         vcpu.clock.units = t0 + HYPERCALL_COST_NS       # the hypervisor's work takes virtual time
         traced = self.trace.want_hypercall
-        decoded = capture_args(vcpu, nr, args) if traced else None     # None: decoded when read
+        capture = self._capturers.get(nr) if traced else None
+        decoded = None if capture is None else capture(vcpu, args)     # None: decoded when read
         handler = None if entry is None else entry.pv64 if self.is_64 else entry.pv32
         if entry is None:
             ret = self.unimplemented(f"hypercall {hypercall_name(nr)} ({nr})")

@@ -1,11 +1,11 @@
 """What the trace keeps of a hypercall's arguments, and when it decodes them.
 
 A decoder of the hypercall table (hypercall_table.py) that reads guest memory or state must
-run at the call, before the handler changes what it reads: `capture_args` runs it then,
+run at the call, before the handler changes what it reads: `capturers` run it then,
 and the record keeps its result. A decoder that reads nothing but the argument registers
-(it never touches its vcpu) gives the same result whenever it runs: `capture_args` returns
-None for it, and the trace's formatter runs it (`decode_later`) only if somebody reads the
-event: a trace file being written, a plugin command showing it.
+(it never touches its vcpu) gives the same result whenever it runs: it has no capturer,
+and the trace's formatter runs it (`decode_later`) only if somebody reads the event: a
+trace file being written, a plugin command showing it.
 
 Which decoders read nothing is found from their code: a decoder whose vcpu parameter
 appears in no instruction cannot reach the guest through it.
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from xenwb.hypervisor.hypercall_table import TABLE, decode_args
-from xenwb.trace_events import Volatile
+from xenwb.trace_events import Packed, Volatile, packed
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -67,11 +67,27 @@ LATER_WIDTH: dict[int, int] = {nr: args_used(e.decoder) for nr, e in TABLE.items
                                if e.decoder is not None and nr not in _AT_CALL}
 
 
-def capture_args(vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
-    """At the call: the decoded arguments if decoding reads the guest, else None (later)."""
-    if nr in _AT_CALL:
-        return decode_args(vcpu, nr, args)
-    return None
+def capturers(word: int) -> dict[int, Callable[[Vcpu, tuple[int, ...]], Packed]]:
+    """Hypercall number -> capture(vcpu, args): the arguments decoded at the call and kept
+    encoded (Packed), for the calls of a guest of this word size whose decoder reads the
+    guest (the domain looks each call up once: nothing to decide per call)."""
+    out = {}
+    for nr in _AT_CALL:
+        e = TABLE[nr]
+        if word == 8 and e.decoder64 is not None:
+            out[nr] = _capturer(e.decoder64, e.decoder64_arity)
+        elif e.decoder is not None:
+            out[nr] = _capturer(e.decoder, e.decoder_arity)
+    return out
+
+
+def _capturer(decoder: Callable[..., Any], arity: int) -> Callable[[Vcpu, tuple[int, ...]], Packed]:
+    def capture(vcpu: Vcpu, args: tuple[int, ...]) -> Packed:
+        try:
+            return packed(decoder(vcpu, *args[:arity]))
+        except Exception as ex:  # a decoder must never take the machine down (as decode_args)
+            return packed({"undecodable": str(ex), "args": [f"{a:#x}" for a in args]})
+    return capture
 
 
 def decode_later(nr: int, args: tuple[int, ...]) -> Any:

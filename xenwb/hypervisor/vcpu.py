@@ -72,6 +72,7 @@ class Vcpu:
         self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
         self._fetch_cache: dict[tuple[int, int, int], bool] = {}  # (va page, machine page, cpl) -> runs code
         self._tgen = self._ttop = -1
+        self._stack_page: tuple[int, int, int, memoryview, int] | None = None   # caller_pc's (see there)
         self._vcpu_info_maddr = 0
         vi = domain.abi.vcpu_info
         self._vi_size = vi.size()
@@ -405,6 +406,26 @@ class Vcpu:
             return _U64.unpack_from(*self._in_page(va, 8))[0]
         return _U64.unpack(self.read_virt(va, 8))[0]
 
+    def _stack_word(self, va: int, fmt: struct.Struct, fault: int) -> int:
+        """A word of the stack the hypercall came from (caller_pc), or `fault` where it cannot
+        be read: the kernel stack's page is kept, with the pagetable generation and the
+        base it was found under, for the next call of the trace."""
+        mm = self.domain.mm
+        kept = self._stack_page
+        off = va & 0xFFF
+        if off + fmt.size > 4096:
+            try:
+                return fmt.unpack(self.read_virt(va, fmt.size))[0]
+            except GuestFault:
+                return fault
+        if kept is None or kept[0] != va >> 12 or kept[1] != mm.generation or kept[2] != self.cr3_mfn:
+            try:
+                view, base = self._in_page(va & ~0xFFF, 4096)
+            except GuestFault:
+                return fault
+            kept = self._stack_page = (va >> 12, mm.generation, self.cr3_mfn, view, base)
+        return fmt.unpack_from(kept[3], kept[4] + off)[0]
+
     def read_ulong(self, va: int) -> int:
         """An unsigned long (or pointer, xen_pfn_t) of the guest's width."""
         return self.read_u64(va) if self.word == 8 else self.read_u32(va)
@@ -607,10 +628,7 @@ class Vcpu32(Vcpu):
             if len(cache) < 4096:
                 cache[pc] = stub
         if stub:
-            try:
-                return self.read_u32(self.hypercall_sp)
-            except GuestFault:
-                return pc - 2
+            return self._stack_word(self.hypercall_sp, _U32, pc - 2)
         return pc - 2
 
     def set_hypercall_result(self, ret: int) -> None:

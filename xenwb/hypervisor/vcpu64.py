@@ -9,6 +9,7 @@ kernel-mode flag (TF_kernel_mode), the user L4 (guest_table_user; the kernel L4 
 from __future__ import annotations
 
 import os
+import struct
 import traceback
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 FRAME_REGS = ("rip", "cs", "rflags", "rsp", "ss")
 INT3, INT80 = 3, 0x80
+_U64 = struct.Struct("<Q")
 
 
 class Vcpu64(Vcpu):
@@ -280,10 +282,7 @@ class Vcpu64(Vcpu):
             if len(cache) < 4096:
                 cache[pc] = stub
         if stub:
-            try:
-                return self.read_u64(self.hypercall_sp + 16)
-            except GuestFault:
-                return pc - 2
+            return self._stack_word(self.hypercall_sp + 16, _U64, pc - 2)
         return pc - 2
 
     def set_hypercall_result(self, ret: int) -> None:
