@@ -83,3 +83,22 @@ def test_watching_the_registered_vcpu_info_splits_no_text_region() -> None:
                    for seg in dom.image.segments if seg.executable}
     for lo, hi in split:
         assert not any(lo <= t <= hi for t in text_maddrs)
+
+
+def test_the_split_for_a_vcpu_info_in_the_kernels_data_stays_inside_that_segment() -> None:
+    """pvdemo registers its vcpu_info in its bss: the region split to watch it holds only
+    frames of that data segment, not a RAM chunk of megabytes around it."""
+    m = Machine(resolve_guest("pvdemo-pae"))
+    v0, dom = m.vcpus[0], m.domain
+    data = set()                                 # the frames the builder loaded it into
+    for seg in dom.image.segments:
+        if not seg.executable:
+            base = seg.paddr + dom.image.virt_offset
+            data |= {v0.virt_to_maddr(va) >> 12 for va in range(base & ~0xFFF, base + seg.memsz, PAGE_SIZE)}
+    before = {(r[0], r[1]) for r in v0.cpu.uc.mem_regions()}
+    m.domain.trace.subscribe_records(lambda rec: None, kinds={"mask"})
+    m.run()
+    split = before - {(r[0], r[1]) for r in v0.cpu.uc.mem_regions()}
+    assert (v0.vcpu_info_maddr >> 12) in data and len(split) == 1
+    (lo, hi), = split
+    assert set(range(lo >> 12, (hi + 1) >> 12)) <= data
