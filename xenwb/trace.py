@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from xenwb.trace_events import EVENTS, IMPLIES, KINDS, Formatter, Packed, Record, event, packed
+from xenwb.trace_events import EVENTS, IMPLIES, KINDS, Formatter, Record, event, packed
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -171,8 +171,8 @@ class TraceBus:
         them as Packed JSON: the trace file, the plugins' histories and the dicts read them."""
         if not self.want_hypercall:
             return
-        if decoded is not None and type(decoded) is not Packed:
-            decoded = packed(decoded)          # encoded once, for every reader and keeper
+        if decoded is not None:
+            decoded = packed(decoded)          # encoded once (as it is if it already is Packed)
         seq = self.seq
         self.seq = seq + 1
         rec = (_HYPERCALL, seq, vcpu.id, vcpu.domain.time.now(vcpu) if time_ns is None else time_ns,

@@ -64,6 +64,12 @@ class Entry:
         object.__setattr__(self, "masks64", masks)
         object.__setattr__(self, "narrow64", tuple((i, m) for i, m in enumerate(masks or ()) if m >> 63 == 0))
 
+    def decoder_for(self, word: int) -> tuple[Decoder | None, int]:
+        """The decoder for a guest of this word size, and the argument registers it takes."""
+        if word == 8 and self.decoder64 is not None:
+            return self.decoder64, self.decoder64_arity
+        return self.decoder, self.decoder_arity
+
 
 # The 64-bit handlers' argument types (xen/include/hypercall-defs.c, the `do` prefix): the
 # generated call_handlers_pv64 casts each register to its parameter's type, so an int or
@@ -187,12 +193,16 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
 def decode_args(vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
     """Decoded arguments of a call, or the raw registers when no decoder exists."""
     e = TABLE.get(nr)
-    decoder, arity = (e.decoder, e.decoder_arity) if e is not None else (None, 0)
-    if e is not None and e.decoder64 is not None and vcpu.word == 8:
-        decoder, arity = e.decoder64, e.decoder64_arity
+    # no vcpu: a decoder of registers alone (trace_args.decode_later), which has no 64-bit form
+    decoder, arity = (None, 0) if e is None else e.decoder_for(vcpu.word if vcpu is not None else 4)
     if decoder is None:
         return {"args": [f"{a:#x}" for a in args]}
     try:
         return decoder(vcpu, *args[:arity])
     except Exception as ex:  # a decoder must never take the machine down
-        return {"undecodable": str(ex), "args": [f"{a:#x}" for a in args]}
+        return undecodable(ex, args)
+
+
+def undecodable(ex: Exception, args: tuple[int, ...]) -> dict[str, Any]:
+    """What the trace shows of a call whose decoder failed: why, and the raw registers."""
+    return {"undecodable": str(ex), "args": [f"{a:#x}" for a in args]}

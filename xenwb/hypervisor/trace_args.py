@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from xenwb.hypervisor.hypercall_table import TABLE, decode_args
+from xenwb.hypervisor.hypercall_table import TABLE, decode_args, undecodable
 from xenwb.trace_events import Packed, Volatile, packed
 
 if TYPE_CHECKING:
@@ -73,11 +73,9 @@ def capturers(word: int) -> dict[int, Callable[[Vcpu, tuple[int, ...]], Packed]]
     guest (the domain looks each call up once: nothing to decide per call)."""
     out = {}
     for nr in _AT_CALL:
-        e = TABLE[nr]
-        if word == 8 and e.decoder64 is not None:
-            out[nr] = _capturer(e.decoder64, e.decoder64_arity)
-        elif e.decoder is not None:
-            out[nr] = _capturer(e.decoder, e.decoder_arity)
+        decoder, arity = TABLE[nr].decoder_for(word)
+        if decoder is not None:
+            out[nr] = _capturer(decoder, arity)
     return out
 
 
@@ -86,7 +84,7 @@ def _capturer(decoder: Callable[..., Any], arity: int) -> Callable[[Vcpu, tuple[
         try:
             return packed(decoder(vcpu, *args[:arity]))
         except Exception as ex:  # a decoder must never take the machine down (as decode_args)
-            return packed({"undecodable": str(ex), "args": [f"{a:#x}" for a in args]})
+            return packed(undecodable(ex, args))
     return capture
 
 
