@@ -209,7 +209,7 @@ def test_records_formatted_later_give_the_old_bytes(guest: str, vcpus: int, stdi
     old = "".join(_dumps(fmt.as_dict(r)) + "\n" for r in recs).encode()
     assert fmt.jsonl(recs) == old
     assert T.Formatter.jsonl_python(fmt, recs).encode() == old
-    enc = fmt.encoder()                                     # the writer's path: one record at a time
+    enc = fmt.encoder()                                     # streaming: one record at a time
     for r in recs:
         enc.add(r)
     assert enc.take() == old

@@ -79,13 +79,32 @@ class TraceBus:
     want_syscall = False
     want_io = False
     want_input = False
+    # its subscribers, for each kind's emitters (_rewire)
+    _to_hypercall: tuple[Subscriber, ...] = ()
+    _to_multicall: tuple[Subscriber, ...] = ()
+    _to_fault: tuple[Subscriber, ...] = ()
+    _to_upcall: tuple[Subscriber, ...] = ()
+    _to_failsafe: tuple[Subscriber, ...] = ()
+    _to_mask: tuple[Subscriber, ...] = ()
+    _to_ptwr: tuple[Subscriber, ...] = ()
+    _to_emulate: tuple[Subscriber, ...] = ()
+    _to_console: tuple[Subscriber, ...] = ()
+    _to_shutdown: tuple[Subscriber, ...] = ()
+    _to_crash: tuple[Subscriber, ...] = ()
+    _to_vcpu: tuple[Subscriber, ...] = ()
+    _to_event: tuple[Subscriber, ...] = ()
+    _to_sched: tuple[Subscriber, ...] = ()
+    _to_xenstore: tuple[Subscriber, ...] = ()
+    _to_mode: tuple[Subscriber, ...] = ()
+    _to_syscall: tuple[Subscriber, ...] = ()
+    _to_io: tuple[Subscriber, ...] = ()
+    _to_input: tuple[Subscriber, ...] = ()
 
     def __init__(self) -> None:
         self.seq = 0
         self.active = False              # anybody listening to anything
         self.formatter = Formatter()     # records -> dicts and JSON lines (bound by the domain)
         self._to: dict[str, tuple[Subscriber, ...]] = {k: () for k in KINDS}   # record subscribers
-        self._to_hypercall: tuple[Subscriber, ...] = ()
         self._subs: list[tuple[Subscriber, frozenset[str], bool]] = []        # (fn, kinds, wants dicts)
         self._watchers: dict[str, list[Callable[[bool], None]]] = {}
 
@@ -131,7 +150,8 @@ class TraceBus:
             for k in ks:
                 to[k].append(self._dict_adapter(fn) if dicts else fn)
         self._to = {k: tuple(v) for k, v in to.items()}
-        self._to_hypercall = self._to["hypercall"]
+        for k in KINDS:
+            setattr(self, f"_to_{k}", self._to[k])
         wanted = {k for k in KINDS if to[k]}
         for k in list(wanted):
             wanted.update(IMPLIES.get(k, ()))
@@ -161,7 +181,7 @@ class TraceBus:
         self.seq = seq + 1
         if vcpu is None:
             return (eid, seq, None, 0, *cols)
-        return (eid, seq, vcpu.id, vcpu.domain.time.now(vcpu), *cols)
+        return (eid, seq, vcpu.id, vcpu.clock.units, *cols)     # the vcpu's system time (time.py now)
 
     def emit_hypercall(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], ret: int, eip: int,
                        decoded: Any, multicall: int | None = None, time_ns: int | None = None,
@@ -175,7 +195,7 @@ class TraceBus:
             decoded = packed(decoded)          # encoded once (as it is if it already is Packed)
         seq = self.seq
         self.seq = seq + 1
-        rec = (_HYPERCALL, seq, vcpu.id, vcpu.domain.time.now(vcpu) if time_ns is None else time_ns,
+        rec = (_HYPERCALL, seq, vcpu.id, vcpu.clock.units if time_ns is None else time_ns,
                nr, eip, args, ret, decoded, multicall, duration_ns)
         for fn in self._to_hypercall:
             fn(rec)
@@ -185,13 +205,20 @@ class TraceBus:
         when neither multicall nor hypercall events are wanted."""
         if not self.want_multicall:
             return None
-        rec = self._rec(_MC_BEGIN, vcpu, calls, nr, eip)
-        self._put("multicall", rec)
-        return rec[1]
+        seq = self.seq
+        self.seq = seq + 1
+        rec = (_MC_BEGIN, seq, vcpu.id, vcpu.clock.units, calls, nr, eip)
+        for fn in self._to_multicall:
+            fn(rec)
+        return seq
 
     def emit_multicall_end(self, vcpu: Vcpu, nr: int, batch: int | None) -> None:
         if self.want_multicall:
-            self._put("multicall", self._rec(_MC_END, vcpu, nr, batch))
+            seq = self.seq
+            self.seq = seq + 1
+            rec = (_MC_END, seq, vcpu.id, vcpu.clock.units, nr, batch)
+            for fn in self._to_multicall:
+                fn(rec)
 
     def emit_fault(self, vcpu: Vcpu, vector: int, error_code: int | None, cr2: int | None,
                    regs: dict[str, int] | None) -> None:
@@ -201,7 +228,11 @@ class TraceBus:
 
     def emit_upcall(self, vcpu: Vcpu) -> None:
         if self.want_upcall:
-            self._put("upcall", self._rec(_UPCALL, vcpu, vcpu.cpu.pc))
+            seq = self.seq
+            self.seq = seq + 1
+            rec = (_UPCALL, seq, vcpu.id, vcpu.clock.units, vcpu.cpu.pc)
+            for fn in self._to_upcall:
+                fn(rec)
 
     def emit_failsafe(self, vcpu: Vcpu, target: dict[str, int]) -> None:
         if self.want_failsafe:
@@ -211,7 +242,11 @@ class TraceBus:
         """evtchn_upcall_mask changed: by Xen (eip: where the vcpu is), or by a guest store
         (eip: the storing instruction)."""
         if self.want_mask:
-            self._put("mask", self._rec(_MASK, vcpu, old, new, vcpu.cpu.pc if eip is None else eip, by))
+            seq = self.seq
+            self.seq = seq + 1
+            rec = (_MASK, seq, vcpu.id, vcpu.clock.units, old, new, vcpu.cpu.pc if eip is None else eip, by)
+            for fn in self._to_mask:
+                fn(rec)
 
     def emit_ptwr(self, vcpu: Vcpu, va: int, maddr: int, old: int, new: int) -> None:
         if self.want_ptwr:
@@ -223,7 +258,12 @@ class TraceBus:
 
     def emit_console(self, vcpu: Vcpu | None, data: bytes, console: str) -> None:
         if self.want_console:
-            self._put("console", self._rec(_CONSOLE, vcpu, bytes(data), console))
+            seq = self.seq
+            self.seq = seq + 1
+            rec = ((_CONSOLE, seq, None, 0, bytes(data), console) if vcpu is None
+                   else (_CONSOLE, seq, vcpu.id, vcpu.clock.units, bytes(data), console))
+            for fn in self._to_console:
+                fn(rec)
 
     def emit_shutdown(self, vcpu: Vcpu | None, reason: str) -> None:
         if self.want_shutdown:
@@ -252,7 +292,12 @@ class TraceBus:
     def emit_event_set_pending(self, vcpu: Vcpu | None, port: int, notify_vcpu: int, edge: bool, masked: bool,
                                already_pending: bool) -> None:
         if self.want_event:
-            self._put("event", self._rec(_EV_PENDING, vcpu, port, notify_vcpu, edge, masked, already_pending))
+            seq = self.seq
+            self.seq = seq + 1
+            rec = ((_EV_PENDING, seq, None, 0) if vcpu is None else (_EV_PENDING, seq, vcpu.id, vcpu.clock.units)) \
+                + (port, notify_vcpu, edge, masked, already_pending)
+            for fn in self._to_event:
+                fn(rec)
 
     def emit_event_unmask(self, vcpu: Vcpu | None, port: int, raised: bool) -> None:
         if self.want_event:
@@ -264,7 +309,11 @@ class TraceBus:
 
     def emit_sched_wake(self, vcpu: Vcpu) -> None:
         if self.want_sched:
-            self._put("sched", self._rec(_SCHED_WAKE, vcpu))
+            seq = self.seq
+            self.seq = seq + 1
+            rec = (_SCHED_WAKE, seq, vcpu.id, vcpu.clock.units)
+            for fn in self._to_sched:
+                fn(rec)
 
     def emit_event_init_control(self, vcpu: Vcpu | None, abi: str, target: int, control_gfn: int,
                                 offset: int) -> None:
@@ -304,3 +353,4 @@ class TraceBus:
 
 
 assert len(EVENTS) == 27 and all(hasattr(TraceBus, e.emitter) for e in EVENTS)
+assert all(hasattr(TraceBus, f"want_{k}") and hasattr(TraceBus, f"_to_{k}") for k in KINDS)

@@ -26,6 +26,7 @@ and tests/test_trace_schema.py fails when they disagree.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -428,52 +429,75 @@ class Formatter:
 
     def plans(self) -> list[tuple[Any, ...]]:
         """The C encoder's program for each event: literal fragments, columns encoded as JSON,
-        memoized derivations (their encoded result kept per value), calls."""
+        memoized derivations (their encoded result kept per value), calls. Made from the
+        events' templates (_PLAN_TEMPLATES) with this formatter's derivations and fresh memos."""
         derivations = self._fns
         memos: dict[str, dict[Any, Any]] = {}
         plans = []
-        for ev in EVENTS:
+        for template in _plan_templates():
             ops: list[tuple[Any, ...]] = []
-
-            def lit(text: str, ops: list[tuple[Any, ...]] = ops) -> None:
-                if ops and ops[-1][0] == 0:
-                    ops[-1] = (0, ops[-1][1] + text.encode())
+            for op in template:
+                if op[0] == _DERIVE:
+                    name, col = op[1], op[2]
+                    fn, memo_ok = derivations[name]
+                    ops.append((2, col, memos.setdefault(name, {}), fn) if memo_ok else (4, col, fn))
+                elif op[0] == 3:
+                    ops.append((*op, memos.setdefault("args", {}), self.decode_later, self.later_width,
+                                ARGS_MEMO_MAX))
                 else:
-                    ops.append((0, text.encode()))
-
-            def derived(d: tuple[str, ...], ev: Event = ev, ops: list[tuple[Any, ...]] = ops) -> None:
-                cols = [ev.col(c) for c in d[1:]]
-                if d[0] == "column":
-                    ops.append((1, ev.col(d[1])))
-                elif d[0] == "list":
-                    ops.append((1, cols[0]))                  # a tuple encodes as a list
-                elif d[0] == "args":
-                    ops.append((3, cols[2], cols[0], cols[1], memos.setdefault("args", {}), self.decode_later,
-                                self.later_width, ARGS_MEMO_MAX))
-                else:
-                    fn, memo_ok = derivations[d[0]]
-                    ops.append((2, cols[0], memos.setdefault(d[0], {}), fn) if memo_ok else (4, cols[0], fn))
-
-            lit('{"seq":')
-            ops.append((1, 1))
-            lit(',"vcpu":')
-            ops.append((1, 2))
-            lit(',"time_ns":')
-            ops.append((1, 3))
-            lit(f',"kind":{_json_line(ev.kind)},"name":')
-            if ev.name is not None:
-                lit(_json_line(ev.name))
-            else:
-                derived(ev.name_from or ())
-            for f in ev.fields:
-                lit(f",{_json_line(f.key)}:")
-                if f.derive:
-                    derived(f.derive)
-                else:
-                    ops.append((1, ev.col(f.key)))
-            lit("}\n")
+                    ops.append(op)
             plans.append(tuple(ops))
         return plans
+
+
+_DERIVE = -1            # a template's placeholder: (_DERIVE, derivation name, column)
+
+
+@functools.cache
+def _plan_templates() -> tuple[tuple[tuple[Any, ...], ...], ...]:
+    """Each event's encoder program with its derivations left as placeholders: what does not
+    depend on the guest, worked out once (Formatter.plans fills in the rest)."""
+    templates = []
+    for ev in EVENTS:
+        ops: list[tuple[Any, ...]] = []
+
+        def lit(text: str, ops: list[tuple[Any, ...]] = ops) -> None:
+            if ops and ops[-1][0] == 0:
+                ops[-1] = (0, ops[-1][1] + text.encode())
+            else:
+                ops.append((0, text.encode()))
+
+        def derived(d: tuple[str, ...], ev: Event = ev, ops: list[tuple[Any, ...]] = ops) -> None:
+            cols = [ev.col(c) for c in d[1:]]
+            if d[0] == "column":
+                ops.append((1, ev.col(d[1])))
+            elif d[0] == "list":
+                ops.append((1, cols[0]))                  # a tuple encodes as a list
+            elif d[0] == "args":
+                ops.append((3, cols[2], cols[0], cols[1]))
+            else:
+                ops.append((_DERIVE, d[0], cols[0]))
+
+        lit('{"seq":')
+        ops.append((1, 1))
+        lit(',"vcpu":')
+        ops.append((1, 2))
+        lit(',"time_ns":')
+        ops.append((1, 3))
+        lit(f',"kind":{_json_line(ev.kind)},"name":')
+        if ev.name is not None:
+            lit(_json_line(ev.name))
+        else:
+            derived(ev.name_from or ())
+        for f in ev.fields:
+            lit(f",{_json_line(f.key)}:")
+            if f.derive:
+                derived(f.derive)
+            else:
+                ops.append((1, ev.col(f.key)))
+        lit("}\n")
+        templates.append(tuple(ops))
+    return tuple(templates)
 
 
 def _packed_py(value: Any) -> Packed:

@@ -156,44 +156,13 @@ class TraceWriter:
 class JsonlWriter(TraceWriter):
     """One event per line: seq, vcpu, time_ns, kind, name, then kind-specific fields.
 
-    With the C encoder built, `add` encodes each record into the encoder's buffer at once
-    (nothing is kept alive; derivations are memoized) and flush_pending writes the buffer;
-    past BUFFER_LIMIT bytes within a turn, the buffer is written early."""
+    Records are kept as they come (a list append) and encoded in one go when a turn ends,
+    at a stop or every FLUSH_EVERY records: by the C encoder when built. Encoding them one
+    at a time as they happen did the same work between the engine's runs, with the encoder's
+    code and memos cold each time (measured on the example boot: 0.95 ms of writing against
+    0.37 ms batched)."""
 
     format = "jsonl"
-    BUFFER_LIMIT = 1 << 20
-
-    def __init__(self, fh: IO[bytes], path: str, formatter: Formatter | None = None) -> None:
-        super().__init__(fh, path, formatter)
-        self._enc = self.formatter.encoder()
-        if self._enc is not None:
-            self.add = self._enc.add
-            self._enc.set_limit(self.BUFFER_LIMIT, self.flush_pending)
-
-    def flush_pending(self) -> None:
-        enc = self._enc
-        if enc is None or not enc.added:
-            super().flush_pending()
-            return
-        self.count += enc.added
-        self._out(enc.take())
-        self.flush()
-
-    def flush(self) -> None:
-        if self._enc is not None and self._enc.added:
-            self.flush_pending()
-            return
-        super().flush()
-
-    def write(self, ev: dict[str, Any]) -> None:
-        if self._enc is not None and self._enc.added:
-            self.flush_pending()
-        super().write(ev)
-
-    def drop_pending(self) -> None:
-        super().drop_pending()
-        if self._enc is not None and self._enc.added:
-            self._enc.take()
 
     def encode(self, records: list[Record]) -> bytes:
         return self.formatter.jsonl(records)

@@ -18,6 +18,7 @@ one page (the shared_info page, or the page VCPUOP_register_vcpu_info chose).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import traceback
 from typing import TYPE_CHECKING
@@ -66,7 +67,7 @@ class MaskObserver:
         maddr = v.vcpu_info_maddr + self.dom.abi.vcpu_info.offset("evtchn_upcall_mask")
         page = maddr & ~(PAGE - 1)
         watch = _traceenc.MaskWatch(page, PAGE, self.dom.mem.frame(page >> 12), maddr,
-                                    lambda old, new, size, v=v: self._changed(v, old, new, size))
+                                    functools.partial(self._changed, v))     # (old, new, size)
         self._protect(v, page, UC_PROT_READ | UC_PROT_EXEC)
         handle = ctypes.c_size_t()
         err = uclib.uc_hook_add(v.cpu.uc._uch, ctypes.byref(handle), UC_HOOK_MEM_WRITE_PROT, ctypes.c_void_p(_HOOK),

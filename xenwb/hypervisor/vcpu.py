@@ -72,7 +72,7 @@ class Vcpu:
         self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
         self._fetch_cache: dict[tuple[int, int, int], bool] = {}  # (va page, machine page, cpl) -> runs code
         self._tgen = self._ttop = -1
-        self._stack_page: tuple[int, int, int, memoryview, int] | None = None   # caller_pc's (see there)
+        self._pages: dict[int, tuple[memoryview, int]] = {}   # va page -> where it is in RAM (_page_view)
         self._vcpu_info_maddr = 0
         vi = domain.abi.vcpu_info
         self._vi_size = vi.size()
@@ -329,6 +329,7 @@ class Vcpu:
         if self._tgen != mm.generation or self._ttop != self.cr3_mfn:
             self._tcache.clear()
             self._fetch_cache.clear()
+            self._pages.clear()
             self._tgen, self._ttop = mm.generation, self.cr3_mfn
         key = (va >> 12, write)
         page = self._tcache.get(key, -1)
@@ -356,20 +357,27 @@ class Vcpu:
 
     def read_virt(self, va: int, n: int) -> bytes:
         """copy_from_guest: guest-kernel view, the hypervisor range refused."""
-        if (va & 0xFFF) + n <= 4096:
-            view, off = self._in_page(va, n)
-            return bytes(view[off: off + n])
+        off = va & 0xFFF
+        if off + n <= 4096:
+            hit = self._pages.get(va >> 12) if self._tgen == self.domain.mm.generation \
+                and self._ttop == self.cr3_mfn else None
+            view, base = self._page_view(va) if hit is None else hit
+            return bytes(view[base + off: base + off + n])
         self._check_range(va, n)
         return self._copy(va, n, None)
 
-    def _in_page(self, va: int, n: int) -> tuple[memoryview, int]:
-        """Where n bytes at va, all in one page, are (copy_from_guest's fast path: most
-        hypercall arguments are a few bytes of one page)."""
-        self._check_range(va, n)
+    def _page_view(self, va: int) -> tuple[memoryview, int]:
+        """(RAM view, offset of va's page in it) for a read inside that page, or GuestFault
+        (copy_from_guest's fast path: most hypercall arguments are a few bytes of a page or two).
+        The pages found are kept while the translations are (virt_to_maddr); the callers look
+        there first, inline."""
+        self._check_range(va, 1)
         maddr = self.virt_to_maddr(va)
-        loc = None if maddr is None else self.domain.mem.locate(maddr, n)
+        loc = None if maddr is None else self.domain.mem.locate(maddr & ~0xFFF, 4096)
         if loc is None:
             raise GuestFault(va, False)
+        if self.domain.geo.guest_range_ok(va & ~0xFFF, 4096) and len(self._pages) < 256:
+            self._pages[va >> 12] = loc         # the whole page is guest space: any read in it is
         return loc
 
     def write_virt(self, va: int, data: bytes) -> None:
@@ -397,34 +405,31 @@ class Vcpu:
         return bytes(out)
 
     def read_u32(self, va: int) -> int:
-        if va & 0xFFF <= 4092:
-            return _U32.unpack_from(*self._in_page(va, 4))[0]
+        off = va & 0xFFF
+        if off <= 4092:
+            hit = self._pages.get(va >> 12) if self._tgen == self.domain.mm.generation \
+                and self._ttop == self.cr3_mfn else None
+            view, base = self._page_view(va) if hit is None else hit
+            return _U32.unpack_from(view, base + off)[0]
         return _U32.unpack(self.read_virt(va, 4))[0]
 
     def read_u64(self, va: int) -> int:
-        if va & 0xFFF <= 4088:
-            return _U64.unpack_from(*self._in_page(va, 8))[0]
+        off = va & 0xFFF
+        if off <= 4088:
+            hit = self._pages.get(va >> 12) if self._tgen == self.domain.mm.generation \
+                and self._ttop == self.cr3_mfn else None
+            view, base = self._page_view(va) if hit is None else hit
+            return _U64.unpack_from(view, base + off)[0]
         return _U64.unpack(self.read_virt(va, 8))[0]
 
-    def _stack_word(self, va: int, fmt: struct.Struct, fault: int) -> int:
-        """A word of the stack the hypercall came from (caller_pc), or `fault` where it cannot
-        be read: the kernel stack's page is kept, with the pagetable generation and the
-        base it was found under, for the next call of the trace."""
-        mm = self.domain.mm
-        kept = self._stack_page
-        off = va & 0xFFF
-        if off + fmt.size > 4096:
-            try:
-                return fmt.unpack(self.read_virt(va, fmt.size))[0]
-            except GuestFault:
-                return fault
-        if kept is None or kept[0] != va >> 12 or kept[1] != mm.generation or kept[2] != self.cr3_mfn:
-            try:
-                view, base = self._in_page(va & ~0xFFF, 4096)
-            except GuestFault:
-                return fault
-            kept = self._stack_page = (va >> 12, mm.generation, self.cr3_mfn, view, base)
-        return fmt.unpack_from(kept[3], kept[4] + off)[0]
+    def kernel_bytes(self, va: int, n: int) -> bytes:
+        """n bytes at va as the kernel maps them, for the hypervisor's own look at guest code
+        (caller_pc's stub test): through the kept translations, or as the debugger reads
+        (any mapped byte, up to a hole) where copy_from_guest would refuse."""
+        try:
+            return self.read_virt(va, n)
+        except GuestFault:
+            return self.debug_read(va, n)
 
     def read_ulong(self, va: int) -> int:
         """An unsigned long (or pointer, xen_pfn_t) of the guest's width."""
@@ -623,12 +628,15 @@ class Vcpu32(Vcpu):
         cache = self.domain.stub_cache
         stub = cache.get(pc)
         if stub is None:
-            code = self.debug_read(pc - 7, 8)
+            code = self.kernel_bytes(pc - 7, 8)
             stub = len(code) == 8 and code[0] == 0xB8 and code[5:7] == b"\xcd\x82" and code[7] == 0xC3
             if len(cache) < 4096:
                 cache[pc] = stub
         if stub:
-            return self._stack_word(self.hypercall_sp, _U32, pc - 2)
+            try:
+                return self.read_u32(self.hypercall_sp)       # the caller's return address
+            except GuestFault:
+                pass
         return pc - 2
 
     def set_hypercall_result(self, ret: int) -> None:

@@ -276,13 +276,16 @@ class Vcpu64(Vcpu):
         cache = self.domain.stub_cache
         stub = cache.get(pc)
         if stub is None:
-            code = self.debug_read(pc - 10, 14)
+            code = self.kernel_bytes(pc - 10, 14)
             stub = (len(code) == 14 and code[:3] == b"\x51\x41\x53" and code[3] == 0xB8
                     and code[8:10] == b"\x0f\x05" and code[10:] == b"\x41\x5b\x59\xc3")
             if len(cache) < 4096:
                 cache[pc] = stub
         if stub:
-            return self._stack_word(self.hypercall_sp + 16, _U64, pc - 2)
+            try:
+                return self.read_u64(self.hypercall_sp + 16)      # above the pushed rcx and r11
+            except GuestFault:
+                pass
         return pc - 2
 
     def set_hypercall_result(self, ret: int) -> None:
