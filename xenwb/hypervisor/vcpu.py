@@ -72,7 +72,7 @@ class Vcpu:
         self._tcache: dict[tuple[int, bool], int | None] = {}   # (va page, write) -> machine page
         self._fetch_cache: dict[tuple[int, int, int], bool] = {}  # (va page, machine page, cpl) -> runs code
         self._tgen = self._ttop = -1
-        self._pages: dict[int, tuple[memoryview, int]] = {}   # va page -> where it is in RAM (_page_view)
+        self._pages: dict[int, tuple[memoryview, int]] = {}   # va page -> where it is in RAM (_page_at)
         self._vcpu_info_maddr = 0
         vi = domain.abi.vcpu_info
         self._vi_size = vi.size()
@@ -359,18 +359,19 @@ class Vcpu:
         """copy_from_guest: guest-kernel view, the hypervisor range refused."""
         off = va & 0xFFF
         if off + n <= 4096:
-            hit = self._pages.get(va >> 12) if self._tgen == self.domain.mm.generation \
-                and self._ttop == self.cr3_mfn else None
-            view, base = self._page_view(va) if hit is None else hit
+            view, base = self._page_at(va)
             return bytes(view[base + off: base + off + n])
         self._check_range(va, n)
         return self._copy(va, n, None)
 
-    def _page_view(self, va: int) -> tuple[memoryview, int]:
+    def _page_at(self, va: int) -> tuple[memoryview, int]:
         """(RAM view, offset of va's page in it) for a read inside that page, or GuestFault
         (copy_from_guest's fast path: most hypercall arguments are a few bytes of a page or two).
-        The pages found are kept while the translations are (virt_to_maddr); the callers look
-        there first, inline."""
+        The pages found are kept while the translations are (virt_to_maddr clears both)."""
+        if self._tgen == self.domain.mm.generation and self._ttop == self.cr3_mfn:
+            hit = self._pages.get(va >> 12)
+            if hit is not None:
+                return hit
         self._check_range(va, 1)
         maddr = self.virt_to_maddr(va)
         loc = None if maddr is None else self.domain.mem.locate(maddr & ~0xFFF, 4096)
@@ -407,18 +408,14 @@ class Vcpu:
     def read_u32(self, va: int) -> int:
         off = va & 0xFFF
         if off <= 4092:
-            hit = self._pages.get(va >> 12) if self._tgen == self.domain.mm.generation \
-                and self._ttop == self.cr3_mfn else None
-            view, base = self._page_view(va) if hit is None else hit
+            view, base = self._page_at(va)
             return _U32.unpack_from(view, base + off)[0]
         return _U32.unpack(self.read_virt(va, 4))[0]
 
     def read_u64(self, va: int) -> int:
         off = va & 0xFFF
         if off <= 4088:
-            hit = self._pages.get(va >> 12) if self._tgen == self.domain.mm.generation \
-                and self._ttop == self.cr3_mfn else None
-            view, base = self._page_view(va) if hit is None else hit
+            view, base = self._page_at(va)
             return _U64.unpack_from(view, base + off)[0]
         return _U64.unpack(self.read_virt(va, 8))[0]
 
