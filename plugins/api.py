@@ -24,11 +24,13 @@ import copy
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import entry_points
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from xenwb.registry import CommandError, Result, parse_int, table
+from xenwb.trace_events import KINDS
 
 if TYPE_CHECKING:
     from xenwb.machine import Machine
@@ -153,6 +155,11 @@ class Plugin:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     kinds: ClassVar[frozenset[str] | None] = None     # event kinds wanted (None: all; empty: none)
+    # kinds whose records may arrive late, in order and before any record of another kind: when
+    # the vcpu's turn ends, at a stop, before a command, at a checkpoint, when get() returns the
+    # plugin. For a plugin that keeps them and reads nothing else then: a batch costs less than
+    # one call per record in the middle of the run.
+    deferred: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
@@ -176,6 +183,13 @@ class Plugin:
 
     def on_record(self, rec: tuple[Any, ...]) -> None:
         """One trace record (only kinds in `kinds`): the compact form; override this or on_event."""
+
+    def on_records(self, recs: Sequence[tuple[Any, ...]]) -> None:
+        """Records in order, in one call: deferred records arrive this way. Override it too to
+        take a batch in one go."""
+        on_record = self.on_record
+        for rec in recs:
+            on_record(rec)
 
     def on_event(self, ev: dict[str, Any]) -> None:
         """One trace event as a dict (only kinds in `kinds`)."""
@@ -230,7 +244,11 @@ class PluginManager:
         self.available: dict[str, type[Plugin]] = {}
         self.instances: dict[str, Plugin] = {}
         self.load_errors: list[str] = []
-        self._subscribers: dict[str, Callable[[Any], None]] = {}
+        self._subscribers: dict[str, list[Callable[[Any], None]]] = {}
+        self._waiting: dict[str, list[Any]] = {}     # plugin -> its deferred records not yet delivered
+        machine.turn_hooks.append(self.deliver)
+        machine.stop_hooks.append(self.deliver)
+        machine.commands.before_command.append(self.deliver_here)
         # built-in and third-party plugins alike come from the entry-point group
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             try:
@@ -248,6 +266,8 @@ class PluginManager:
             register(machine, spec)
 
     def get(self, name: str) -> Plugin:
+        """The plugin, with every record it is owed delivered (when this thread may)."""
+        self.deliver_here()
         if name not in self.instances:
             if name not in self.available:
                 raise CommandError(f"no plugin {name!r} (available: {', '.join(sorted(self.available))})")
@@ -264,36 +284,78 @@ class PluginManager:
         if not p.enabled:
             p.enabled = True
             p.on_enable()
-            kinds = p.kinds
-            if kinds is None or kinds:             # an empty set: no events at all
-                bus = self.machine.domain.trace
-                if p._wants_records():
-                    fn = p.on_record
-                    bus.subscribe_records(fn, kinds)
-                else:
-                    fn = p.on_event
-                    bus.subscribe(fn, kinds)
-                self._subscribers[name] = fn
+            self._subscribe(p)
             for c in p.commands():
                 register(self.machine, c, plugin=p.name)
         return p
+
+    def _subscribe(self, p: Plugin) -> None:
+        kinds = p.kinds
+        if kinds is not None and not kinds:        # an empty set: no events at all
+            return
+        bus = self.machine.domain.trace
+        if not p._wants_records():
+            bus.subscribe(p.on_event, kinds)
+            self._subscribers[p.name] = [p.on_event]
+            return
+        wanted = frozenset(KINDS) if kinds is None else kinds
+        late, now = wanted & p.deferred, wanted - p.deferred
+        fns: list[Callable[[Any], None]] = []
+        if late:
+            waiting = self._waiting[p.name] = []
+            fns.append(waiting.append)
+            bus.subscribe_records(waiting.append, late)
+        if now:
+            fn = p.on_record if not late else partial(self._deliver_then, p, waiting)
+            fns.append(fn)
+            bus.subscribe_records(fn, now)
+        self._subscribers[p.name] = fns
+
+    @staticmethod
+    def _deliver_then(p: Plugin, waiting: list[Any], rec: Any) -> None:
+        """A record of a kind not deferred: after the deferred ones before it."""
+        if waiting:
+            PluginManager._deliver_one(p, waiting)
+        p.on_record(rec)
+
+    @staticmethod
+    def _deliver_one(p: Plugin, waiting: list[Any]) -> None:
+        recs = waiting[:]
+        waiting.clear()
+        p.on_records(recs)
+
+    def deliver(self) -> None:
+        """Hand each plugin the records kept waiting for it (a turn and stop hook, and before
+        a command, at a checkpoint, in get())."""
+        for name, waiting in self._waiting.items():
+            if waiting:
+                self._deliver_one(self.instances[name], waiting)
+
+    def deliver_here(self) -> None:
+        """deliver(), unless another thread is running the machine (then what a plugin shows
+        is as of the end of the last vcpu turn)."""
+        if not self.machine.running_elsewhere():
+            self.deliver()
 
     def disable(self, name: str) -> None:
         p = self.get(name)
         if p.enabled:
             p.enabled = False
-            fn = self._subscribers.pop(name, None)
-            if fn is not None:
+            for fn in self._subscribers.pop(name, ()):
                 self.machine.domain.trace.unsubscribe(fn)
+            self._waiting.pop(name, None)
             self.machine.commands.unregister_plugin(p.name)
             p.on_disable()
 
     def save_state(self) -> Any:
         """The enabled plugins' histories (time travel's participant protocol)."""
+        self.deliver()
         return {n: p.save_state() for n, p in self.instances.items() if p.enabled}
 
     def load_state(self, state: Any) -> None:
         state = state or {}
+        for waiting in self._waiting.values():      # records of a future being undone
+            waiting.clear()
         for n, p in self.instances.items():
             if p.enabled:
                 p.load_state(state.get(n))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from plugins.api import Arg, Opt, Plugin, command
@@ -43,6 +44,7 @@ class EventMaskPlugin(Plugin):
     name = "evmask"
     description = "per-vcpu event masks: state, bound ports, mask history, longest masked windows"
     kinds = frozenset({"mask", "vcpu"})
+    deferred = frozenset({"mask"})    # a vcpu coming up is seen at once: it reads the vcpu's mask
 
     def __init__(self, machine: Machine) -> None:
         super().__init__(machine)
@@ -64,15 +66,21 @@ class EventMaskPlugin(Plugin):
     def on_record(self, rec: Record) -> None:
         if rec[0] == _UP.eid or rec[0] == _DOWN.eid:
             self._up_or_down(rec)
-            return
-        if rec[0] != _MASK.eid:
-            return
-        self.history_records.append(rec)
-        vid, now, eip = rec[2], rec[3], rec[_EIP]
-        if rec[_NEW]:
-            self.masked_since[vid] = (now, eip)
-            return
-        self._close(vid, now, eip)
+        elif rec[0] == _MASK.eid:
+            self.on_records((rec,))
+
+    def on_records(self, recs: Sequence[Record]) -> None:
+        """Mask changes (deferred), or any record one at a time."""
+        mask, history, since = _MASK.eid, self.history_records, self.masked_since
+        for rec in recs:
+            if rec[0] != mask:
+                self.on_record(rec)
+            elif rec[_NEW]:
+                history.append(rec)
+                since[rec[2]] = (rec[3], rec[_EIP])
+            else:
+                history.append(rec)
+                self._close(rec[2], rec[3], rec[_EIP])
 
     def _up_or_down(self, rec: Record) -> None:
         """VCPUOP_up of a masked vcpu opens its window; VCPUOP_down closes one (offline time is

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from plugins.api import Arg, Opt, Plugin, command
@@ -48,6 +49,7 @@ class HypercallTracer(Plugin):
     name = "hypercalls"
     description = "every hypercall: caller, decoded arguments, result, duration; summary"
     kinds = frozenset({"hypercall"})
+    deferred = kinds                  # it keeps them and reads nothing else
 
     def __init__(self, machine: Machine) -> None:
         super().__init__(machine)
@@ -59,16 +61,21 @@ class HypercallTracer(Plugin):
         self.records = deque(self.records, maxlen=n)
 
     def on_record(self, rec: Record) -> None:
-        self.records.append(rec)        # kept as they come: the bus packs captured arguments
-        st = self.stats.get(rec[_NR])
-        if st is None:
-            st = self.stats[rec[_NR]] = [0, 0, 0, 0]
-        st[0] += 1
-        st[2] += rec[_DUR]
-        if rec[_RET] < 0:
-            st[1] += 1
-        if rec[_MC] is not None:
-            st[3] += 1
+        self.on_records((rec,))
+
+    def on_records(self, recs: Sequence[Record]) -> None:
+        self.records.extend(recs)       # kept as they come: the bus packs captured arguments
+        stats = self.stats
+        for rec in recs:
+            st = stats.get(rec[_NR])
+            if st is None:
+                st = stats[rec[_NR]] = [0, 0, 0, 0]
+            st[0] += 1
+            st[2] += rec[_DUR]
+            if rec[_RET] < 0:
+                st[1] += 1
+            if rec[_MC] is not None:
+                st[3] += 1
 
     def commands(self):
         return [

@@ -7,6 +7,7 @@ entries' worth of batches); a command derives what it shows."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from plugins.api import Arg, Opt, Plugin, command
@@ -37,6 +38,7 @@ class MulticallDecoder(Plugin):
     name = "multicall"
     description = "multicall batches: entries decoded with results, failures, statistics"
     kinds = frozenset({"multicall", "hypercall"})
+    deferred = kinds                  # it keeps them and reads nothing else
 
     def __init__(self, machine: Machine) -> None:
         super().__init__(machine)
@@ -53,20 +55,26 @@ class MulticallDecoder(Plugin):
         self.batches = deque(self.batches, maxlen=self._max_batches())
 
     def on_record(self, rec: Record) -> None:
-        eid = rec[0]
-        if eid == _BEGIN.eid:
-            self.open[rec[1]] = (rec, [])
-            return
-        if eid == _END.eid:
-            o = self.open.pop(rec[_E_BATCH], None)
-            if o is not None:
-                begin, entries = o
-                failed = sum(1 for e in entries if e[_RET] < 0)
-                self.batches.append(Batch(begin[1], begin[2], begin[3], begin[_B_EIP], tuple(entries), failed))
-                self.count += 1
-            return
-        if eid != _HC.eid or rec[_MC] is None:
-            return
+        self.on_records((rec,))
+
+    def on_records(self, recs: Sequence[Record]) -> None:
+        hc, begin_eid, end_eid = _HC.eid, _BEGIN.eid, _END.eid
+        for rec in recs:
+            eid = rec[0]
+            if eid == hc:                   # most of them: an entry only inside an open batch
+                if rec[_MC] is not None and self.open:
+                    self._entry(rec)
+            elif eid == begin_eid:
+                self.open[rec[1]] = (rec, [])
+            elif eid == end_eid:
+                o = self.open.pop(rec[_E_BATCH], None)
+                if o is not None:
+                    begin, entries = o
+                    failed = sum(1 for e in entries if e[_RET] < 0)
+                    self.batches.append(Batch(begin[1], begin[2], begin[3], begin[_B_EIP], tuple(entries), failed))
+                    self.count += 1
+
+    def _entry(self, rec: Record) -> None:
         o = self.open.get(rec[_MC])
         if o is None:
             return

@@ -257,9 +257,9 @@ def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     real = trace_args.decode_args
     real_capturers = trace_args.capturers
 
-    def counting(vcpu: Any, nr: int, args: tuple[int, ...]) -> Any:
+    def counting(vcpu: Any, nr: int, args: tuple[int, ...], geo: Any = None) -> Any:
         calls.append(nr)
-        return real(vcpu, nr, args)
+        return real(vcpu, nr, args, geo)
 
     def counted(nr: int, capture: Any) -> Any:
         def run(vcpu: Any, args: tuple[int, ...]) -> Any:
@@ -292,7 +292,7 @@ def test_hypercalls_decoded_at_the_call_only_when_they_read_the_guest(monkeypatc
     recs: list[tuple] = []
     m.domain.trace.subscribe_records(recs.append, kinds={"hypercall"})
     m.run()
-    at_call = trace_args.decoded_at_call()
+    at_call = trace_args.decoded_at_call(4)
     hc = T.event("hypercall")
     top = [r for r in recs if r[hc.col("multicall")] is None]
     assert calls and set(calls) <= at_call
@@ -303,25 +303,31 @@ def test_hypercalls_decoded_at_the_call_only_when_they_read_the_guest(monkeypatc
     assert any(r[hc.col("decoded")] is None for r in top)      # xen_version, set_timer_op... decoded later
 
 
-def test_pure_decoders_do_not_need_the_vcpu() -> None:
+@pytest.mark.parametrize("guest", ["pvdemo-pae", "pvdemo64"])
+def test_pure_decoders_do_not_need_the_vcpu(guest: str) -> None:
     """A decoder classified as reading nothing gives the same with and without its vcpu, for
-    the registers it depends on (LATER_WIDTH) whatever the others hold."""
-    m = Machine(resolve_guest("pvdemo-pae"))
-    v = m.vcpus[0]
+    the registers it depends on (later_width) whatever the others hold: given only the
+    domain's geometry, as the trace's formatter runs it."""
+    m = Machine(resolve_guest(guest))
+    v, geo = m.vcpus[0], m.domain.geo
     rng = random.Random(5)
-    pure = [nr for nr, e in TABLE.items() if e.decoder is not None and nr not in trace_args.decoded_at_call()]
-    assert pure and {17, 29} & set(trace_args.decoded_at_call()) == {29}
-    assert 15 in trace_args.decoded_at_call()      # set_timer_op: one register on 64-bit, two on 32-bit
+    at_call, widths = trace_args.decoded_at_call(geo.word), trace_args.later_width(geo.word)
+    pure = [nr for nr, e in TABLE.items() if e.decoder_for(geo.word)[0] is not None and nr not in at_call]
+    assert pure and set(pure) == set(widths) and {17, 29} & at_call == {29}
+    # set_timer_op and update_va_mapping read their guest's width and paging mode, not its vcpu
+    assert {14, 15} <= set(pure) and trace_args.takes_geometry(TABLE[15].decoder)
     for nr in pure:
-        w = trace_args.LATER_WIDTH[nr]
+        w = widths[nr]
         for _ in range(20):
             args = tuple(rng.choice([0, 1, 2, 7, 0xFFFFFFFF, rng.randrange(1 << 32)]) for _ in range(5))
             other = args[:w] + tuple(rng.randrange(1 << 32) for _ in range(5 - w))
             with_vcpu = decode_args(v, nr, args)
-            assert trace_args.decode_later(nr, args) == with_vcpu
+            assert trace_args.decode_later(geo, nr, args) == with_vcpu
             if "undecodable" not in with_vcpu:
-                assert trace_args.decode_later(nr, other) == with_vcpu
+                assert trace_args.decode_later(geo, nr, other) == with_vcpu
     assert trace_args.reads_guest(TABLE[1].decoder)        # mmu_update reads its requests
+    deadline = decode_args(v, 15, (0x1234, 0x5, 0, 0, 0))["deadline_ns"]
+    assert deadline == (0x1234 if geo.word == 8 else 0x5_0000_1234)       # one register, or a pair
 
 
 def test_mask_observed_only_while_wanted() -> None:

@@ -81,6 +81,7 @@ class Machine:
         self._next = 0
         self._last_run: Vcpu | None = None   # the vcpu the (single) physical cpu ran last
         self.turn_hooks: list = []     # called after every vcpu turn (trace writers flush there)
+        self.stop_hooks: list = []     # called whenever run() returns (trace writers flush there too)
         self.resume_hooks: list = []   # called whenever the machine starts running again
         self.stop_requested = False
         self._run_thread: int | None = None   # the thread inside run(), while one is
@@ -140,6 +141,10 @@ class Machine:
             for v in self.vcpus:
                 v.clock.request_stop()
 
+    def running_elsewhere(self) -> bool:
+        """Is another thread inside run() (a front end's command while the guest runs)?"""
+        return self._run_thread is not None and self._run_thread != threading.get_ident()
+
     # -- timers (xen/common/sched/core.c; the rules are in hypervisor/sched.py) ----------------
     def _timer_bound(self, v: Vcpu) -> bool:
         return self.domain.evtchn.virq_bound(C.Virq.TIMER, v.id)
@@ -196,7 +201,7 @@ class Machine:
             return self._run()
         finally:
             self._run_thread = None
-            for fn in self.turn_hooks:          # trace writers flush at every stop too
+            for fn in self.stop_hooks:
                 fn()
 
     def _run(self) -> RunResult:

@@ -95,6 +95,8 @@ def parse_int(text: str, what: str = "number") -> int:
 @dataclass
 class CommandRegistry:
     commands: dict[str, Command] = field(default_factory=dict)
+    # called before every command runs (plugins take the trace records kept waiting for them)
+    before_command: list[Callable[[], None]] = field(default_factory=list)
 
     def register(self, name: str, handler: Handler, help: str, usage: str = "",
                  plugin: str | None = None, details: str = "", check: Checker | None = None) -> Command:
@@ -128,6 +130,8 @@ class CommandRegistry:
         if hit is None:
             raise CommandError(f"unknown command {' '.join(words[:2])!r}; try 'help'")
         cmd, args = hit
+        for fn in self.before_command:
+            fn()
         try:
             return cmd.handler(machine, args)
         except CommandError:

@@ -124,6 +124,7 @@ class Session:
         for w in self.writers:
             if w.flush_pending in self.machine.turn_hooks:
                 self.machine.turn_hooks.remove(w.flush_pending)
+                self.machine.stop_hooks.remove(w.flush_pending)
             w.close()
         self.writers.clear()
         self._rewire()
@@ -220,8 +221,9 @@ class Session:
         self.writers.append(w)
         self._listen()
         self._rewire()
-        # flushed after every vcpu turn: a killed run loses at most one turn's events
+        # flushed after every vcpu turn and at every stop: a killed run loses at most one turn's events
         self.machine.turn_hooks.append(w.flush_pending)
+        self.machine.stop_hooks.append(w.flush_pending)
         return w
 
     def describe(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from xenwb.trace_events import EVENTS, IMPLIES, KINDS, Formatter, Record, event, packed
+from xenwb.trace_events import EVENTS, IMPLIES, KINDS, Formatter, Packed, Record, event
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
@@ -184,15 +184,13 @@ class TraceBus:
         return (eid, seq, vcpu.id, vcpu.clock.units, *cols)     # the vcpu's system time (time.py now)
 
     def emit_hypercall(self, vcpu: Vcpu, nr: int, args: tuple[int, ...], ret: int, eip: int,
-                       decoded: Any, multicall: int | None = None, time_ns: int | None = None,
+                       decoded: Packed | None, multicall: int | None = None, time_ns: int | None = None,
                        duration_ns: int = 0) -> None:
         """A hypercall returned. `decoded`: the decoded arguments if the decoder had to read the
-        guest at the call, else None (decoded when read: trace_events `args`). The record holds
-        them as Packed JSON: the trace file, the plugins' histories and the dicts read them."""
+        guest at the call, as Packed JSON (what the trace file, the plugins' histories and the
+        dicts read), else None (decoded when read: trace_events `args`)."""
         if not self.want_hypercall:
             return
-        if decoded is not None:
-            decoded = packed(decoded)          # encoded once (as it is if it already is Packed)
         seq = self.seq
         self.seq = seq + 1
         rec = (_HYPERCALL, seq, vcpu.id, vcpu.clock.units if time_ns is None else time_ns,

@@ -430,24 +430,22 @@ class Formatter:
     def plans(self) -> list[tuple[Any, ...]]:
         """The C encoder's program for each event: literal fragments, columns encoded as JSON,
         memoized derivations (their encoded result kept per value), calls. Made from the
-        events' templates (_PLAN_TEMPLATES) with this formatter's derivations and fresh memos."""
+        events' templates (_plan_templates) with this formatter's derivations and fresh memos:
+        only the placeholders are visited (one encoder per trace file, made while it runs)."""
         derivations = self._fns
         memos: dict[str, dict[Any, Any]] = {}
-        plans = []
-        for template in _plan_templates():
-            ops: list[tuple[Any, ...]] = []
-            for op in template:
-                if op[0] == _DERIVE:
-                    name, col = op[1], op[2]
-                    fn, memo_ok = derivations[name]
-                    ops.append((2, col, memos.setdefault(name, {}), fn) if memo_ok else (4, col, fn))
-                elif op[0] == 3:
-                    ops.append((*op, memos.setdefault("args", {}), self.decode_later, self.later_width,
-                                ARGS_MEMO_MAX))
-                else:
-                    ops.append(op)
-            plans.append(tuple(ops))
-        return plans
+        templates, holes = _plan_templates(), _plan_holes()
+        plans = [list(t) for t in templates]
+        for ev, i in holes:
+            op = templates[ev][i]
+            if op[0] == _DERIVE:
+                name, col = op[1], op[2]
+                fn, memo_ok = derivations[name]
+                plans[ev][i] = (2, col, memos.setdefault(name, {}), fn) if memo_ok else (4, col, fn)
+            else:                                     # (3, ...): a hypercall's arguments
+                plans[ev][i] = (*op, memos.setdefault("args", {}), self.decode_later, self.later_width,
+                                ARGS_MEMO_MAX)
+        return [tuple(ops) for ops in plans]
 
 
 _DERIVE = -1            # a template's placeholder: (_DERIVE, derivation name, column)
@@ -498,6 +496,13 @@ def _plan_templates() -> tuple[tuple[tuple[Any, ...], ...], ...]:
         lit("}\n")
         templates.append(tuple(ops))
     return tuple(templates)
+
+
+@functools.cache
+def _plan_holes() -> tuple[tuple[int, int], ...]:
+    """(event, op) of every template op that Formatter.plans fills in."""
+    return tuple((ev, i) for ev, t in enumerate(_plan_templates()) for i, op in enumerate(t)
+                 if op[0] in (_DERIVE, 3))
 
 
 def _packed_py(value: Any) -> Packed:

@@ -13,6 +13,7 @@ from xenwb.hypervisor.mm import MMError, PageType
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
+    from xenwb.hypervisor.xenarea import HvGeometry
 
 EINVAL, EFAULT = -Errno.EINVAL, -Errno.EFAULT
 DESC_P = 1 << 47
@@ -168,8 +169,8 @@ def update_descriptor(vcpu: Vcpu, ma: int, d: int) -> int:
     return 0
 
 
-def decode_update_descriptor(vcpu: Vcpu, lo: int, hi: int, dlo: int, dhi: int, *_: int) -> Any:
-    if vcpu.word == 8:
+def decode_update_descriptor(geo: HvGeometry, lo: int, hi: int, dlo: int, dhi: int, *_: int) -> Any:
+    if geo.word == 8:
         return {"ma": f"{lo:#x}", "desc": f"{hi:#018x}"}
     return {
         "ma": f"{lo | (hi << 32):#x}", "desc": f"{dlo | (dhi << 32):#018x}"}

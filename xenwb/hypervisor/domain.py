@@ -9,6 +9,7 @@ ports to its backends and starts vcpu 0.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import traceback
@@ -26,7 +27,7 @@ from xenwb.hypervisor.memory import MachineMemory, PhysMap
 from xenwb.hypervisor.mm import MM
 from xenwb.hypervisor.state import DomainCrash
 from xenwb.hypervisor.time import HYPERCALL_COST_NS, VirtualTime, init_wallclock
-from xenwb.hypervisor.trace_args import LATER_WIDTH, capturers, decode_later
+from xenwb.hypervisor.trace_args import capturers, decode_later, later_width
 from xenwb.hypervisor.upcall_mask import MaskObserver
 from xenwb.hypervisor.xenarea import HvGeometry, XenArea
 from xenwb.hypervisor.xenarea64 import XenArea64
@@ -116,7 +117,8 @@ class Domain:
         self.stub_cache: dict[int, bool] = {}      # pc after a hypercall instruction -> in a page stub?
         self.evtchn = EventChannels(self)
         self.gnttab = GrantTable(self)
-        self.trace.formatter.bind(symbolize=self.symbolize, decode_later=decode_later, later_width=LATER_WIDTH)
+        self.trace.formatter.bind(symbolize=self.symbolize, decode_later=functools.partial(decode_later, self.geo),
+                                  later_width=later_width(self.word))
         init_wallclock(self)
 
     def frame_freed(self, mfn: int) -> None:

@@ -38,6 +38,7 @@ from xenwb.hypervisor import (
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
+    from xenwb.hypervisor.xenarea import HvGeometry
 
 Handler = Callable[..., int]
 Decoder = Callable[..., Any]
@@ -190,17 +191,32 @@ TABLE: dict[int, Entry] = {e.nr: e for e in (
 )}
 
 
-def decode_args(vcpu: Vcpu, nr: int, args: tuple[int, ...]) -> Any:
-    """Decoded arguments of a call, or the raw registers when no decoder exists."""
+def takes_geometry(decoder: Decoder) -> bool:
+    """Does this decoder take the guest's geometry (xenarea.HvGeometry: frozen, so it reads
+    nothing that changes) instead of a vcpu? Its first parameter says: `geo`."""
+    code = getattr(decoder, "__code__", None)
+    return code is not None and code.co_argcount > 0 and code.co_varnames[0] == "geo"
+
+
+def decode_args(vcpu: Vcpu | None, nr: int, args: tuple[int, ...], geo: HvGeometry | None = None) -> Any:
+    """Decoded arguments of a call, or the raw registers when no decoder exists. Without a vcpu
+    (trace_args.decode_later) only decoders of the registers and the geometry can run."""
+    if geo is None:
+        assert vcpu is not None
+        geo = vcpu.domain.geo
     e = TABLE.get(nr)
-    # no vcpu: a decoder of registers alone (trace_args.decode_later), which has no 64-bit form
-    decoder, arity = (None, 0) if e is None else e.decoder_for(vcpu.word if vcpu is not None else 4)
+    decoder, arity = (None, 0) if e is None else e.decoder_for(geo.word)
     if decoder is None:
         return {"args": [f"{a:#x}" for a in args]}
     try:
-        return decoder(vcpu, *args[:arity])
+        return decoder(geo if decoder in _GEOMETRY_DECODERS else vcpu, *args[:arity])
     except Exception as ex:  # a decoder must never take the machine down
         return undecodable(ex, args)
+
+
+# the decoders that take the geometry instead of a vcpu
+_GEOMETRY_DECODERS: frozenset[Decoder] = frozenset(
+    d for e in TABLE.values() for d in (e.decoder, e.decoder64) if d is not None and takes_geometry(d))
 
 
 def undecodable(ex: Exception, args: tuple[int, ...]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from xenwb.hypervisor.traps import data_segment_loadable, descriptor_of
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
     from xenwb.hypervisor.vcpu64 import Vcpu64
+    from xenwb.hypervisor.xenarea import HvGeometry
 
 EINVAL, EPERM, ENODEV, ENOSYS, EOPNOTSUPP = (-Errno.EINVAL, -Errno.EPERM, -Errno.ENODEV, -Errno.ENOSYS,
                                              -Errno.EOPNOTSUPP)
@@ -97,8 +98,8 @@ def do_xenpmu_op(vcpu: Vcpu, *_: int) -> int:
     return EOPNOTSUPP
 
 
-def decode_stack_switch(vcpu: Vcpu, ss: int, esp: int, *_: int) -> Any:
-    return {"ss": f"{ss:#x}", "rsp" if vcpu.word == 8 else "esp": f"{esp:#x}"}
+def decode_stack_switch(geo: HvGeometry, ss: int, esp: int, *_: int) -> Any:
+    return {"ss": f"{ss:#x}", "rsp" if geo.word == 8 else "esp": f"{esp:#x}"}
 
 
 def decode_fpu_taskswitch(vcpu: Vcpu, s: int, *_: int) -> Any:

@@ -783,12 +783,12 @@ def _uvmf_name(flags: int) -> str:
     return f"{kind}|{'LOCAL' if sel == 0 else 'ALL' if sel == 4 else f'MULTI({sel:#x})'}"
 
 
-def decode_uvm(vcpu: Vcpu, va: int, lo: int, hi: int, flags: int) -> dict[str, Any]:
-    if vcpu.word == 8:
+def decode_uvm(geo: HvGeometry, va: int, lo: int, hi: int, flags: int) -> dict[str, Any]:
+    if geo.word == 8:
         pte, flags = lo, hi                     # (va, pte, flags)
     else:
-        pte = lo | (hi << 32) if vcpu.domain.pae else lo
-    return {"va": f"{va:#x}", "pte": f"{pte:#x}", "mfn": f"{vcpu.domain.mode.pte_mfn(pte):#x}",
+        pte = lo | (hi << 32) if geo.mode.pte_size == 8 else lo      # PAE: the PTE in two halves
+    return {"va": f"{va:#x}", "pte": f"{pte:#x}", "mfn": f"{geo.mode.pte_mfn(pte):#x}",
             "pte_flags": decode_flags(pte), "flags": _uvmf_name(flags)}
 
 
@@ -1002,17 +1002,17 @@ def decode_mmuext(vcpu: Vcpu, ops: int, count: int, done: int, fd: int) -> dict[
     return {"ops": f"{ops:#x}", "count": n, "done": f"{done:#x}", "foreigndom": f"{fd:#x}", "op": items}
 
 
-def decode_update_va_mapping(vcpu: Vcpu, va: int, lo: int, hi: int, fl: int, *_: int) -> Any:
-    return decode_uvm(vcpu, va, lo, hi, fl)
+def decode_update_va_mapping(geo: HvGeometry, va: int, lo: int, hi: int, fl: int, *_: int) -> Any:
+    return decode_uvm(geo, va, lo, hi, fl)
 
 
-def decode_update_va_mapping_otherdomain(vcpu: Vcpu, va: int, lo: int, hi: int, fl: int, domid: int,
+def decode_update_va_mapping_otherdomain(geo: HvGeometry, va: int, lo: int, hi: int, fl: int, domid: int,
                                          *_: int) -> Any:
     """(va, pte, flags, domid) on the 64-bit ABI, (va, lo, hi, flags, domid) on the compat one."""
-    if vcpu.word == 8:
-        out, dom = decode_uvm(vcpu, va, lo, hi, fl), fl
+    if geo.word == 8:
+        out, dom = decode_uvm(geo, va, lo, hi, fl), fl
     else:
-        out, dom = decode_uvm(vcpu, va, lo, hi, fl), domid
+        out, dom = decode_uvm(geo, va, lo, hi, fl), domid
     dom &= 0xFFFF
     out["domid"] = "DOMID_SELF" if dom == C.DOMID_SELF else str(dom)
     return out

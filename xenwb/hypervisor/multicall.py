@@ -13,11 +13,13 @@ from xenwb.abi import constants as C
 from xenwb.abi.constants import Errno, hypercall_name
 from xenwb.hypervisor.hypercall import PREEMPT_BATCH, create_continuation
 from xenwb.hypervisor.memory import GuestFault
+from xenwb.trace_events import packed
 
 if TYPE_CHECKING:
     from xenwb.hypervisor.vcpu import Vcpu
 
 EINVAL, EFAULT = -Errno.EINVAL, -Errno.EFAULT
+_NESTED = packed({"nested": True})       # what the trace shows of a nested multicall entry's arguments
 
 
 def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
@@ -52,7 +54,7 @@ def do_multicall(vcpu: Vcpu, calls: int, nr: int, *_: int) -> int:
                 return ret
             if e.op == C.Hypercall.multicall:
                 ret = EINVAL
-                dom.trace.emit_hypercall(vcpu, e.op, tuple(e.args[:5]), ret, eip, {"nested": True}, batch)
+                dom.trace.emit_hypercall(vcpu, e.op, tuple(e.args[:5]), ret, eip, _NESTED, batch)
             else:
                 ret = dom.call(vcpu, e.op, tuple(e.args[:5]), eip=eip, multicall=batch)
             try:

@@ -11,6 +11,7 @@ guests run with CR4.PSE clear).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,15 +29,23 @@ FLAG_NAMES = [
 
 def decode_flags(pte: int, level: int = 0) -> list[str]:
     """The flag names of an entry; in an L1 entry bit 7 is PAT, not PSE (SDM vol. 3 4.5)."""
+    return list(_flag_names(pte & _FLAG_BITS, level == 1))
+
+
+_FLAG_BITS = 0xFFF | C._PAGE_NX        # what decode_flags reads of an entry
+
+
+@functools.lru_cache(maxsize=1024)
+def _flag_names(pte: int, l1: bool) -> tuple[str, ...]:
     names = [n for bit, n in FLAG_NAMES if pte & bit]
-    if level == 1 and pte & C._PAGE_PSE:
+    if l1 and pte & C._PAGE_PSE:
         names[names.index("PSE")] = "PAT"
     avail = (pte >> 9) & 7
     if avail:
         names.append(f"AVL{avail}")
     if pte & C._PAGE_NX:
         names.append("NX")
-    return names
+    return tuple(names)
 
 
 @dataclass(frozen=True)

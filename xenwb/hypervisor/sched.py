@@ -24,6 +24,7 @@ from xenwb.hypervisor.time import account_runstate
 if TYPE_CHECKING:
     from xenwb.hypervisor.domain import Domain
     from xenwb.hypervisor.vcpu import Vcpu
+    from xenwb.hypervisor.xenarea import HvGeometry
 
 EINVAL, EFAULT, EPERM, ENOSYS = -Errno.EINVAL, -Errno.EFAULT, -Errno.EPERM, -Errno.ENOSYS
 MAX_POLL_PORTS = 128               # do_poll: "Fairly arbitrary limit"
@@ -317,7 +318,7 @@ def do_set_timer_op64(vcpu: Vcpu, timeout: int, *_: int) -> int:
     return do_set_timer_op(vcpu, timeout & 0xFFFFFFFF, timeout >> 32)
 
 
-def decode_set_timer_op(vcpu: Vcpu, lo: int, hi: int, *_: int) -> Any:
-    if vcpu.word == 8:
+def decode_set_timer_op(geo: HvGeometry, lo: int, hi: int, *_: int) -> Any:
+    if geo.word == 8:
         return {"deadline_ns": lo}
     return {"deadline_ns": lo | (hi << 32)}

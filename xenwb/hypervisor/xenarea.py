@@ -124,6 +124,11 @@ class HvGeometry:
     def long_mode(self) -> bool:
         return self.mode.levels == 4
 
+    @property
+    def word(self) -> int:
+        """Bytes in the guest's unsigned long."""
+        return 8 if self.mode.levels == 4 else 4
+
     def guest_range_ok(self, va: int, n: int) -> bool:
         """Xen's access_ok / __addr_ok: [va, va+n) lies in guest space (for 64-bit guests
         canonical and outside the hypervisor hole)."""
