@@ -8,7 +8,10 @@ events, and pagetable and event-channel state is read through the hypervisor's o
 
 A plugin gets the compact records (`on_record`, cheap: keep them, derive what you show
 when a command shows it, with `self.trace.formatter`) or, simpler and dearer, event dicts
-(`on_event`). It keeps at most `self.history` records of each sort (`--history N`).
+(`on_event`). The kinds it lists in `deferred` it gets in batches (`on_records`), in order,
+when a vcpu turn ends and before anything reads it (a command, a checkpoint, get()): for
+a plugin that only keeps them, cheaper than a call per record while the guest runs. It
+keeps at most `self.history` records of each sort (`--history N`).
 
 Each command is declared once (`command(name, handler, help, *arguments)`): its usage,
 its help and its parser come from the declaration, and the handler receives the parsed
