@@ -9,9 +9,9 @@ events, and pagetable and event-channel state is read through the hypervisor's o
 A plugin gets the compact records (`on_record`, cheap: keep them, derive what you show
 when a command shows it, with `self.trace.formatter`) or, simpler and dearer, event dicts
 (`on_event`). The kinds it lists in `deferred` it gets in batches (`on_records`), in order,
-when a vcpu turn ends and before anything reads it (a command, a checkpoint, get()): for
-a plugin that only keeps them, cheaper than a call per record while the guest runs. It
-keeps at most `self.history` records of each sort (`--history N`).
+before anything reads it (a command, a checkpoint, get()), and at the end of each vcpu turn
+while the machine runs on a thread of its own (the front ends read it live then): for a
+plugin that only keeps them, nothing to do while the guest runs unobserved. It keeps at most `self.history` records of each sort (`--history N`).
 
 Each command is declared once (`command(name, handler, help, *arguments)`): its usage,
 its help and its parser come from the declaration, and the handler receives the parsed
@@ -24,6 +24,7 @@ Third-party plugins register a Plugin subclass under the entry-point group
 from __future__ import annotations
 
 import copy
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "xenwb.plugins"
 DEFAULT_HISTORY = 100_000
+BACKLOG = 4096          # deferred records kept waiting at most (then delivered at a turn's end)
 REQUIRED = object()
 
 
@@ -158,10 +160,11 @@ class Plugin:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     kinds: ClassVar[frozenset[str] | None] = None     # event kinds wanted (None: all; empty: none)
-    # kinds whose records may arrive late, in order and before any record of another kind: when
-    # the vcpu's turn ends, at a stop, before a command, at a checkpoint, when get() returns the
-    # plugin. For a plugin that keeps them and reads nothing else then: a batch costs less than
-    # one call per record in the middle of the run.
+    # kinds whose records may arrive late, in order and before any record of another kind, in
+    # batches: when they are read (get() returns the plugin, before a command, at a checkpoint),
+    # at each vcpu turn's end while the machine runs on a thread other than the main one (a
+    # front end reading it live), and whenever BACKLOG are waiting. For a plugin that keeps them
+    # and reads nothing else meanwhile: a run nobody looks into costs it nothing until read.
     deferred: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, machine: Machine) -> None:
@@ -249,8 +252,7 @@ class PluginManager:
         self.load_errors: list[str] = []
         self._subscribers: dict[str, list[Callable[[Any], None]]] = {}
         self._waiting: dict[str, list[Any]] = {}     # plugin -> its deferred records not yet delivered
-        machine.turn_hooks.append(self.deliver)
-        machine.stop_hooks.append(self.deliver)
+        machine.turn_hooks.append(self._deliver_at_turn_end)
         machine.commands.before_command.append(self.deliver_here)
         # built-in and third-party plugins alike come from the entry-point group
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -332,6 +334,16 @@ class PluginManager:
         a command, at a checkpoint, in get())."""
         for name, waiting in self._waiting.items():
             if waiting:
+                self._deliver_one(self.instances[name], waiting)
+
+    def _deliver_at_turn_end(self) -> None:
+        """A turn hook: live delivery for readers on other threads (the front ends run the
+        machine on threads of their own, the main thread reads), else only a long backlog."""
+        if threading.current_thread() is not threading.main_thread():
+            self.deliver()
+            return
+        for name, waiting in self._waiting.items():
+            if len(waiting) >= BACKLOG:
                 self._deliver_one(self.instances[name], waiting)
 
     def deliver_here(self) -> None:
