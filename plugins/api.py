@@ -11,7 +11,8 @@ when a command shows it, with `self.trace.formatter`) or, simpler and dearer, ev
 (`on_event`). The kinds it lists in `deferred` it gets in batches (`on_records`), in order,
 before anything reads it (a command, a checkpoint, get()), and at the end of each vcpu turn
 while the machine runs on a thread of its own (the front ends read it live then): for a
-plugin that only keeps them, nothing to do while the guest runs unobserved. It keeps at most `self.history` records of each sort (`--history N`).
+plugin that only keeps them, nothing to do while the guest runs unobserved. It keeps at
+most `self.history` records of each sort (`--history N`).
 
 Each command is declared once (`command(name, handler, help, *arguments)`): its usage,
 its help and its parser come from the declaration, and the handler receives the parsed
