@@ -330,26 +330,21 @@ class PluginManager:
         waiting.clear()
         p.on_records(recs)
 
-    def deliver(self) -> None:
-        """Hand each plugin the records kept waiting for it (a turn and stop hook, and before
-        a command, at a checkpoint, in get())."""
+    def deliver(self, at_least: int = 1) -> None:
+        """Hand each plugin the records kept waiting for it, where at least `at_least` wait
+        (before a command, at a checkpoint, in get(); at a turn's end, see below)."""
         for name, waiting in self._waiting.items():
-            if waiting:
+            if len(waiting) >= at_least:
                 self._deliver_one(self.instances[name], waiting)
 
     def _deliver_at_turn_end(self) -> None:
         """A turn hook: live delivery for readers on other threads (the front ends run the
         machine on threads of their own, the main thread reads), else only a long backlog."""
-        if threading.current_thread() is not threading.main_thread():
-            self.deliver()
-            return
-        for name, waiting in self._waiting.items():
-            if len(waiting) >= BACKLOG:
-                self._deliver_one(self.instances[name], waiting)
+        self.deliver(1 if threading.current_thread() is not threading.main_thread() else BACKLOG)
 
     def deliver_here(self) -> None:
         """deliver(), unless another thread is running the machine (then what a plugin shows
-        is as of the end of the last vcpu turn)."""
+        is as of the last delivery)."""
         if not self.machine.running_elsewhere():
             self.deliver()
 
